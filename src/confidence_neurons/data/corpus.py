@@ -1,0 +1,257 @@
+"""Text corpora and reproducible sampling of token sequences from them.
+
+A dataset is ``None`` (the built-in offline corpus: the English prose of Python's own
+documentation, ``pydoc_data.topics``), a local ``.txt``/``.jsonl`` file or folder of them,
+or a Hugging Face hub dataset id loaded in streaming mode.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
+_NETWORK_ERRORS = {"ConnectError", "ConnectTimeout", "ReadTimeout", "Timeout", "OfflineModeIsEnabled",
+                   "LocalEntryNotFoundError", "HfHubHTTPError", "NetworkError", "ProxyError"}
+
+
+class CorpusError(ValueError):
+    """A dataset cannot be read or holds too little text; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class TokenSample:
+    """Token sequences (int64, ``(n_seqs, seq_len)``) and a JSON-serialisable record of their origin."""
+
+    tokens: torch.Tensor
+    source: dict
+
+
+def _topics() -> dict[str, str]:
+    try:
+        from pydoc_data.topics import topics
+    except ImportError as exc:
+        raise CorpusError("this Python has no pydoc_data.topics (the built-in corpus was stripped by "
+                          "the distribution); pass --dataset with a local .txt/.jsonl file or folder") from exc
+    return topics
+
+
+def describe_default_corpus() -> str:
+    """One line describing the built-in corpus used when no dataset is given."""
+    try:
+        topics = _topics()
+    except CorpusError:
+        return f"built-in corpus unavailable: Python {platform.python_version()} lacks pydoc_data.topics; pass --dataset"
+    n_chars = sum(len(t) for t in topics.values())
+    return (f"built-in: Python {platform.python_version()} documentation topics (pydoc_data.topics), "
+            f"{len(topics)} documents, {n_chars:,} characters of English prose")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _decode(raw: bytes, where: str, record: dict) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        log.warning("%s is not valid UTF-8; undecodable bytes are replaced by U+FFFD", where)
+        record["invalid_utf8_replaced"] = True
+        return raw.decode("utf-8", errors="replace")
+
+
+def _file_docs(path: Path, text_field: str, record: dict) -> Iterator[str]:
+    """Documents of one .txt (the whole file) or .jsonl (one per non-blank line) file."""
+    if path.suffix == ".txt":
+        yield _decode(path.read_bytes(), str(path), record)
+        return
+    with path.open("rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            line = _decode(raw, f"{path}:{n}", record)
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CorpusError(f"{path}:{n} is not valid JSON ({exc.msg}); fix the line or remove it") from exc
+            yield _row_text(row, text_field, f"{path}:{n}")
+
+
+def _row_text(row: Any, text_field: str, where: str) -> str:
+    if not isinstance(row, dict) or text_field not in row:
+        keys = sorted(row) if isinstance(row, dict) else type(row).__name__
+        raise CorpusError(f"{where} has no text field {text_field!r} (found keys: {keys}); "
+                          f"pass --text-field with the name of the field that holds the text")
+    text = row[text_field]
+    if not isinstance(text, str):
+        raise CorpusError(f"{where} field {text_field!r} holds {type(text).__name__}, not a string; "
+                          f"pass --text-field naming a text field")
+    return text
+
+
+def _hub_error(dataset: str, exc: Exception) -> CorpusError:
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if isinstance(exc, (ConnectionError, TimeoutError)) or names & _NETWORK_ERRORS or "reach" in str(exc):
+        return CorpusError(f"could not reach the Hugging Face hub for dataset {dataset}; pass a local "
+                           f".txt/.jsonl file or folder, or omit --dataset for the built-in corpus")
+    return CorpusError(f"could not load Hugging Face hub dataset {dataset} ({type(exc).__name__}: {exc}); "
+                       f"check the id and --split, or pass a local .txt/.jsonl file or folder")
+
+
+def _hub_docs(dataset: str, text_field: str, split: str) -> Iterator[str]:
+    import datasets  # heavy; only needed for hub ids
+
+    try:
+        rows = iter(datasets.load_dataset(dataset, split=split, streaming=True))
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear CorpusError
+        raise _hub_error(dataset, exc) from exc
+
+    def gen() -> Iterator[str]:
+        n = 0
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except Exception as exc:  # noqa: BLE001
+                raise _hub_error(dataset, exc) from exc
+            yield _row_text(row, text_field, f"row {n} of {dataset}")
+            n += 1
+
+    return gen()
+
+
+def _open(dataset: str | None, text_field: str, split: str) -> tuple[dict, Iterator[str]]:
+    """Validate ``dataset`` eagerly; return its source record (filled in as files are read) and documents."""
+    if dataset is None:
+        topics = _topics()
+        info = {"kind": "builtin", "id": "pydoc_data.topics", "python_version": platform.python_version()}
+        return info, (topics[k] for k in sorted(topics))
+    path = Path(dataset).expanduser()
+    if path.is_file():
+        if path.suffix not in (".txt", ".jsonl"):
+            raise CorpusError(f"{dataset} is neither a .txt nor a .jsonl file; convert it or pass a folder of such files")
+        info = {"kind": path.suffix[1:], "path": str(path), "sha256": _sha256(path)}
+        if path.suffix == ".jsonl":
+            info["text_field"] = text_field
+        return info, _file_docs(path, text_field, info)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl") and p.is_file())
+        if not files:
+            raise CorpusError(f"folder {dataset} holds no .txt or .jsonl files; add some or pass another --dataset")
+        info: dict = {"kind": "folder", "path": str(path), "text_field": text_field, "n_files": len(files), "files": []}
+
+        def gen() -> Iterator[str]:
+            for f in files:
+                info["files"].append(record := {"path": f.relative_to(path).as_posix(), "sha256": _sha256(f)})
+                yield from _file_docs(f, text_field, record)
+
+        return info, gen()
+    if _HUB_ID.match(dataset) and not dataset.endswith((".txt", ".jsonl", ".json")):
+        info = {"kind": "hub", "id": dataset, "split": split, "text_field": text_field}
+        return info, _hub_docs(dataset, text_field, split)
+    raise CorpusError(f"dataset {dataset} is not an existing file or folder nor a Hugging Face hub id; "
+                      f"check the path, or omit --dataset for the built-in corpus")
+
+
+def iter_documents(dataset: str | None, *, text_field: str = "text", split: str = "train") -> Iterator[str]:
+    """Yield the documents of ``dataset`` in a fixed order (see the module docstring)."""
+    return _open(dataset, text_field, split)[1]
+
+
+def _resolve_bos(tokenizer: Any, prepend_bos: bool | None, bos_id: int | None) -> int | None:
+    bos = bos_id if bos_id is not None else getattr(tokenizer, "bos_token_id", None)
+    if prepend_bos is False:
+        return None
+    if prepend_bos and bos is None:
+        raise CorpusError("prepend_bos=True but neither bos_id nor tokenizer.bos_token_id is set; pass bos_id")
+    return None if bos is None else int(bos)
+
+
+def sample_token_sequences(tokenizer: Any, dataset: str | None, *, n_seqs: int, seq_len: int, seed: int = 0,
+                           prepend_bos: bool | None = None, bos_id: int | None = None, text_field: str = "text",
+                           split: str = "train", max_documents: int | None = None) -> TokenSample:
+    """Draw ``n_seqs`` non-overlapping windows of contiguous text, reproducibly, as a ``TokenSample``.
+
+    Each window comes from a single document when enough documents are long enough; otherwise
+    documents are concatenated with the tokenizer's eos token between them.
+    """
+    if n_seqs < 1 or seq_len < 2:
+        raise CorpusError(f"need n_seqs >= 1 and seq_len >= 2 (got {n_seqs} and {seq_len}); raise --n-seqs/--seq-len")
+    if max_documents is not None and max_documents < 1:
+        raise CorpusError(f"max_documents must be at least 1 (got {max_documents}); raise it or leave it unset")
+    bos = _resolve_bos(tokenizer, prepend_bos, bos_id)
+    body_len = seq_len - (1 if bos is not None else 0)
+    info, docs = _open(dataset, text_field, split)
+    target = 4 * n_seqs
+    token_cap = 8 * target * body_len  # plenty for a concatenated draw if documents are all short
+    doc_tokens: list[np.ndarray] = []
+    windows: list[tuple[int, int]] = []
+    text_hash = hashlib.sha256()
+    n_tokens, exhausted = 0, True
+    with tqdm(desc="tokenizing", unit="doc", disable=None) as bar:
+        for text in docs:
+            ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+            text_hash.update(text.encode("utf-8") + b"\0")
+            windows.extend((len(doc_tokens), off) for off in range(0, len(ids) - body_len + 1, body_len))
+            doc_tokens.append(ids)
+            n_tokens += len(ids)
+            bar.update(1)
+            bar.set_postfix(tokens=n_tokens, windows=len(windows), refresh=False)
+            if len(windows) >= target or n_tokens >= token_cap or len(doc_tokens) == max_documents:
+                exhausted = False
+                break
+    packing, sep = "per_document", getattr(tokenizer, "eos_token_id", None)
+    if len(windows) >= n_seqs:
+        rows = [doc_tokens[d][o:o + body_len] for d, o in windows]
+    else:
+        parts, doc_starts, pos = [], [], 0  # stream pieces, and where each document starts in the stream
+        for d, ids in enumerate(doc_tokens):
+            if d and sep is not None:
+                parts.append(np.array([sep], dtype=np.int64))
+                pos += 1
+            doc_starts.append(pos)
+            parts.append(ids)
+            pos += len(ids)
+        stream = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        n_win = len(stream) // body_len
+        if n_win < n_seqs:
+            raise CorpusError(f"the corpus has only {n_tokens} tokens ({n_win} usable windows of {body_len} tokens); "
+                              f"need {n_seqs} x {seq_len} — lower --n-seqs/--seq-len or pass a larger --dataset")
+        log.info("documents are too short for %d per-document windows; concatenating them", n_seqs)
+        packing = "concatenated"
+        first = np.arange(n_win) * body_len
+        win_doc = np.searchsorted(np.asarray(doc_starts), first, side="right") - 1
+        # an offset equal to the document's length marks the eos separator that follows it
+        windows = [(int(d), int(p - doc_starts[d])) for d, p in zip(win_doc, first)]
+        rows = [stream[k * body_len:(k + 1) * body_len] for k in range(n_win)]
+    chosen = np.sort(np.random.default_rng(seed).choice(len(rows), size=n_seqs, replace=False))
+    body = np.stack([rows[i] for i in chosen])
+    if bos is not None:
+        body = np.concatenate([np.full((n_seqs, 1), bos, dtype=np.int64), body], axis=1)
+    info.update({
+        "tokenizer": str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__)),
+        "n_documents": len(doc_tokens), "n_tokens_available": n_tokens, "corpus_exhausted": exhausted,
+        "text_sha256": text_hash.hexdigest(), "seed": seed, "seq_len": seq_len, "n_seqs": n_seqs,
+        "prepend_bos": bos is not None, "bos_id": bos, "packing": packing, "n_windows": len(rows),
+        "separator_id": None if packing == "per_document" else sep, "max_documents": max_documents,
+        "starts": [[int(windows[i][0]), int(windows[i][1])] for i in chosen],
+    })
+    log.info("sampled %d x %d tokens from %s (%s, %d documents, %d tokens read)",
+             n_seqs, seq_len, info.get("id", info.get("path")), packing, len(doc_tokens), n_tokens)
+    return TokenSample(tokens=torch.from_numpy(body.astype(np.int64)), source=info)
