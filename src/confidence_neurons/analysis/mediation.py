@@ -1,0 +1,236 @@
+"""Causal mediation of every final-layer neuron in closed form (Sec. 3.2, Eq. 4-6).
+
+Mean-ablating neuron i moves the final residual to x^{-i} = x + delta w_out (Eq. 4), with
+delta = n_bar - n. Everything after that point is the final norm and W_U, so the ablated logits
+need no new forward pass:
+    W_U center(x^{-i}) = L + delta U_i,   L = W_U^T center(x),  U_i = W_U^T center(w_out^{(i)}),
+    |center(x^{-i})|^2 = |center(x)|^2 + 2 delta <center(x), center(w)> + delta^2 |center(w)|^2,
+so the ablated scale s' follows from three dot products. TE uses s' (Eq. 5); DE freezes the
+scale at its clean value s (Eq. 6). The fused kernel reduces the logits over the vocabulary
+without storing them.
+
+Memory is bounded by the chunk sizes, whatever the token count: the sweep holds
+(neuron_chunk + token_chunk) x d_vocab floats for U and L, plus the cached residual and
+activations (n_tokens x (d_model + d_mlp)).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from confidence_neurons.analysis.kernel import Backend, SoftmaxStats, softmax_stats
+from confidence_neurons.models.final_layer import FinalLayer
+from confidence_neurons.models.loading import LoadedModel
+
+log = logging.getLogger(__name__)
+
+AblationMode = Literal["mean", "clip"]
+VARIANTS = ("TE", "DE")
+
+
+@dataclass
+class ForwardCache:
+    """One clean forward pass over the run's tokens, flattened over (sequence, position).
+
+    resid: (N, d_model) input of the final norm; acts: (N, d_mlp) final-layer neuron activations;
+    target: (N,) next token; logits_check: max |closed-form clean logits - model logits|.
+    Position p of each sequence predicts token p + 1, so N = n_seqs * (seq_len - 1).
+    """
+
+    resid: Float[Tensor, "N d_model"]
+    acts: Float[Tensor, "N d_mlp"]
+    target: Int[Tensor, "N"]
+    seq_len: int
+    logits_check: float = 0.0
+
+    @property
+    def n_tokens(self) -> int:
+        return self.target.shape[0]
+
+
+@torch.no_grad()
+def run_forward(model: LoadedModel, layer: FinalLayer, tokens: Int[Tensor, "n_seqs seq_len"],
+                batch_size: int = 8, progress: bool = True) -> ForwardCache:
+    """Cache the final residual and neuron activations, and check the closed form's clean logits."""
+    resid, acts, targets, worst = [], [], [], 0.0
+    names = {layer.act_hook, layer.resid_hook, layer.scale_hook}
+    for b0 in tqdm(range(0, tokens.shape[0], batch_size), desc="forward pass", disable=not progress, unit="batch"):
+        batch = tokens[b0 : b0 + batch_size]
+        logits, cache = model.bridge.run_with_cache(batch, names_filter=lambda n: n in names)
+        x = cache[layer.resid_hook][:, :-1].float()
+        mine = layer.logits(x).log_softmax(-1)
+        worst = max(worst, (mine - logits[:, :-1].float().log_softmax(-1)).abs().max().item())
+        scale_err = (layer.scale(x) - cache[layer.scale_hook][:, :-1].float()).abs().max().item()
+        if scale_err > 1e-3 * max(1.0, cache[layer.scale_hook].abs().max().item()):
+            raise RuntimeError(f"the final norm's scale differs from the closed form by {scale_err:.3g}: unsupported norm")
+        resid.append(x.reshape(-1, x.shape[-1]))
+        acts.append(cache[layer.act_hook][:, :-1].float().reshape(-1, layer.d_mlp))
+        targets.append(batch[:, 1:].reshape(-1))
+    if worst > 1e-2:
+        raise RuntimeError(
+            f"closed-form logits differ from the model's by {worst:.3g} (log-prob): the final norm or "
+            "unembedding of this architecture is not what the closed form assumes"
+        )
+    return ForwardCache(torch.cat(resid), torch.cat(acts), torch.cat(targets), tokens.shape[1], worst)
+
+
+def ablated_values(acts: Tensor, mean: Tensor, mode: AblationMode) -> Tensor:
+    """Mean ablation sets the activation to its mean; clipped ablation only where it exceeds it (Sec. 5)."""
+    return mean.expand_as(acts) if mode == "mean" else torch.minimum(acts, mean)
+
+
+@dataclass
+class Chunk:
+    """Per-chunk tensors of the closed form for tokens T and neurons K."""
+
+    L: Tensor      # (T, V)   W_U^T center(x)
+    s: Tensor      # (T, 1)   clean scale
+    xx: Tensor     # (T, 1)   |center(x)|^2
+    U: Tensor      # (K, V)   W_U^T center(w_out)
+    xw: Tensor     # (T, K)   <center(x), center(w_out)>
+    ww: Tensor     # (K,)     |center(w_out)|^2
+    delta: Tensor  # (T, K)   ablated - clean activation
+
+
+def closed_form_coefficients(c: Chunk, d_model: int, eps: float, variant: str) -> tuple[Tensor, Tensor]:
+    """(A, B) with ablated logits A L + B U + b_U: TE lets the scale move, DE freezes it (Eq. 5-6)."""
+    if variant == "DE":
+        s = c.s.expand_as(c.delta)
+    else:
+        s = ((c.xx + 2 * c.delta * c.xw + c.delta.pow(2) * c.ww) / d_model + eps).sqrt()
+    return 1.0 / s, c.delta / s
+
+
+def clean_stats(L: Tensor, s: Tensor, layer: FinalLayer, target: Tensor, backend: Backend) -> SoftmaxStats:
+    """Clean statistics through the same kernel as the ablations, so that rounding cancels in differences."""
+    zeros = torch.zeros(L.shape[0], 1)
+    return softmax_stats(L, torch.zeros(1, L.shape[1]), layer.b_U, 1.0 / s, zeros, target,
+                         softcap=layer.softcap, backend=backend)
+
+
+@dataclass
+class SweepResult:
+    """Per-neuron means over tokens, each (d_mlp,): for each variant v in VARIANTS, ``abs_dloss[v]``
+    (= TE or DE), ``dloss[v]`` (signed), ``abs_dentropy[v]``, ``top1_change[v]`` (share of tokens)."""
+
+    mean_act: Tensor
+    abs_dloss: dict[str, Tensor] = field(default_factory=dict)
+    dloss: dict[str, Tensor] = field(default_factory=dict)
+    abs_dentropy: dict[str, Tensor] = field(default_factory=dict)
+    top1_change: dict[str, Tensor] = field(default_factory=dict)
+
+
+_FIELDS = ("abs_dloss", "dloss", "abs_dentropy", "top1_change")
+
+
+def _chunks(layer: FinalLayer, cache: ForwardCache, neurons: Tensor, new_values: Tensor, token_chunk: int):
+    """Yield (token slice, Chunk) over tokens for a fixed set of neurons."""
+    wc = layer.center(layer.W_out[neurons])
+    U = wc @ layer.W_U
+    ww = wc.pow(2).sum(-1)
+    for t0 in range(0, cache.n_tokens, token_chunk):
+        sl = slice(t0, t0 + token_chunk)
+        xc = layer.center(cache.resid[sl])
+        xx = xc.pow(2).sum(-1, keepdim=True)
+        yield sl, Chunk(L=xc @ layer.W_U, s=(xx / layer.d_model + layer.eps).sqrt(), xx=xx, U=U,
+                        xw=xc @ wc.T, ww=ww, delta=new_values[sl] - cache.acts[sl][:, neurons])
+
+
+@torch.no_grad()
+def per_token_effects(layer: FinalLayer, cache: ForwardCache, neurons: list[int], *, mode: AblationMode = "mean",
+                      mean_act: Tensor | None = None, token_chunk: int = 256,
+                      backend: Backend = "auto") -> dict[str, Tensor]:
+    """Per-token clean and ablated loss/entropy/argmax for a few neurons: keys 'loss', 'entropy',
+    'argmax' (N,) and '{variant}_{loss|entropy|argmax}' (N, len(neurons))."""
+    idx = torch.tensor(neurons, dtype=torch.long)
+    mean = cache.acts.mean(0) if mean_act is None else mean_act
+    new = ablated_values(cache.acts[:, idx], mean[idx], mode)
+    out: dict[str, list[Tensor]] = {}
+    for sl, c in _chunks(layer, cache, idx, new, token_chunk):
+        tgt = cache.target[sl]
+        base = clean_stats(c.L, c.s, layer, tgt, backend)
+        out.setdefault("loss", []).append(base.loss[:, 0])
+        out.setdefault("entropy", []).append(base.entropy[:, 0])
+        out.setdefault("argmax", []).append(base.argmax[:, 0])
+        for v in VARIANTS:
+            A, B = closed_form_coefficients(c, layer.d_model, layer.eps, v)
+            st = softmax_stats(c.L, c.U, layer.b_U, A, B, tgt, softcap=layer.softcap, backend=backend)
+            out.setdefault(f"{v}_loss", []).append(st.loss)
+            out.setdefault(f"{v}_entropy", []).append(st.entropy)
+            out.setdefault(f"{v}_argmax", []).append(st.argmax)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+@torch.no_grad()
+def sweep(layer: FinalLayer, cache: ForwardCache, *, mode: AblationMode = "mean", neuron_chunk: int = 128,
+          token_chunk: int = 256, backend: Backend = "auto", checkpoint_dir: Path | None = None,
+          progress: bool = True, on_chunk: Callable[[int, int], None] | None = None) -> SweepResult:
+    """Mean-ablate every final-layer neuron in closed form and average the effects over tokens.
+
+    With ``checkpoint_dir`` each finished neuron chunk is saved, and a rerun resumes after the
+    last saved chunk (the chunk files record the settings they were made with).
+    """
+    n, d_mlp = cache.n_tokens, layer.d_mlp
+    mean = cache.acts.mean(0)
+    result = SweepResult(mean_act=mean)
+    acc = {f: {v: torch.zeros(d_mlp, dtype=torch.float64) for v in VARIANTS} for f in _FIELDS}
+    base = []
+    for t0 in range(0, n, token_chunk):
+        sl = slice(t0, t0 + token_chunk)
+        xc = layer.center(cache.resid[sl])
+        base.append(clean_stats(xc @ layer.W_U, (xc.pow(2).mean(-1, keepdim=True) + layer.eps).sqrt(),
+                                layer, cache.target[sl], backend))
+    stamp = {"n_tokens": n, "d_mlp": d_mlp, "mode": mode, "neuron_chunk": neuron_chunk,
+             "resid_sum": float(cache.resid.double().sum()), "acts_sum": float(cache.acts.double().sum())}
+    if checkpoint_dir is not None:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    starts = list(range(0, d_mlp, neuron_chunk))
+    bar = tqdm(total=d_mlp, desc="ablation sweep", unit="neuron", disable=not progress)
+    for k0 in starts:
+        idx = torch.arange(k0, min(k0 + neuron_chunk, d_mlp))
+        ckpt = checkpoint_dir / f"sweep_{k0:06d}.npz" if checkpoint_dir is not None else None
+        if ckpt is not None and ckpt.exists():
+            saved = np.load(ckpt)
+            if json.loads(str(saved["stamp"])) == stamp:
+                for f in _FIELDS:
+                    for v in VARIANTS:
+                        acc[f][v][idx] = torch.from_numpy(saved[f"{f}_{v}"])
+                bar.update(len(idx))
+                continue
+        part = {f: {v: torch.zeros(len(idx), dtype=torch.float64) for v in VARIANTS} for f in _FIELDS}
+        new = ablated_values(cache.acts[:, idx], mean[idx], mode)
+        for (sl, c), b in zip(_chunks(layer, cache, idx, new, token_chunk), base):
+            tgt = cache.target[sl]
+            for v in VARIANTS:
+                A, B = closed_form_coefficients(c, layer.d_model, layer.eps, v)
+                st = softmax_stats(c.L, c.U, layer.b_U, A, B, tgt, softcap=layer.softcap, backend=backend)
+                dl = (st.loss - b.loss).double()
+                part["abs_dloss"][v] += dl.abs().sum(0)
+                part["dloss"][v] += dl.sum(0)
+                part["abs_dentropy"][v] += (st.entropy - b.entropy).double().abs().sum(0)
+                part["top1_change"][v] += (st.argmax != b.argmax).double().sum(0)
+        for f in _FIELDS:
+            for v in VARIANTS:
+                acc[f][v][idx] = part[f][v] / n
+        if ckpt is not None:
+            arrays = {f"{f}_{v}": acc[f][v][idx].numpy() for f in _FIELDS for v in VARIANTS}
+            tmp = ckpt.with_suffix(".tmp.npz")
+            np.savez(tmp, stamp=json.dumps(stamp), **arrays)
+            tmp.replace(ckpt)
+        bar.update(len(idx))
+        if on_chunk is not None:
+            on_chunk(k0, len(idx))
+    bar.close()
+    for f in _FIELDS:
+        setattr(result, f, {v: acc[f][v].float() for v in VARIANTS})
+    return result

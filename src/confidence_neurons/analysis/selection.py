@@ -1,0 +1,45 @@
+"""Which final-layer neurons are entropy neurons: a documented, settable rule.
+
+The paper identifies entropy neurons by three properties (Sec. 3): they write into W_U's
+effective null space (high rho, Sec. 3.4), their effect on the loss is mostly mediated by the
+final norm's scale (high 1 - DE/TE, Sec. 3.2), and that effect is not negligible. The rule
+flags a neuron when all three hold:
+
+    rho >= min_rho  and  ln_share >= min_ln_share  and  TE >= min_te_ratio * median(TE)
+
+Defaults (0.25, 0.5, 2.0) keep GPT-2 Small's reported entropy neurons (rho ~ 0.8-1,
+1 - DE/TE ~ 0.8) and Pythia/Gemma's weaker ones (1 - DE/TE ~ 0.3-0.4 are *not* flagged at
+0.5: lower min_ln_share to 0.3 for those families, as the paper's Appendix F discusses).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class EntropyNeuronRule:
+    min_rho: float = 0.25  # share of |w_out| in the bottom-k singular directions of W_U
+    min_ln_share: float = 0.5  # 1 - DE/TE: share of the total effect that goes through the norm's scale
+    min_te_ratio: float = 2.0  # TE relative to the layer's median TE, so that tiny effects don't count
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_rho <= 1:
+            raise ValueError(f"min_rho = {self.min_rho} must lie in [0, 1]")
+        if self.min_te_ratio < 0:
+            raise ValueError(f"min_te_ratio = {self.min_te_ratio} must be >= 0")
+
+    def describe(self) -> str:
+        return (f"rho >= {self.min_rho} and 1 - DE/TE >= {self.min_ln_share} "
+                f"and TE >= {self.min_te_ratio} x median TE")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def select_entropy_neurons(table: pd.DataFrame, rule: EntropyNeuronRule = EntropyNeuronRule()) -> pd.Series:
+    """Boolean mask over the rows of a neuron table (columns rho, ln_share, TE)."""
+    te_floor = rule.min_te_ratio * table["TE"].median()
+    return (table["rho"] >= rule.min_rho) & (table["ln_share"] >= rule.min_ln_share) & (table["TE"] >= te_floor)

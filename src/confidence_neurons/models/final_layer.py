@@ -1,0 +1,89 @@
+"""The final layer as the paper's equations see it: w_out of every last-layer neuron, the final
+norm, W_U and b_U (Sec. 2, Eq. 1-2), read once from a processed bridge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from confidence_neurons.models.loading import LoadedModel, ModelLoadError
+
+
+@dataclass(frozen=True)
+class FinalLayer:
+    """Weights of the last MLP and the unembedding, after Appendix C processing.
+
+    W_out: (d_mlp, d_model), row i is w_out of neuron i. W_U: (d_model, d_vocab). b_U: (d_vocab,).
+    ``norm`` is the final norm with its affine part folded into W_U: "LN" centres and rescales,
+    "RMS" only rescales; ``eps`` is its epsilon. ``softcap`` is the final logit soft-cap (or None).
+    """
+
+    layer: int
+    W_out: Float[Tensor, "d_mlp d_model"]
+    W_U: Float[Tensor, "d_model d_vocab"]
+    b_U: Float[Tensor, "d_vocab"]
+    norm: Literal["LN", "RMS"]
+    eps: float
+    softcap: float | None
+    act_hook: str
+    resid_hook: str
+    scale_hook: str
+
+    @property
+    def d_mlp(self) -> int:
+        return self.W_out.shape[0]
+
+    @property
+    def d_model(self) -> int:
+        return self.W_out.shape[1]
+
+    @property
+    def d_vocab(self) -> int:
+        return self.W_U.shape[1]
+
+    def center(self, x: Tensor) -> Tensor:
+        """What the final norm subtracts before rescaling: the mean for LayerNorm, nothing for RMSNorm."""
+        return x - x.mean(-1, keepdim=True) if self.norm == "LN" else x
+
+    def scale(self, x: Tensor) -> Tensor:
+        """The final norm's scale sqrt(Var(x) + eps) (LN) or sqrt(mean(x^2) + eps) (RMS), shape (..., 1)."""
+        xc = self.center(x)
+        return (xc.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+
+    def logits(self, x: Tensor, scale: Tensor | None = None) -> Tensor:
+        """W_U LN(x) + b_U (soft-capped where the model caps), optionally with a frozen scale."""
+        s = self.scale(x) if scale is None else scale
+        z = (self.center(x) / s) @ self.W_U + self.b_U
+        return self.softcap * torch.tanh(z / self.softcap) if self.softcap else z
+
+
+def final_layer(model: LoadedModel) -> FinalLayer:
+    """Read the final-layer geometry from a bridge in compatibility mode; explain what is missing."""
+    bridge, cfg = model.bridge, model.cfg
+    layer = cfg.n_layers - 1
+    hooks = bridge.hook_dict
+    act_hook, resid_hook, scale_hook = f"blocks.{layer}.mlp.hook_post", "ln_final.hook_in", "ln_final.hook_scale"
+    if act_hook not in hooks:
+        raise ModelLoadError(f"{model.name} has no MLP in its last block (no hook {act_hook}); entropy neurons live in the final MLP")
+    if resid_hook not in hooks or scale_hook not in hooks or cfg.normalization_type not in ("LN", "LNPre", "RMS", "RMSPre"):
+        raise ModelLoadError(f"{model.name} has no final LayerNorm/RMSNorm before the unembedding; the analysis needs one")
+    if getattr(cfg, "use_normalization_before_and_after", False):
+        raise ModelLoadError(
+            f"{model.name} normalises its MLP output before the residual (post-feedforward norm); "
+            "this architecture is not supported yet"
+        )
+    with torch.no_grad():
+        W_out = bridge.W_out[layer].detach().float().clone()
+        W_U = bridge.W_U.detach().float().clone()
+        b_U = bridge.b_U.detach().float().clone() if getattr(bridge, "b_U", None) is not None else torch.zeros(W_U.shape[1])
+    softcap = getattr(cfg, "output_logits_soft_cap", None)
+    return FinalLayer(
+        layer=layer, W_out=W_out, W_U=W_U, b_U=b_U,
+        norm="LN" if cfg.normalization_type.startswith("LN") else "RMS",
+        eps=float(cfg.eps), softcap=float(softcap) if softcap and softcap > 0 else None,
+        act_hook=act_hook, resid_hook=resid_hook, scale_hook=scale_hook,
+    )

@@ -1,0 +1,128 @@
+"""Load any Hugging Face decoder model through TransformerLens' TransformerBridge.
+
+A model is named by a hub id, a local model directory, or a GGUF file; ``None`` means the
+embedded default (SmolLM2-135M-Instruct). Weights are processed as in the paper's Appendix C
+by ``enable_compatibility_mode()``: the final norm is folded into W_U, and on LayerNorm models
+W_U and the writing weights are centred (RMSNorm models are folded, not centred).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from confidence_neurons.models.embedded import DEFAULT_MODEL_NAME, embedded_gguf_path
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(ValueError):
+    """A model could not be loaded; the message says what to do."""
+
+
+@dataclass
+class LoadedModel:
+    """A booted bridge with the facts the analyses need."""
+
+    bridge: object  # transformer_lens.model_bridge.TransformerBridge, compatibility mode on
+    tokenizer: object
+    name: str
+    source: dict = field(default_factory=dict)
+
+    @property
+    def cfg(self):
+        return self.bridge.cfg
+
+    @property
+    def n_layers(self) -> int:
+        return self.bridge.cfg.n_layers
+
+    @property
+    def bos_id(self) -> int | None:
+        tok_bos = getattr(self.tokenizer, "bos_token_id", None)
+        if tok_bos is not None:
+            return int(tok_bos)
+        cfg_bos = getattr(self.bridge.original_model.config, "bos_token_id", None)
+        return None if cfg_bos is None else int(cfg_bos)
+
+    @torch.no_grad()
+    def logits(self, tokens: Tensor) -> Tensor:
+        return self.bridge(tokens)
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return 1 <= len(parts) <= 2 and all(p and not p.startswith(".") for p in parts) and not spec.endswith(".gguf")
+
+
+def _load_hf(spec: str | None, dtype: torch.dtype):
+    """Return (hf_model, tokenizer, bridge_name, description)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if spec is None:
+        gguf = embedded_gguf_path()
+        spec_path, description = gguf, {"kind": "embedded", "name": DEFAULT_MODEL_NAME, "path": str(gguf)}
+    else:
+        spec_path = Path(spec).expanduser()
+        description = {"kind": "path", "name": spec, "path": str(spec_path.resolve())}
+
+    if spec is None or spec_path.suffix == ".gguf":
+        if not spec_path.is_file():
+            raise ModelLoadError(f"GGUF file {spec_path} does not exist; pass an existing .gguf file")
+        description["kind"] = "embedded" if spec is None else "gguf"
+        folder, name = str(spec_path.parent), spec_path.name
+        try:
+            tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
+        except Exception as exc:  # transformers raises many kinds here
+            raise ModelLoadError(f"{spec_path} could not be read as a GGUF model ({exc}); pass a valid GGUF file") from exc
+        return hf, tok, folder, description
+
+    if spec_path.exists():
+        if not (spec_path.is_dir() and (spec_path / "config.json").is_file()):
+            raise ModelLoadError(
+                f"{spec_path} is not a model: expected a directory with config.json (as written by "
+                "save_pretrained) or a .gguf file"
+            )
+        try:
+            tok = AutoTokenizer.from_pretrained(str(spec_path))
+            hf = AutoModelForCausalLM.from_pretrained(str(spec_path), dtype=dtype)
+        except Exception as exc:
+            raise ModelLoadError(f"{spec_path} could not be loaded as a causal language model ({exc})") from exc
+        return hf, tok, str(spec_path), description
+
+    if not _looks_like_hub_id(spec):
+        raise ModelLoadError(f"{spec} is neither an existing path nor a Hugging Face model id")
+    description["kind"] = "hub"
+    try:
+        tok = AutoTokenizer.from_pretrained(spec)
+        hf = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"could not load {spec} from the Hugging Face hub ({str(exc).splitlines()[0][:200]}); "
+            "if the hub is unreachable, pass a local model directory or a GGUF file with --model"
+        ) from exc
+    return hf, tok, spec, description
+
+
+def boot(hf_model, tokenizer, name: str, source: dict | None = None) -> LoadedModel:
+    """Wrap an already-loaded HF model in a TransformerBridge with the paper's weight processing."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf_model.eval()
+    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer)
+    bridge.enable_compatibility_mode()
+    bridge.eval()
+    return LoadedModel(bridge=bridge, tokenizer=tokenizer, name=(source or {}).get("name", name), source=source or {})
+
+
+def load_model(spec: str | None = None, *, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load ``spec`` (hub id, model directory, GGUF file, or None for the embedded default)."""
+    hf, tok, bridge_name, description = _load_hf(spec, dtype)
+    description["architecture"] = type(hf).__name__
+    log.info("loaded %s (%s)", description["name"], description["architecture"])
+    return boot(hf, tok, bridge_name, description)
