@@ -1,0 +1,474 @@
+"""Plotly figures for the entropy-neuron scan (Stolfo et al. 2024, Fig. 1 and Fig. 2).
+
+Every function here is pure: it takes data (the per-neuron table produced by the
+scan, plus the unembedding spectrum where needed) and returns a
+:class:`plotly.graph_objects.Figure`.  Nothing is read or written; see
+:mod:`confidence_neurons.figures.export` for saving.
+
+The per-neuron table ``neurons`` has one row per final-layer neuron with the
+columns ``layer, neuron, name, w_out_norm, logit_var, rho, mean_activation, TE,
+DE, ln_share, abs_delta_entropy, top1_change_frac, is_entropy_neuron``.
+
+Conventions shared by all figures (the tests rely on them):
+
+* entropy neurons are drawn in their own trace named :data:`ENTROPY_TRACE`,
+  coloured :data:`ENTROPY_COLOR` and labelled by their ``name``;
+* all other neurons are in a trace named :data:`OTHER_TRACE` (grey);
+* with no entropy neuron flagged the figure still renders and carries the
+  annotation :data:`NO_ENTROPY_TEXT`;
+* every figure uses the ``plotly_white`` template and a title that names the
+  paper figure it mirrors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+__all__ = [
+    "ENTROPY_COLOR",
+    "ENTROPY_TRACE",
+    "NO_ENTROPY_TEXT",
+    "OTHER_COLOR",
+    "OTHER_TRACE",
+    "fig_entropy_vs_prediction",
+    "fig_norm_vs_logitvar",
+    "fig_rho_vs_ln_share",
+    "fig_spectrum",
+    "fig_total_vs_direct",
+]
+
+ENTROPY_COLOR = "#d62728"  # red
+OTHER_COLOR = "#9e9e9e"  # grey
+RANDOM_COLOR = "#1f77b4"  # blue, for the random baseline in Fig. 2c
+SPECTRUM_COLOR = "#1f4e9c"  # thick blue line in Fig. 2d
+NULL_SPACE_FILL = "rgba(214, 39, 40, 0.10)"
+ENTROPY_TRACE = "entropy neurons"
+OTHER_TRACE = "other neurons"
+NO_ENTROPY_TEXT = "no entropy neurons under the current rule"
+TEMPLATE = "plotly_white"
+MAX_SPECTRUM_NEURONS = 8
+
+# Distinguishable colours for the per-neuron cosine lines of Fig. 2d.
+_LINE_COLORS = (
+    "#d62728",
+    "#ff7f0e",
+    "#2ca02c",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+)
+
+_REQUIRED = {
+    "fig_entropy_vs_prediction": ("name", "top1_change_frac", "abs_delta_entropy", "TE", "DE", "rho"),
+    "fig_norm_vs_logitvar": ("name", "w_out_norm", "logit_var", "TE", "DE", "rho"),
+    "fig_total_vs_direct": ("name", "TE", "DE"),
+    "fig_spectrum": ("name", "ln_share"),
+    "fig_rho_vs_ln_share": ("name", "rho", "ln_share", "abs_delta_entropy", "TE", "DE"),
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_columns(neurons: pd.DataFrame, func: str) -> None:
+    needed = set(_REQUIRED[func]) | {"is_entropy_neuron"}
+    missing = sorted(needed - set(neurons.columns))
+    if missing:
+        raise KeyError(f"{func}: `neurons` lacks column(s) {missing}")
+
+
+def _entropy_mask(neurons: pd.DataFrame) -> np.ndarray:
+    """Boolean numpy mask of flagged neurons (missing values count as False)."""
+    return neurons["is_entropy_neuron"].fillna(False).to_numpy(dtype=bool)
+
+
+def _floats(series: pd.Series) -> np.ndarray:
+    return pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
+
+
+def _hover_data(df: pd.DataFrame) -> tuple[np.ndarray, str]:
+    """customdata (name, TE, DE, rho) and a matching hover template."""
+    custom = np.empty((len(df), 4), dtype=object)
+    custom[:, 0] = df["name"].astype(str).to_numpy()
+    for j, col in enumerate(("TE", "DE", "rho"), start=1):
+        custom[:, j] = _floats(df[col]) if col in df else np.full(len(df), np.nan)
+    template = (
+        "<b>%{customdata[0]}</b><br>"
+        "TE = %{customdata[1]:.4g}<br>"
+        "DE = %{customdata[2]:.4g}<br>"
+        "ρ = %{customdata[3]:.4g}"
+    )
+    return custom, template
+
+
+def _base_layout(fig: go.Figure, title: str, xtitle: str, ytitle: str, **extra) -> go.Figure:
+    settings = {
+        "template": TEMPLATE,
+        "title": {"text": title, "x": 0.02, "xanchor": "left"},
+        "xaxis_title": xtitle,
+        "yaxis_title": ytitle,
+        "legend": {"orientation": "v"},
+        "margin": {"l": 70, "r": 30, "t": 70, "b": 60},
+        "width": 900,
+        "height": 560,
+    }
+    settings.update(extra)
+    fig.update_layout(**settings)
+    return fig
+
+
+def _note_no_entropy(fig: go.Figure) -> None:
+    fig.add_annotation(
+        text=NO_ENTROPY_TEXT,
+        xref="paper",
+        yref="paper",
+        x=0.5,
+        y=0.98,
+        xanchor="center",
+        yanchor="top",
+        showarrow=False,
+        font={"size": 13, "color": "#555555"},
+        bgcolor="rgba(255,255,255,0.85)",
+        bordercolor="#bbbbbb",
+        borderwidth=1,
+    )
+
+
+def _label_positions(x: np.ndarray) -> list[str]:
+    """Alternate labels above/below the points, in x order, so neighbours overlap less."""
+    order = np.argsort(np.nan_to_num(x, nan=np.inf), kind="stable")
+    pos = [""] * len(x)
+    for rank, i in enumerate(order):
+        pos[i] = "top center" if rank % 2 == 0 else "bottom center"
+    return pos
+
+
+def _scatter_pair(
+    neurons: pd.DataFrame,
+    xcol: str,
+    ycol: str,
+) -> list[go.Scatter]:
+    """Grey trace of ordinary neurons and red, labelled trace of entropy neurons."""
+    mask = _entropy_mask(neurons)
+    other, ent = neurons[~mask], neurons[mask]
+    traces = []
+    custom, hover = _hover_data(other)
+    traces.append(
+        go.Scatter(
+            x=_floats(other[xcol]),
+            y=_floats(other[ycol]),
+            mode="markers",
+            name=OTHER_TRACE,
+            marker={"color": OTHER_COLOR, "size": 6, "opacity": 0.6},
+            customdata=custom,
+            hovertemplate=hover + "<extra></extra>",
+        )
+    )
+    custom, hover = _hover_data(ent)
+    traces.append(
+        go.Scatter(
+            x=_floats(ent[xcol]),
+            y=_floats(ent[ycol]),
+            mode="markers+text",
+            name=ENTROPY_TRACE,
+            text=ent["name"].astype(str).tolist(),
+            textposition=_label_positions(_floats(ent[xcol])),
+            textfont={"color": ENTROPY_COLOR, "size": 11},
+            marker={"color": ENTROPY_COLOR, "size": 9, "line": {"color": "#7f0000", "width": 1}},
+            customdata=custom,
+            hovertemplate=hover + "<extra></extra>",
+        )
+    )
+    return traces
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def fig_entropy_vs_prediction(neurons: pd.DataFrame) -> go.Figure:
+    """Fig. 1 analogue: effect of mean ablation on entropy vs on the top-1 prediction.
+
+    x = ``top1_change_frac`` (share of tokens whose argmax changes),
+    y = ``abs_delta_entropy`` (mean |ΔH| in nats). Entropy neurons sit high and
+    to the left: they move the entropy a lot while barely changing the prediction.
+    """
+    _check_columns(neurons, "fig_entropy_vs_prediction")
+    fig = go.Figure(_scatter_pair(neurons, "top1_change_frac", "abs_delta_entropy"))
+    _base_layout(
+        fig,
+        "Fig. 1 analogue: entropy vs prediction change under mean ablation (final-layer neurons)",
+        "share of tokens whose top-1 prediction changes (fraction, 0–1)",
+        "mean |ΔH| of the output distribution (nats)",
+    )
+    if not _entropy_mask(neurons).any():
+        _note_no_entropy(fig)
+    return fig
+
+
+def fig_norm_vs_logitvar(neurons: pd.DataFrame) -> go.Figure:
+    """Fig. 2a analogue: ‖w_out‖ vs variance of the neuron's logit attribution (log y).
+
+    Entropy neurons have a large output-weight norm but a small, nearly constant
+    direct effect on the logits (low ``logit_var``).
+    """
+    _check_columns(neurons, "fig_norm_vs_logitvar")
+    fig = go.Figure(_scatter_pair(neurons, "w_out_norm", "logit_var"))
+    _base_layout(
+        fig,
+        "Fig. 2a analogue: output-weight norm vs logit-attribution variance",
+        "‖w_out‖ (L2 norm of the neuron's output weights)",
+        "Var over vocabulary of W_U·w_out (logit variance, log scale)",
+    )
+    fig.update_yaxes(type="log")
+    if not _entropy_mask(neurons).any():
+        _note_no_entropy(fig)
+    return fig
+
+
+def fig_total_vs_direct(neurons: pd.DataFrame, n_random: int = 100, seed: int = 0) -> go.Figure:
+    """Fig. 2c analogue: total vs direct effect for entropy neurons and a random baseline.
+
+    Two box traces (named ``"TE (total effect)"`` and ``"DE (direct effect)"``) grouped by category: ``"entropy neurons"``
+    (all flagged neurons) and ``"random neurons"`` (``n_random`` non-entropy neurons
+    drawn without replacement with ``numpy.random.default_rng(seed)``; all of them if
+    fewer exist). The gap between TE and DE is the LayerNorm-mediated effect.
+    """
+    _check_columns(neurons, "fig_total_vs_direct")
+    if n_random < 0:
+        raise ValueError("n_random must be >= 0")
+    mask = _entropy_mask(neurons)
+    ent = neurons[mask]
+    others = np.flatnonzero(~mask)
+    rng = np.random.default_rng(seed)
+    if len(others) > n_random:
+        chosen = np.sort(rng.choice(others, size=n_random, replace=False))
+    else:
+        chosen = others
+    rand = neurons.iloc[chosen]
+    ent_label = f"entropy neurons (n={len(ent)})"
+    rand_label = f"random neurons (n={len(rand)})"
+
+    names = ent["name"].astype(str).tolist() + rand["name"].astype(str).tolist()
+    x = [ent_label] * len(ent) + [rand_label] * len(rand)
+    fig = go.Figure()
+    for col, color, label in (
+        ("TE", "#4c72b0", "TE (total effect)"),
+        ("DE", "#dd8452", "DE (direct effect)"),
+    ):
+        y = np.concatenate([_floats(ent[col]), _floats(rand[col])])
+        fig.add_trace(
+            go.Box(
+                x=x,
+                y=y,
+                name=label,
+                marker={"color": color, "size": 4},
+                line={"color": color},
+                boxpoints="all",
+                jitter=0.35,
+                pointpos=0,
+                text=names,
+                hovertemplate="%{text}<br>" + col + " = %{y:.4g}<extra></extra>",
+            )
+        )
+    _base_layout(
+        fig,
+        "Fig. 2c analogue: total vs direct effect of mean ablation on the loss",
+        "neuron group",
+        "effect of mean ablation on loss (nats)",
+        boxmode="group",
+    )
+    fig.update_xaxes(categoryorder="array", categoryarray=[ent_label, rand_label])
+    if not mask.any():
+        _note_no_entropy(fig)
+    return fig
+
+
+def fig_spectrum(
+    singular_values: np.ndarray | Sequence[float],
+    cos_sv: np.ndarray,
+    neurons: pd.DataFrame,
+    k: int,
+) -> go.Figure:
+    """Fig. 2d analogue: spectrum of W_U and where entropy neurons write.
+
+    Thick line (left axis): singular values of W_U by index (descending).  Thin
+    lines (right axis): |cos(w_out, v_j)| for up to eight entropy neurons, those
+    with the largest ``ln_share`` first.  The bottom-``k`` singular directions (the
+    effective null space used for ρ) are shaded.  ``cos_sv`` rows follow the row
+    order of ``neurons``; its columns follow ``singular_values``.
+    """
+    _check_columns(neurons, "fig_spectrum")
+    sv = np.asarray(singular_values, dtype=float).reshape(-1)
+    cos = np.asarray(cos_sv, dtype=float)
+    d_model = sv.shape[0]
+    if cos.ndim != 2 or cos.shape != (len(neurons), d_model):
+        raise ValueError(
+            f"cos_sv must have shape (n_neurons, d_model) = ({len(neurons)}, {d_model}); got {cos.shape}"
+        )
+    if not 0 <= int(k) <= d_model:
+        raise ValueError(f"k must be in [0, {d_model}], got {k}")
+    k = int(k)
+    idx = np.arange(d_model)
+
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=idx,
+            y=sv,
+            mode="lines",
+            name="singular values of W_U",
+            line={"color": SPECTRUM_COLOR, "width": 4},
+            hovertemplate="index %{x}<br>σ = %{y:.4g}<extra></extra>",
+        )
+    )
+
+    mask = _entropy_mask(neurons)
+    positions = np.flatnonzero(mask)
+    if len(positions):
+        share = _floats(neurons["ln_share"])[positions]
+        # Largest ln_share first, NaN last; stable so ties keep table order.
+        order = np.argsort(np.where(np.isnan(share), -np.inf, -share), kind="stable")
+        positions = positions[order][:MAX_SPECTRUM_NEURONS]
+    names = neurons["name"].astype(str).to_numpy()
+    for j, pos in enumerate(positions):
+        color = _LINE_COLORS[j % len(_LINE_COLORS)]
+        fig.add_trace(
+            go.Scatter(
+                x=idx,
+                y=np.abs(cos[pos]),
+                mode="lines",
+                name=f"|cos| {names[pos]}",
+                legendgroup=ENTROPY_TRACE,
+                line={"color": color, "width": 1},
+                yaxis="y2",
+                hovertemplate=f"{names[pos]}<br>index %{{x}}<br>|cos| = %{{y:.3f}}<extra></extra>",
+            )
+        )
+
+    if k > 0:
+        fig.add_shape(
+            type="rect",
+            xref="x",
+            yref="paper",
+            x0=d_model - k - 0.5,
+            x1=d_model - 0.5,
+            y0=0,
+            y1=1,
+            fillcolor=NULL_SPACE_FILL,
+            line={"width": 0},
+            layer="below",
+        )
+        fig.add_annotation(
+            text=f"null space (bottom k={k})",
+            xref="x",
+            yref="paper",
+            x=d_model - k - 0.5,
+            y=1.0,
+            xanchor="right",
+            yanchor="bottom",
+            showarrow=False,
+            font={"size": 11, "color": ENTROPY_COLOR},
+        )
+
+    _base_layout(
+        fig,
+        "Fig. 2d analogue: singular values of W_U and |cos| of entropy neurons' w_out with its singular vectors",
+        "singular vector index (descending singular value)",
+        "singular value of W_U",
+        yaxis2={
+            "title": {"text": "|cos(w_out, singular vector)|"},
+            "overlaying": "y",
+            "side": "right",
+            "range": [0, 1.05],
+            "tickmode": "linear",  # own ticks, not synced to the left axis' grid
+            "tick0": 0,
+            "dtick": 0.2,
+            "showgrid": False,
+        },
+        legend={"orientation": "h", "x": 0.0, "y": -0.18},
+    )
+    fig.update_layout(margin={"r": 80, "b": 110})
+    if not mask.any():
+        _note_no_entropy(fig)
+    return fig
+
+
+def fig_rho_vs_ln_share(neurons: pd.DataFrame, k: int) -> go.Figure:
+    """Fig. 2e analogue: null-space projection ρ vs LayerNorm-mediated share of the effect.
+
+    x = ``rho`` (fraction of ‖w_out‖ in the bottom-``k`` singular directions of W_U),
+    y = ``ln_share`` = 1 − DE/TE, colour = ``abs_delta_entropy``.  Both traces share
+    one colour axis; entropy neurons are outlined in red and labelled.
+    """
+    _check_columns(neurons, "fig_rho_vs_ln_share")
+    mask = _entropy_mask(neurons)
+    other, ent = neurons[~mask], neurons[mask]
+    colour = _floats(neurons["abs_delta_entropy"])
+    finite = colour[np.isfinite(colour)]
+    cmin = float(finite.min()) if finite.size else 0.0
+    cmax = float(finite.max()) if finite.size else 1.0
+    if cmax <= cmin:
+        cmax = cmin + 1.0
+
+    fig = go.Figure()
+    custom, hover = _hover_data(other)
+    fig.add_trace(
+        go.Scatter(
+            x=_floats(other["rho"]),
+            y=_floats(other["ln_share"]),
+            mode="markers",
+            name=OTHER_TRACE,
+            marker={
+                "color": _floats(other["abs_delta_entropy"]),
+                "coloraxis": "coloraxis",
+                "size": 7,
+                "opacity": 0.8,
+                "line": {"color": "rgba(0,0,0,0.25)", "width": 0.5},
+            },
+            customdata=custom,
+            hovertemplate=hover + "<br>|ΔH| = %{marker.color:.4g}<extra></extra>",
+        )
+    )
+    custom, hover = _hover_data(ent)
+    fig.add_trace(
+        go.Scatter(
+            x=_floats(ent["rho"]),
+            y=_floats(ent["ln_share"]),
+            mode="markers+text",
+            name=ENTROPY_TRACE,
+            text=ent["name"].astype(str).tolist(),
+            textposition=_label_positions(_floats(ent["rho"])),
+            textfont={"color": ENTROPY_COLOR, "size": 11},
+            marker={
+                "color": _floats(ent["abs_delta_entropy"]),
+                "coloraxis": "coloraxis",
+                "size": 11,
+                "line": {"color": ENTROPY_COLOR, "width": 2.5},
+            },
+            customdata=custom,
+            hovertemplate=hover + "<br>|ΔH| = %{marker.color:.4g}<extra></extra>",
+        )
+    )
+    _base_layout(
+        fig,
+        f"Fig. 2e analogue: null-space projection ρ (k={int(k)}) vs LayerNorm-mediated effect",
+        f"ρ = ‖V₀ᵀ w_out‖ / ‖w_out‖ (fraction of norm in bottom-{int(k)} singular directions of W_U)",
+        "1 − DE/TE (share of the effect mediated by the final LayerNorm)",
+        coloraxis={
+            "colorscale": "Viridis",
+            "cmin": cmin,
+            "cmax": cmax,
+            "colorbar": {"title": {"text": "|ΔH| (nats)"}},
+        },
+        legend={"orientation": "h", "x": 0.0, "y": -0.18},
+    )
+    fig.update_layout(margin={"b": 110})
+    if not mask.any():
+        _note_no_entropy(fig)
+    return fig
