@@ -3,92 +3,118 @@
  * For every token t and neuron k of a chunk, the logits after an ablation are
  *     y_v = cap(A[t,k] * L[t,v] + B[t,k] * U[k,v] + C[t,k] * P[t,v] + bias[v]) + D[t,k] * Q[v]
  * (P and Q optional, cap(z) = softcap * tanh(z / softcap) when softcap > 0).
- * Nothing of size (T, K, V) is ever stored: the vocabulary is walked in tiles that stay
- * in L1 and an online-softmax state (max, sum exp, sum (y - max) exp) is carried per pair.
- * Outputs per (t, k): max, argmax, S = sum exp(y - max), Sz = sum (y - max) exp(y - max),
- * and y at the target token; so logsumexp = max + log S and entropy = log S - Sz / S.
- * Built with -ffast-math (for the vectorised expf of glibc's libmvec), so no infinities are
- * used: -FLT_MAX stands for "no value yet".
+ * Nothing of size (T, K, V) is ever stored. The vocabulary is walked once, in tiles shared by a
+ * block of (t, k) pairs so that L and U stay in cache, with exponentials taken relative to a
+ * per-token shift m[t] (the clean maximum logit, which ablated logits stay close to). A pair whose
+ * own maximum lands more than 60 nats from the shift is recomputed with its exact maximum, so
+ * nothing overflows or underflows.
+ * Outputs per (t, k): M = max_v y, S = sum exp(y - shift), Sz = sum (y - shift) exp(y - shift),
+ * the shift used, y at the target token and y at a reference token (the clean argmax). Hence
+ * logsumexp = shift + log S, entropy = log S - Sz / S, and the top-1 prediction changed iff M > y_ref.
+ * Built with -ffast-math (for the vectorised expf of glibc's libmvec), so no infinities are used:
+ * -FLT_MAX stands for "no value yet".
  */
 #include <math.h>
 #include <stdint.h>
 #include <float.h>
 
-#define TILE 1024
+#define TILE 2048
 #define TB 4
 #define KB 8
 
-static inline float capf(float z, float softcap) {
-    return softcap > 0.f ? softcap * tanhf(z / softcap) : z;
+typedef struct {
+    const float *L, *U, *P, *Q, *bias, *A, *B, *C, *D;
+    float softcap;
+    int K, V;
+} Problem;
+
+/* One expression for every logit, with explicit fused multiply-adds, so that the vectorised loops
+ * and the scalar logit_at round identically (the top-1 test compares their results exactly). */
+static inline float lin(float a, float l, float b, float u, float bias) { return fmaf(a, l, fmaf(b, u, bias)); }
+
+static inline float logit_at(const Problem *p, int t, int k, int64_t v) {
+    int64_t tk = (int64_t)t * p->K + k;
+    float z = lin(p->A[tk], p->L[(int64_t)t * p->V + v], p->B[tk], p->U[(int64_t)k * p->V + v], p->bias[v]);
+    if (p->P) z = fmaf(p->C[tk], p->P[(int64_t)t * p->V + v], z);
+    if (p->softcap > 0.f) z = p->softcap * tanhf(z / p->softcap);
+    if (p->Q) z = fmaf(p->D[tk], p->Q[v], z);
+    return z;
+}
+
+/* Accumulate one tile [v0, v0 + n) of pair (t, k) into (mx, s, sz) relative to shift. */
+static inline void tile(const Problem *p, int t, int k, int v0, int n, float shift, float *mx, float *s, float *sz) {
+    int64_t tk = (int64_t)t * p->K + k;
+    const float *Lt = p->L + (int64_t)t * p->V + v0, *Uk = p->U + (int64_t)k * p->V + v0, *bb = p->bias + v0;
+    float a = p->A[tk], b = p->B[tk], m = *mx, acc = 0.f, accz = 0.f;
+    if (!p->P && p->softcap <= 0.f) {
+        const float *Qv = p->Q ? p->Q + v0 : 0;
+        float d = p->Q ? p->D[tk] : 0.f;
+        if (Qv) {
+            #pragma omp simd reduction(max:m) reduction(+:acc,accz)
+            for (int j = 0; j < n; j++) {
+                float y = fmaf(d, Qv[j], lin(a, Lt[j], b, Uk[j], bb[j]));
+                m = y > m ? y : m;
+                float dd = y - shift, e = expf(dd);
+                acc += e; accz += dd * e;
+            }
+        } else {
+            #pragma omp simd reduction(max:m) reduction(+:acc,accz)
+            for (int j = 0; j < n; j++) {
+                float y = lin(a, Lt[j], b, Uk[j], bb[j]);
+                m = y > m ? y : m;
+                float dd = y - shift, e = expf(dd);
+                acc += e; accz += dd * e;
+            }
+        }
+    } else {
+        for (int j = 0; j < n; j++) {
+            float y = logit_at(p, t, k, v0 + j);
+            m = y > m ? y : m;
+            float dd = y - shift, e = expf(dd);
+            acc += e; accz += dd * e;
+        }
+    }
+    *mx = m; *s += acc; *sz += accz;
 }
 
 void ablation_softmax_stats(
     int T, int K, int V,
     const float *L, const float *U, const float *P, const float *Q, const float *bias,
     const float *A, const float *B, const float *C, const float *D, float softcap,
-    const int64_t *target,
-    float *out_max, int64_t *out_arg, float *out_S, float *out_Sz, float *out_yt)
+    const float *shift, const int64_t *target, const int64_t *ref,
+    float *out_max, float *out_S, float *out_Sz, float *out_shift, float *out_yt, float *out_yref)
 {
+    Problem p = {L, U, P, Q, bias, A, B, C, D, softcap, K, V};
     int ntb = (T + TB - 1) / TB, nkb = (K + KB - 1) / KB;
     #pragma omp parallel for schedule(dynamic) collapse(2)
     for (int tb = 0; tb < ntb; tb++)
     for (int kb = 0; kb < nkb; kb++) {
-        float buf[TILE] __attribute__((aligned(64)));
         int t0 = tb * TB, t1 = t0 + TB < T ? t0 + TB : T;
         int k0 = kb * KB, k1 = k0 + KB < K ? k0 + KB : K;
-        float m[TB * KB], S[TB * KB], Sz[TB * KB];
-        int64_t am[TB * KB];
-        for (int i = 0; i < TB * KB; i++) { m[i] = -FLT_MAX; S[i] = 0.f; Sz[i] = 0.f; am[i] = 0; }
+        float mx[TB * KB], S[TB * KB], Sz[TB * KB];
+        for (int i = 0; i < TB * KB; i++) { mx[i] = -FLT_MAX; S[i] = 0.f; Sz[i] = 0.f; }
         for (int v0 = 0; v0 < V; v0 += TILE) {
             int n = V - v0 < TILE ? V - v0 : TILE;
             for (int t = t0; t < t1; t++)
+                for (int k = k0; k < k1; k++) {
+                    int i = (t - t0) * KB + (k - k0);
+                    tile(&p, t, k, v0, n, shift[t], &mx[i], &S[i], &Sz[i]);
+                }
+        }
+        for (int t = t0; t < t1; t++)
             for (int k = k0; k < k1; k++) {
                 int i = (t - t0) * KB + (k - k0);
                 int64_t tk = (int64_t)t * K + k;
-                const float *Lt = L + (int64_t)t * V + v0, *Uk = U + (int64_t)k * V + v0, *bb = bias + v0;
-                float a = A[tk], b = B[tk];
-                float tmax = -FLT_MAX;
-                if (P == 0 && Q == 0 && softcap <= 0.f) {
-                    #pragma omp simd reduction(max:tmax) aligned(buf:64)
-                    for (int j = 0; j < n; j++) {
-                        float y = a * Lt[j] + b * Uk[j] + bb[j];
-                        buf[j] = y; tmax = y > tmax ? y : tmax;
-                    }
-                } else {
-                    const float *Pt = P ? P + (int64_t)t * V + v0 : 0, *Qv = Q ? Q + v0 : 0;
-                    float c = C ? C[tk] : 0.f, d = D ? D[tk] : 0.f;
-                    for (int j = 0; j < n; j++) {
-                        float z = a * Lt[j] + b * Uk[j] + bb[j];
-                        if (Pt) z += c * Pt[j];
-                        float y = capf(z, softcap);
-                        if (Qv) y += d * Qv[j];
-                        buf[j] = y; tmax = y > tmax ? y : tmax;
-                    }
+                float sh = shift[t];
+                if (mx[i] - sh > 60.f || mx[i] - sh < -60.f) {
+                    float m2 = -FLT_MAX;
+                    sh = mx[i]; S[i] = 0.f; Sz[i] = 0.f;
+                    for (int v0 = 0; v0 < V; v0 += TILE)
+                        tile(&p, t, k, v0, V - v0 < TILE ? V - v0 : TILE, sh, &m2, &S[i], &Sz[i]);
                 }
-                if (tmax > m[i]) {
-                    for (int j = 0; j < n; j++) if (buf[j] == tmax) { am[i] = v0 + j; break; }
-                    if (S[i] > 0.f) {
-                        float sc = expf(m[i] - tmax);
-                        Sz[i] = sc * (Sz[i] + (m[i] - tmax) * S[i]);
-                        S[i] *= sc;
-                    }
-                    m[i] = tmax;
-                }
-                float mm = m[i], s = 0.f, sz = 0.f;
-                #pragma omp simd reduction(+:s,sz) aligned(buf:64)
-                for (int j = 0; j < n; j++) { float dd = buf[j] - mm; float e = expf(dd); s += e; sz += dd * e; }
-                S[i] += s; Sz[i] += sz;
+                out_max[tk] = mx[i]; out_S[tk] = S[i]; out_Sz[tk] = Sz[i]; out_shift[tk] = sh;
+                out_yt[tk] = logit_at(&p, t, k, target[t]);
+                out_yref[tk] = logit_at(&p, t, k, ref[t]);
             }
-        }
-        for (int t = t0; t < t1; t++)
-        for (int k = k0; k < k1; k++) {
-            int i = (t - t0) * KB + (k - k0);
-            int64_t tk = (int64_t)t * K + k, g = target[t];
-            float z = A[tk] * L[(int64_t)t * V + g] + B[tk] * U[(int64_t)k * V + g] + bias[g];
-            if (P) z += (C ? C[tk] : 0.f) * P[(int64_t)t * V + g];
-            float y = capf(z, softcap);
-            if (Q) y += (D ? D[tk] : 0.f) * Q[g];
-            out_max[tk] = m[i]; out_arg[tk] = am[i]; out_S[tk] = S[i]; out_Sz[tk] = Sz[i]; out_yt[tk] = y;
-        }
     }
 }

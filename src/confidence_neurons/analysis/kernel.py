@@ -2,7 +2,8 @@
 
 Both compute, for every (token t, neuron k) of a chunk, the logits
 ``y = cap(A*L[t] + B*U[k] + C*P[t] + bias) + D*Q`` and reduce them over the vocabulary to
-(max, argmax, S = sum exp(y - max), Sz = sum (y - max) exp(y - max), y[target]).
+(max, S = sum exp(y - shift), Sz = sum (y - shift) exp(y - shift), shift, y[target], y[ref]),
+from which loss, entropy and "did the top-1 prediction change" follow exactly.
 The C kernel (``ablation_kernel.c``) never materialises the (T, K, d_vocab) logits; it is
 compiled once with the system C compiler into the user cache and loaded with ctypes. Where no
 compiler is available the torch twin is used (same numbers, far slower).
@@ -41,14 +42,20 @@ class SoftmaxStats:
     """Per (token, neuron) reductions over the vocabulary; every field has shape (T, K)."""
 
     max: Float[Tensor, "T K"]
-    argmax: Int[Tensor, "T K"]
     S: Float[Tensor, "T K"]
     Sz: Float[Tensor, "T K"]
+    shift: Float[Tensor, "T K"]
     y_target: Float[Tensor, "T K"]
+    y_ref: Float[Tensor, "T K"]
 
     @property
     def logsumexp(self) -> Tensor:
-        return self.max + self.S.log()
+        return self.shift + self.S.log()
+
+    @property
+    def top1_changed(self) -> Tensor:
+        """True where the reference token (the clean argmax) is no longer the top prediction."""
+        return self.max > self.y_ref
 
     @property
     def loss(self) -> Tensor:
@@ -104,6 +111,8 @@ def softmax_stats(
     B: Float[Tensor, "T K"],
     target: Int[Tensor, "T"],
     *,
+    shift: Float[Tensor, "T"] | None = None,
+    ref: Int[Tensor, "T"] | None = None,
     P: Float[Tensor, "T V"] | None = None,
     C: Float[Tensor, "T K"] | None = None,
     Q: Float[Tensor, "V"] | None = None,
@@ -111,27 +120,34 @@ def softmax_stats(
     softcap: float | None = None,
     backend: Backend = "auto",
 ) -> SoftmaxStats:
-    """Reduce ``y = cap(A L + B U + C P + bias) + D Q`` over the vocabulary for every (t, k)."""
+    """Reduce ``y = cap(A L + B U + C P + bias) + D Q`` over the vocabulary for every (t, k).
+
+    ``shift`` (default: max of L + bias per token) only needs to be close to the logits' maximum;
+    ``ref`` (default: argmax of L + bias) is the token whose top-1 status ``top1_changed`` reports.
+    """
+    if shift is None or ref is None:
+        base = L.float() + bias.float()
+        shift = base.max(-1).values if shift is None else shift
+        ref = base.argmax(-1) if ref is None else ref
     if (P is None) != (C is None) or (Q is None) != (D is None):
         raise ValueError("P and C (and Q and D) must be given together")
     lib = _load_library() if backend in ("auto", "c") else None
     if backend == "c" and lib is None:
         raise RuntimeError("the C kernel is not available (no working C compiler); use backend='torch'")
     if lib is None:
-        return softmax_stats_torch(L, U, bias, A, B, target, P=P, C=C, Q=Q, D=D, softcap=softcap)
+        return softmax_stats_torch(L, U, bias, A, B, target, ref=ref, P=P, C=C, Q=Q, D=D, softcap=softcap)
     L, U, bias, A, B, P, C, Q, D = (_prep(x) for x in (L, U, bias, A, B, P, C, Q, D))
-    target = target.to("cpu", torch.int64).contiguous()
+    target, ref = (x.to("cpu", torch.int64).contiguous() for x in (target, ref))
+    shift = _prep(shift)
     T, V = L.shape
     K = U.shape[0]
-    out = SoftmaxStats(
-        max=torch.empty(T, K), argmax=torch.empty(T, K, dtype=torch.int64),
-        S=torch.empty(T, K), Sz=torch.empty(T, K), y_target=torch.empty(T, K),
-    )
+    out = SoftmaxStats(*(torch.empty(T, K) for _ in range(6)))
     lib.ablation_softmax_stats(
         ctypes.c_int(T), ctypes.c_int(K), ctypes.c_int(V),
         _ptr(L), _ptr(U), _ptr(P), _ptr(Q), _ptr(bias),
         _ptr(A), _ptr(B), _ptr(C), _ptr(D), ctypes.c_float(softcap or 0.0),
-        _ptr(target), _ptr(out.max), _ptr(out.argmax), _ptr(out.S), _ptr(out.Sz), _ptr(out.y_target),
+        _ptr(shift), _ptr(target), _ptr(ref),
+        _ptr(out.max), _ptr(out.S), _ptr(out.Sz), _ptr(out.shift), _ptr(out.y_target), _ptr(out.y_ref),
     )
     return out
 
@@ -148,9 +164,12 @@ def ablated_logits_torch(L, U, bias, A, B, *, P=None, C=None, Q=None, D=None, so
     return z
 
 
-def softmax_stats_torch(L, U, bias, A, B, target, *, P=None, C=None, Q=None, D=None, softcap=None,
+def softmax_stats_torch(L, U, bias, A, B, target, *, ref=None, P=None, C=None, Q=None, D=None, softcap=None,
                         max_elements: int = 2**24) -> SoftmaxStats:
-    """The torch twin of the kernel, chunked over tokens so that memory stays bounded."""
+    """The torch twin of the kernel (exponentials relative to each pair's own maximum), chunked over
+    tokens so that memory stays bounded."""
+    if ref is None:
+        ref = (L + bias).argmax(-1)
     T, V = L.shape
     K = U.shape[0]
     rows = max(1, max_elements // max(1, K * V))
@@ -159,9 +178,9 @@ def softmax_stats_torch(L, U, bias, A, B, target, *, P=None, C=None, Q=None, D=N
         sl = slice(t0, t0 + rows)
         sub = lambda x: None if x is None else x[sl]  # noqa: E731
         y = ablated_logits_torch(L[sl], U, bias, A[sl], B[sl], P=sub(P), C=sub(C), Q=Q, D=sub(D), softcap=softcap)
-        m, arg = y.max(-1)
+        m = y.max(-1).values
         d = y - m[..., None]
         e = d.exp()
-        tgt = target[sl].view(-1, 1, 1).expand(-1, K, 1)
-        parts.append((m, arg, e.sum(-1), (d * e).sum(-1), y.gather(-1, tgt).squeeze(-1)))
+        at = lambda idx: y.gather(-1, idx[sl].view(-1, 1, 1).expand(-1, K, 1)).squeeze(-1)  # noqa: E731
+        parts.append((m, e.sum(-1), (d * e).sum(-1), m, at(target), at(ref)))
     return SoftmaxStats(*(torch.cat(p) for p in zip(*parts)))

@@ -111,11 +111,33 @@ def closed_form_coefficients(c: Chunk, d_model: int, eps: float, variant: str) -
     return 1.0 / s, c.delta / s
 
 
-def clean_stats(L: Tensor, s: Tensor, layer: FinalLayer, target: Tensor, backend: Backend) -> SoftmaxStats:
+@dataclass
+class CleanStats:
+    """Clean per-token statistics (N,) and the kernel's shift/reference token for the ablations."""
+
+    stats: SoftmaxStats
+    shift: Tensor
+    argmax: Tensor
+
+    @property
+    def loss(self) -> Tensor:
+        return self.stats.loss[:, 0]
+
+    @property
+    def entropy(self) -> Tensor:
+        return self.stats.entropy[:, 0]
+
+
+def clean_stats(L: Tensor, s: Tensor, layer: FinalLayer, target: Tensor, backend: Backend) -> CleanStats:
     """Clean statistics through the same kernel as the ablations, so that rounding cancels in differences."""
+    z = L / s + layer.b_U
+    if layer.softcap:
+        z = layer.softcap * torch.tanh(z / layer.softcap)
+    shift, argmax = z.max(-1)
     zeros = torch.zeros(L.shape[0], 1)
-    return softmax_stats(L, torch.zeros(1, L.shape[1]), layer.b_U, 1.0 / s, zeros, target,
-                         softcap=layer.softcap, backend=backend)
+    st = softmax_stats(L, torch.zeros(1, L.shape[1]), layer.b_U, 1.0 / s, zeros, target, shift=shift, ref=argmax,
+                       softcap=layer.softcap, backend=backend)
+    return CleanStats(st, shift, argmax)
 
 
 @dataclass
@@ -150,8 +172,8 @@ def _chunks(layer: FinalLayer, cache: ForwardCache, neurons: Tensor, new_values:
 def per_token_effects(layer: FinalLayer, cache: ForwardCache, neurons: list[int], *, mode: AblationMode = "mean",
                       mean_act: Tensor | None = None, token_chunk: int = 256,
                       backend: Backend = "auto") -> dict[str, Tensor]:
-    """Per-token clean and ablated loss/entropy/argmax for a few neurons: keys 'loss', 'entropy',
-    'argmax' (N,) and '{variant}_{loss|entropy|argmax}' (N, len(neurons))."""
+    """Per-token clean and ablated statistics for a few neurons: keys 'loss', 'entropy', 'argmax' (N,)
+    and '{variant}_{loss|entropy|top1_changed}' (N, len(neurons)) for variant in VARIANTS."""
     idx = torch.tensor(neurons, dtype=torch.long)
     mean = cache.acts.mean(0) if mean_act is None else mean_act
     new = ablated_values(cache.acts[:, idx], mean[idx], mode)
@@ -159,15 +181,16 @@ def per_token_effects(layer: FinalLayer, cache: ForwardCache, neurons: list[int]
     for sl, c in _chunks(layer, cache, idx, new, token_chunk):
         tgt = cache.target[sl]
         base = clean_stats(c.L, c.s, layer, tgt, backend)
-        out.setdefault("loss", []).append(base.loss[:, 0])
-        out.setdefault("entropy", []).append(base.entropy[:, 0])
-        out.setdefault("argmax", []).append(base.argmax[:, 0])
+        out.setdefault("loss", []).append(base.loss)
+        out.setdefault("entropy", []).append(base.entropy)
+        out.setdefault("argmax", []).append(base.argmax)
         for v in VARIANTS:
             A, B = closed_form_coefficients(c, layer.d_model, layer.eps, v)
-            st = softmax_stats(c.L, c.U, layer.b_U, A, B, tgt, softcap=layer.softcap, backend=backend)
+            st = softmax_stats(c.L, c.U, layer.b_U, A, B, tgt, shift=base.shift, ref=base.argmax,
+                               softcap=layer.softcap, backend=backend)
             out.setdefault(f"{v}_loss", []).append(st.loss)
             out.setdefault(f"{v}_entropy", []).append(st.entropy)
-            out.setdefault(f"{v}_argmax", []).append(st.argmax)
+            out.setdefault(f"{v}_top1_changed", []).append(st.top1_changed)
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -213,12 +236,13 @@ def sweep(layer: FinalLayer, cache: ForwardCache, *, mode: AblationMode = "mean"
             tgt = cache.target[sl]
             for v in VARIANTS:
                 A, B = closed_form_coefficients(c, layer.d_model, layer.eps, v)
-                st = softmax_stats(c.L, c.U, layer.b_U, A, B, tgt, softcap=layer.softcap, backend=backend)
-                dl = (st.loss - b.loss).double()
+                st = softmax_stats(c.L, c.U, layer.b_U, A, B, tgt, shift=b.shift, ref=b.argmax,
+                                   softcap=layer.softcap, backend=backend)
+                dl = (st.loss[:, :] - b.loss[:, None]).double()
                 part["abs_dloss"][v] += dl.abs().sum(0)
                 part["dloss"][v] += dl.sum(0)
-                part["abs_dentropy"][v] += (st.entropy - b.entropy).double().abs().sum(0)
-                part["top1_change"][v] += (st.argmax != b.argmax).double().sum(0)
+                part["abs_dentropy"][v] += (st.entropy - b.entropy[:, None]).double().abs().sum(0)
+                part["top1_change"][v] += st.top1_changed.double().sum(0)
         for f in _FIELDS:
             for v in VARIANTS:
                 acc[f][v][idx] = part[f][v] / n
