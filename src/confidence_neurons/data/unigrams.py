@@ -1,0 +1,312 @@
+"""Unigram (token frequency) counts, the distribution ``p_freq`` and the direction ``v_freq`` (paper Sec. 4).
+
+Counts are one int64 per token id. They come either from counting a corpus with a tokenizer
+(:func:`count_unigrams`, saved by :func:`save_counts` as ``<name>.npy`` plus ``<name>.json``
+metadata) or from the count files published with the paper's code (a bare ``.npy``), both read
+by :func:`load_counts`.
+
+Smoothing and padding follow the paper's published code: over the file's entries
+``p = (count + 1) / sum(count + 1)``; ids past the file's length (padded rows of ``W_U`` that
+the tokenizer never produces) get ``p = 0``. ``v_freq`` is ``log p - mean(log p)`` taken over
+the support ``p > 0``, and is 0 on the padded rows (see :func:`v_freq`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from confidence_neurons.data.corpus import describe_default_corpus, iter_documents
+
+log = logging.getLogger(__name__)
+
+#: Smallest fraction of the model's vocabulary a count file may cover; shorter files were made for another tokenizer.
+MIN_COVERAGE = 0.9
+
+#: Provenance of the count files published with the paper's code (reference/README.md).
+PUBLISHED = {
+    "gpt2-small-unigrams_openwebtext-2M_rows_500000.npy": {
+        "tokenizer": "GPT-2 BPE (gpt2)", "corpus": "OpenWebText, 500k rows"},
+    "pythia-unigrams.npy": {"tokenizer": "GPT-NeoX-20B (Pythia)", "corpus": "The Pile"},
+    "phi-2-unigrams_c4_en_validation.npy": {"tokenizer": "Phi-2 (CodeGen BPE)", "corpus": "C4 en validation"},
+}
+
+
+class UnigramError(ValueError):
+    """Unigram counts cannot be made, read or used; the message says what was found and what to do."""
+
+
+@dataclass(frozen=True)
+class UnigramCounts:
+    """Token counts (int64, ``(n_entries,)``, one per token id) and a JSON-serialisable record of their origin.
+
+    ``meta`` holds at least ``source`` (``"counted"`` or ``"published:<filename>"``), ``tokenizer``,
+    ``corpus``, ``n_tokens`` (the sum of the counts), ``n_documents`` (None when unknown) and ``n_entries``.
+    """
+
+    counts: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+
+def _tokenizer_name(tokenizer: Any) -> str:
+    name = getattr(tokenizer, "name_or_path", None)
+    return str(name) if name else type(tokenizer).__name__
+
+
+def _corpus_record(dataset: str | None, text_field: str, split: str) -> dict:
+    if dataset is None:
+        return {"dataset": None, "description": describe_default_corpus()}
+    path = Path(dataset).expanduser()
+    if path.exists():
+        rec = {"dataset": str(path), "description": f"local {'folder' if path.is_dir() else 'file'} {path}"}
+        if path.is_dir() or path.suffix == ".jsonl":
+            rec["text_field"] = text_field
+        return rec
+    return {"dataset": dataset, "description": f"Hugging Face hub dataset {dataset} (split {split})",
+            "split": split, "text_field": text_field}
+
+
+def count_unigrams(tokenizer: Any, dataset: str | None, *, vocab_size: int | None = None, text_field: str = "text",
+                   split: str = "train", max_tokens: int | None = None, batch_docs: int = 64,
+                   progress: bool = True) -> UnigramCounts:
+    """Count how often each token id occurs in ``dataset`` (see :func:`~confidence_neurons.data.corpus.iter_documents`).
+
+    Documents are streamed and tokenized ``batch_docs`` at a time without special tokens; the counts
+    are accumulated into one int64 array of length ``vocab_size`` (default ``len(tokenizer)``), so
+    memory does not grow with the corpus. With ``max_tokens`` counting stops after exactly that many
+    tokens (the last document read is counted only in part). A token id ``>= vocab_size`` raises
+    :class:`UnigramError`; corpus problems raise :class:`~confidence_neurons.data.corpus.CorpusError`.
+    """
+    if vocab_size is None:
+        vocab_size = len(tokenizer)
+    if vocab_size < 1:
+        raise UnigramError(f"vocab_size must be at least 1 (got {vocab_size}); pass the tokenizer's vocabulary size")
+    if batch_docs < 1:
+        raise UnigramError(f"batch_docs must be at least 1 (got {batch_docs}); pass a positive batch size")
+    if max_tokens is not None and max_tokens < 1:
+        raise UnigramError(f"max_tokens must be at least 1 (got {max_tokens}); raise it or leave it unset")
+    docs = iter_documents(dataset, text_field=text_field, split=split)  # validates the dataset eagerly
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    n_tokens = n_docs = 0
+    truncated = False
+    start = time.perf_counter()
+
+    def add(batch: list[str]) -> bool:
+        """Count one batch; return True when max_tokens is reached."""
+        nonlocal n_tokens, n_docs
+        ids_per_doc = tokenizer(batch, add_special_tokens=False)["input_ids"]
+        parts, stop = [], False
+        for ids in ids_per_doc:
+            n_docs += 1
+            arr = np.asarray(ids, dtype=np.int64)
+            if max_tokens is not None and n_tokens + len(arr) >= max_tokens:
+                arr, stop = arr[:max_tokens - n_tokens], True
+            parts.append(arr)
+            n_tokens += len(arr)
+            if stop:
+                break
+        flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        if len(flat):
+            hi, lo = int(flat.max()), int(flat.min())
+            if hi >= vocab_size or lo < 0:
+                bad = hi if hi >= vocab_size else lo
+                raise UnigramError(f"the tokenizer produced token id {bad}, outside the count vector of "
+                                   f"{vocab_size} entries; pass a larger vocab_size (e.g. len(tokenizer))")
+            np.add(counts, np.bincount(flat, minlength=vocab_size), out=counts)
+            bar.update(len(flat))
+        return stop
+
+    with tqdm(desc="counting unigrams", unit="tok", unit_scale=True, total=max_tokens,
+              disable=None if progress else True) as bar:
+        batch: list[str] = []
+        for text in docs:
+            batch.append(text)
+            if len(batch) == batch_docs:
+                if add(batch):
+                    truncated = True
+                    break
+                batch = []
+        else:
+            if batch:
+                truncated = add(batch)
+    seconds = time.perf_counter() - start
+    # "truncated" means max_tokens was hit, whether or not the corpus had more text.
+    meta = {
+        "source": "counted",
+        "tokenizer": _tokenizer_name(tokenizer),
+        "corpus": _corpus_record(dataset, text_field, split),
+        "n_tokens": int(n_tokens),
+        "n_documents": int(n_docs),
+        "n_entries": int(vocab_size),
+        "max_tokens": max_tokens,
+        "reached_max_tokens": bool(truncated),
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round(n_tokens / seconds, 1) if seconds > 0 else None,
+    }
+    if n_tokens == 0:
+        log.warning("the corpus produced no tokens; every count is 0")
+    log.info("counted %d tokens in %d documents (%.0f tok/s)", n_tokens, n_docs, n_tokens / max(seconds, 1e-9))
+    return UnigramCounts(counts=counts, meta=meta)
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_counts(counts: UnigramCounts, path: Path) -> None:
+    """Write ``counts`` to ``path`` (``.npy``, int64) and its metadata to ``path.with_suffix('.json')``, atomically."""
+    path = Path(path)
+    if path.suffix != ".npy":
+        raise UnigramError(f"count files are saved as .npy, but {path} has suffix {path.suffix!r}; "
+                           f"pass a path ending in .npy")
+    arr = np.ascontiguousarray(counts.counts, dtype=np.int64)
+    meta = dict(counts.meta)
+    meta.setdefault("n_entries", int(arr.shape[0]))
+    try:
+        text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise UnigramError(f"the counts' metadata is not JSON-serialisable ({exc}); keep meta to plain "
+                           f"str/int/float/list/dict values") from exc
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda fh: np.save(fh, arr, allow_pickle=False))
+    _atomic_write(path.with_suffix(".json"), lambda fh: fh.write(text.encode("utf-8")))
+
+
+def _as_counts(arr: np.ndarray, name: str) -> np.ndarray:
+    """Validate a loaded array as counts; integral floats are accepted and cast to int64."""
+    if arr.ndim != 1:
+        raise UnigramError(f"{name} holds a {arr.ndim}-D array of shape {arr.shape}, not one count per token id; "
+                           f"pass a 1-D count vector")
+    if arr.shape[0] == 0:
+        raise UnigramError(f"{name} holds an empty array; recount the corpus")
+    if arr.dtype.kind in "iu":
+        if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+            raise UnigramError(f"{name} has counts too large for int64; recount with int64 counts")
+        out = arr.astype(np.int64)
+    elif arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            raise UnigramError(f"{name} holds non-finite values (NaN or inf), so it is not a count file; "
+                               f"pass integer token counts")
+        if not np.all(arr == np.round(arr)):
+            raise UnigramError(f"{name} holds fractional values (dtype {arr.dtype}), so it is not a count file "
+                               f"(perhaps probabilities); pass integer token counts")
+        if np.any(np.abs(arr) > 2.0 ** 53):
+            raise UnigramError(f"{name} holds float counts above 2**53 that cannot be exact; save the counts as int64")
+        out = arr.astype(np.int64)
+    else:
+        raise UnigramError(f"{name} has dtype {arr.dtype}, not an integer type; pass integer token counts")
+    if np.any(out < 0):
+        raise UnigramError(f"{name} has {int(np.sum(out < 0))} negative entries (smallest {int(out.min())}), "
+                           f"which counts cannot be; recount the corpus")
+    return out
+
+
+def _check_width(n_entries: int, d_vocab: int, name: str) -> None:
+    if d_vocab < 1:
+        raise UnigramError(f"d_vocab must be at least 1 (got {d_vocab}); pass the width of the model's W_U")
+    if n_entries > d_vocab:
+        raise UnigramError(f"the count file {name} has {n_entries} entries but the model's vocabulary has only "
+                           f"{d_vocab}; it was made for another tokenizer, so count with this model's tokenizer")
+    if n_entries < MIN_COVERAGE * d_vocab:
+        raise UnigramError(f"the count file {name} has {n_entries} entries, far fewer than the model's vocabulary "
+                           f"of {d_vocab}; it was made for another tokenizer, so count with this model's tokenizer")
+
+
+def load_counts(path: Path, d_vocab: int) -> UnigramCounts:
+    """Load a ``.npy`` count file for a model whose unembedding has ``d_vocab`` columns.
+
+    Both our files (with a ``.json`` sidecar holding their metadata) and the paper authors'
+    published files (no sidecar; ``meta["source"]`` is ``"published:<filename>"``) are read.
+    Counts must be a 1-D array of non-negative integers; a float array is accepted (and cast to
+    int64) only when every value is a finite whole number, so probability files are refused. The
+    file may be shorter than ``d_vocab`` (the rest are padded rows, see :func:`p_freq`) but not
+    longer, nor shorter than ``MIN_COVERAGE * d_vocab``. The counts are returned unpadded.
+    """
+    path = Path(path)
+    name = path.name
+    if path.suffix != ".npy":
+        raise UnigramError(f"{path} is not a .npy file; pass a count file saved with numpy.save")
+    if not path.is_file():
+        raise UnigramError(f"count file {path} does not exist; check the path or count a corpus first")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is one clear error
+        raise UnigramError(f"{path} could not be read as a .npy array ({type(exc).__name__}: {exc}); "
+                           f"pass a count file saved with numpy.save") from exc
+    if not isinstance(arr, np.ndarray):
+        raise UnigramError(f"{path} holds an archive, not a single array; pass a .npy count vector")
+    counts = _as_counts(arr, name)
+    _check_width(counts.shape[0], d_vocab, name)
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        try:
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UnigramError(f"metadata file {sidecar} is not readable JSON ({exc}); fix it or delete it "
+                               f"to load {name} without metadata") from exc
+        if not isinstance(meta, dict):
+            raise UnigramError(f"metadata file {sidecar} holds a {type(meta).__name__}, not an object; "
+                               f"fix it or delete it")
+        if "n_tokens" in meta and meta["n_tokens"] != int(counts.sum()):
+            raise UnigramError(f"metadata file {sidecar} says {meta['n_tokens']} tokens but {name} sums to "
+                               f"{int(counts.sum())}; the two files do not belong together, so recount or delete "
+                               f"the .json")
+    else:
+        known = PUBLISHED.get(name, {})
+        meta = {"source": f"published:{name}", "tokenizer": known.get("tokenizer"), "corpus": known.get("corpus"),
+                "n_tokens": int(counts.sum()), "n_documents": None, "n_entries": int(counts.shape[0])}
+    meta["path"] = str(path)
+    return UnigramCounts(counts=counts, meta=meta)
+
+
+def p_freq(counts: UnigramCounts, d_vocab: int) -> torch.Tensor:
+    """Add-one-smoothed unigram distribution, float64 ``(d_vocab,)``, as the paper's code computes it.
+
+    ``p = (count + 1) / sum(count + 1)`` over the count file's entries, then zero-padded to
+    ``d_vocab`` (ids past the file's length are padded rows of ``W_U`` no text produces).
+    """
+    c = _as_counts(np.asarray(counts.counts), "the counts")
+    _check_width(c.shape[0], d_vocab, str(counts.meta.get("path", "in memory")))
+    smoothed = torch.from_numpy(c).to(torch.float64) + 1.0
+    out = torch.zeros(d_vocab, dtype=torch.float64)
+    out[: c.shape[0]] = smoothed / smoothed.sum()
+    return out
+
+
+def v_freq(p: torch.Tensor) -> torch.Tensor:
+    """Token frequency direction (Sec. 4): ``log p - mean(log p)``, float64, same length as ``p``.
+
+    The paper centres over the whole vocabulary, where every ``p`` is positive. With padding the
+    padded rows have ``p = 0`` and ``log p = -inf``, so here the mean is taken over the support
+    (entries with ``p > 0``) and ``v_freq`` is set to 0 on the padded entries: padded rows get no
+    frequency component. Without padding this is exactly the paper's definition.
+    """
+    p = torch.as_tensor(p).detach().to(torch.float64).cpu()
+    if p.ndim != 1:
+        raise UnigramError(f"p must be a 1-D distribution over the vocabulary, got shape {tuple(p.shape)}; "
+                           f"pass the output of p_freq")
+    if not torch.all(torch.isfinite(p)) or torch.any(p < 0):
+        raise UnigramError("p has negative or non-finite entries, so it is not a distribution; pass the output of p_freq")
+    support = p > 0
+    if not torch.any(support):
+        raise UnigramError("p is zero everywhere, so it has no support to centre on; pass the output of p_freq")
+    out = torch.zeros_like(p)
+    logp = p[support].log()
+    out[support] = logp - logp.mean()
+    return out
