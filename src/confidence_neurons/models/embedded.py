@@ -65,3 +65,8 @@ def embedded_gguf_path(*, fetch: bool = True) -> Path:
                 dst.write(block)
         os.replace(Path(tmp) / "model.gguf", gguf)
     return gguf
+
+
+if __name__ == "__main__":  # python -m confidence_neurons.models.embedded: fetch into the cache now
+    logging.basicConfig(level=logging.INFO)
+    print(embedded_gguf_path())

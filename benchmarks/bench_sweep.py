@@ -1,0 +1,95 @@
+"""Benchmark the closed-form mediation sweep against the authors' method and real forwards.
+
+On the same model and tokens it times:
+  1. the closed-form sweep over every final-layer neuron (TE and DE, fused kernel);
+  2. the authors' method: per chunk of neurons, add delta * w_out to the cached residual, apply
+     the final norm and W_U (d_model times more arithmetic), then the softmax statistics; timed
+     on a sample of neurons and extrapolated, and checked to give the same TE/DE;
+  3. one real forward pass per neuron and variant (hooks), on a sample, extrapolated.
+
+    python benchmarks/bench_sweep.py [--model PATH] [--n-seqs 8] [--seq-len 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from confidence_neurons.analysis.mediation import VARIANTS, run_forward, sweep
+from confidence_neurons.analysis.reference import brute_force_ablation
+from confidence_neurons.data.corpus import sample_token_sequences
+from confidence_neurons.models.final_layer import FinalLayer, final_layer
+from confidence_neurons.models.loading import load_model
+
+
+@torch.no_grad()
+def authors_method(layer: FinalLayer, resid, acts, target, neurons, mean, token_chunk=128, neuron_chunk=4):
+    """TE and DE by materialising x + delta w_out and re-applying the final norm and W_U."""
+    te = torch.zeros(len(neurons), dtype=torch.float64)
+    de = torch.zeros(len(neurons), dtype=torch.float64)
+    for k0 in range(0, len(neurons), neuron_chunk):
+        idx = neurons[k0 : k0 + neuron_chunk]
+        w = layer.W_out[idx]  # (K, d_model)
+        for t0 in range(0, resid.shape[0], token_chunk):
+            x, tgt = resid[t0 : t0 + token_chunk], target[t0 : t0 + token_chunk]
+            clean = layer.logits(x).log_softmax(-1)
+            clean_loss = -clean.gather(-1, tgt[:, None])[:, 0]
+            delta = mean[idx] - acts[t0 : t0 + token_chunk][:, idx]  # (T, K)
+            x_abl = x[:, None, :] + delta[..., None] * w  # (T, K, d_model)
+            for v, acc in (("TE", te), ("DE", de)):
+                s = None if v == "TE" else layer.scale(x)[:, None, :]
+                logp = layer.logits(x_abl, scale=s).log_softmax(-1)  # (T, K, d_vocab)
+                loss = -logp.gather(-1, tgt[:, None, None].expand(-1, len(idx), 1))[..., 0]
+                acc[k0 : k0 + len(idx)] += (loss - clean_loss[:, None]).abs().sum(0).double()
+    n = resid.shape[0]
+    return te / n, de / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--n-seqs", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--authors-sample", type=int, default=16, help="neurons timed with the authors' method")
+    ap.add_argument("--forward-sample", type=int, default=2, help="neurons timed with real forwards")
+    args = ap.parse_args()
+
+    model = load_model(args.model)
+    layer = final_layer(model)
+    tokens = sample_token_sequences(model.tokenizer, None, n_seqs=args.n_seqs, seq_len=args.seq_len,
+                                    bos_id=model.bos_id).tokens
+    cache = run_forward(model, layer, tokens, progress=False)
+    n, d_mlp, V = cache.n_tokens, layer.d_mlp, layer.d_vocab
+    print(f"model {model.name}: d_model {layer.d_model}, d_mlp {d_mlp}, d_vocab {V}; {n} tokens; "
+          f"{torch.get_num_threads()} threads")
+
+    t0 = time.perf_counter()
+    sw = sweep(layer, cache, progress=False)
+    t_closed = time.perf_counter() - t0
+    evals = n * d_mlp * V * len(VARIANTS)
+    print(f"closed-form sweep, all {d_mlp} neurons x {len(VARIANTS)} variants: {t_closed:.1f} s "
+          f"({evals / t_closed / 1e9:.2f} G logit evaluations/s)")
+
+    sample = torch.randperm(d_mlp, generator=torch.Generator().manual_seed(0))[: args.authors_sample]
+    t0 = time.perf_counter()
+    te, de = authors_method(layer, cache.resid, cache.acts, cache.target, sample, sw.mean_act)
+    t_auth = (time.perf_counter() - t0) * d_mlp / len(sample)
+    err = max((te - sw.abs_dloss["TE"][sample].double()).abs().max().item(),
+              (de - sw.abs_dloss["DE"][sample].double()).abs().max().item())
+    print(f"authors' method, {len(sample)} neurons, extrapolated to {d_mlp}: {t_auth:.0f} s "
+          f"-> closed form is {t_auth / t_closed:.1f}x faster; max |TE/DE difference| = {err:.2e}")
+
+    fsample = sample[: args.forward_sample].tolist()
+    t0 = time.perf_counter()
+    for i in fsample:
+        for freeze in (False, True):
+            brute_force_ablation(model, layer, tokens, i, float(sw.mean_act[i]), freeze_scale=freeze)
+    t_fwd = (time.perf_counter() - t0) * d_mlp / len(fsample)
+    print(f"one real forward per neuron and variant, {len(fsample)} neurons, extrapolated: {t_fwd:.0f} s "
+          f"-> closed form is {t_fwd / t_closed:.1f}x faster")
+
+
+if __name__ == "__main__":
+    main()
