@@ -36,6 +36,28 @@ log = logging.getLogger(__name__)
 
 AblationMode = Literal["mean", "clip"]
 VARIANTS = ("TE", "DE")
+FREQ_VARIANTS = ("TE", "DE", "DE_freq")
+
+
+@dataclass(frozen=True)
+class FreqDirection:
+    """Sec. 4: the unigram distribution ``p`` (d_vocab,) and v_freq = log p - mean(log p) (d_vocab,)."""
+
+    p: Tensor
+    v: Tensor
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "p", self.p.float().contiguous())
+        object.__setattr__(self, "v", self.v.float().contiguous())
+
+    @property
+    def plogp(self) -> float:
+        p = self.p.double()
+        return float((p[p > 0] * p[p > 0].log()).sum())
+
+    def kl(self, z: Tensor, lse: Tensor) -> Tensor:
+        """KL(P_freq || softmax(z)) from logits z (..., V) and their logsumexp (...)."""
+        return self.plogp - z @ self.p + lse
 
 
 @dataclass
@@ -140,21 +162,6 @@ def clean_stats(L: Tensor, s: Tensor, layer: FinalLayer, target: Tensor, backend
     return CleanStats(st, shift, argmax)
 
 
-@dataclass
-class SweepResult:
-    """Per-neuron means over tokens, each (d_mlp,): for each variant v in VARIANTS, ``abs_dloss[v]``
-    (= TE or DE), ``dloss[v]`` (signed), ``abs_dentropy[v]``, ``top1_change[v]`` (share of tokens)."""
-
-    mean_act: Tensor
-    abs_dloss: dict[str, Tensor] = field(default_factory=dict)
-    dloss: dict[str, Tensor] = field(default_factory=dict)
-    abs_dentropy: dict[str, Tensor] = field(default_factory=dict)
-    top1_change: dict[str, Tensor] = field(default_factory=dict)
-
-
-_FIELDS = ("abs_dloss", "dloss", "abs_dentropy", "top1_change")
-
-
 def _chunks(layer: FinalLayer, cache: ForwardCache, neurons: Tensor, new_values: Tensor, token_chunk: int):
     """Yield (token slice, Chunk) over tokens for a fixed set of neurons."""
     wc = layer.center(layer.W_out[neurons])
@@ -168,12 +175,49 @@ def _chunks(layer: FinalLayer, cache: ForwardCache, neurons: Tensor, new_values:
                         xw=xc @ wc.T, ww=ww, delta=new_values[sl] - cache.acts[sl][:, neurons])
 
 
+def variants(freq: FreqDirection | None) -> tuple[str, ...]:
+    return FREQ_VARIANTS if freq is not None else VARIANTS
+
+
+def ablated_stats(layer: FinalLayer, c: Chunk, base: CleanStats, target: Tensor, freq: FreqDirection | None,
+                  backend: Backend) -> dict[str, SoftmaxStats | Tensor]:
+    """Softmax statistics of every variant for one chunk; with ``freq`` also DE_freq (Eq. 7: the
+    ablated logits' component along v_freq is held at its clean value) and 'TE_kl', the ablated
+    KL(P_freq || P_model) (T, K)."""
+    out: dict[str, SoftmaxStats | Tensor] = {}
+    for v in variants(freq):
+        A, B = closed_form_coefficients(c, layer.d_model, layer.eps, "DE" if v == "DE" else "TE")
+        extra = {}
+        if v == "DE_freq":
+            if layer.softcap:
+                raise ValueError("DE_freq needs logits linear in the residual; logit soft-capping is not supported")
+            Lv, Uv, bv = c.L @ freq.v, c.U @ freq.v, float(layer.b_U @ freq.v)
+            clean_v = Lv[:, None] / c.s + bv  # (T, 1)  l . v_freq
+            ablated_v = A * Lv[:, None] + B * Uv[None, :] + bv  # (T, K)  l^{-i} . v_freq
+            extra = {"Q": freq.v, "D": (clean_v - ablated_v) / float(freq.v @ freq.v)}
+        out[v] = softmax_stats(c.L, c.U, layer.b_U, A, B, target, shift=base.shift, ref=base.argmax,
+                               softcap=layer.softcap, backend=backend, **extra)
+        if v == "TE" and freq is not None:
+            zp = A * (c.L @ freq.p)[:, None] + B * (c.U @ freq.p)[None, :] + float(layer.b_U @ freq.p)
+            out["TE_kl"] = freq.plogp - zp + out["TE"].logsumexp
+    return out
+
+
+def clean_kl(layer: FinalLayer, c: Chunk, base: CleanStats, freq: FreqDirection) -> Tensor:
+    """KL(P_freq || P_model) of the clean logits, (T,)."""
+    zp = (c.L @ freq.p) / c.s[:, 0] + float(layer.b_U @ freq.p)
+    return freq.plogp - zp + base.stats.logsumexp[:, 0]
+
+
 @torch.no_grad()
 def per_token_effects(layer: FinalLayer, cache: ForwardCache, neurons: list[int], *, mode: AblationMode = "mean",
-                      mean_act: Tensor | None = None, token_chunk: int = 256,
+                      mean_act: Tensor | None = None, freq: FreqDirection | None = None, token_chunk: int = 256,
                       backend: Backend = "auto") -> dict[str, Tensor]:
-    """Per-token clean and ablated statistics for a few neurons: keys 'loss', 'entropy', 'argmax' (N,)
-    and '{variant}_{loss|entropy|top1_changed}' (N, len(neurons)) for variant in VARIANTS."""
+    """Per-token clean and ablated statistics for a few neurons.
+
+    Keys: 'loss', 'entropy', 'argmax' (N,) and '{variant}_{loss|entropy|top1_changed}' (N, len(neurons))
+    for each variant; with ``freq`` also 'kl' (N,) and 'TE_kl' (N, len(neurons)).
+    """
     idx = torch.tensor(neurons, dtype=torch.long)
     mean = cache.acts.mean(0) if mean_act is None else mean_act
     new = ablated_values(cache.acts[:, idx], mean[idx], mode)
@@ -184,77 +228,101 @@ def per_token_effects(layer: FinalLayer, cache: ForwardCache, neurons: list[int]
         out.setdefault("loss", []).append(base.loss)
         out.setdefault("entropy", []).append(base.entropy)
         out.setdefault("argmax", []).append(base.argmax)
-        for v in VARIANTS:
-            A, B = closed_form_coefficients(c, layer.d_model, layer.eps, v)
-            st = softmax_stats(c.L, c.U, layer.b_U, A, B, tgt, shift=base.shift, ref=base.argmax,
-                               softcap=layer.softcap, backend=backend)
+        if freq is not None:
+            out.setdefault("kl", []).append(clean_kl(layer, c, base, freq))
+        for v, st in ablated_stats(layer, c, base, tgt, freq, backend).items():
+            if isinstance(st, Tensor):
+                out.setdefault(v, []).append(st)
+                continue
             out.setdefault(f"{v}_loss", []).append(st.loss)
             out.setdefault(f"{v}_entropy", []).append(st.entropy)
             out.setdefault(f"{v}_top1_changed", []).append(st.top1_changed)
     return {k: torch.cat(v) for k, v in out.items()}
 
 
+@dataclass
+class SweepResult:
+    """Per-neuron means over tokens, each (d_mlp,): for each variant v, ``abs_dloss[v]`` (= TE, DE
+    or DE_freq), ``dloss[v]`` (signed), ``abs_dentropy[v]``, ``top1_change[v]`` (share of tokens);
+    with a frequency direction also ``abs_dkl['TE']``, mean |change of KL(P_freq || P_model)|."""
+
+    mean_act: Tensor
+    abs_dloss: dict[str, Tensor] = field(default_factory=dict)
+    dloss: dict[str, Tensor] = field(default_factory=dict)
+    abs_dentropy: dict[str, Tensor] = field(default_factory=dict)
+    top1_change: dict[str, Tensor] = field(default_factory=dict)
+    abs_dkl: dict[str, Tensor] = field(default_factory=dict)
+    clean: dict[str, Tensor] = field(default_factory=dict)  # per-token (N,): loss, entropy, and kl with freq
+
+
+def _accumulate(part: dict, stats: dict, base: CleanStats, base_kl: Tensor | None) -> None:
+    for v, st in stats.items():
+        if isinstance(st, Tensor):  # TE_kl
+            part[("abs_dkl", "TE")] += (st - base_kl[:, None]).double().abs().sum(0)
+            continue
+        dl = (st.loss - base.loss[:, None]).double()
+        part[("abs_dloss", v)] += dl.abs().sum(0)
+        part[("dloss", v)] += dl.sum(0)
+        part[("abs_dentropy", v)] += (st.entropy - base.entropy[:, None]).double().abs().sum(0)
+        part[("top1_change", v)] += st.top1_changed.double().sum(0)
+
+
 @torch.no_grad()
-def sweep(layer: FinalLayer, cache: ForwardCache, *, mode: AblationMode = "mean", neuron_chunk: int = 128,
-          token_chunk: int = 256, backend: Backend = "auto", checkpoint_dir: Path | None = None,
-          progress: bool = True, on_chunk: Callable[[int, int], None] | None = None) -> SweepResult:
-    """Mean-ablate every final-layer neuron in closed form and average the effects over tokens.
+def sweep(layer: FinalLayer, cache: ForwardCache, *, mode: AblationMode = "mean", freq: FreqDirection | None = None,
+          neuron_chunk: int = 128, token_chunk: int = 256, backend: Backend = "auto",
+          checkpoint_dir: Path | None = None, progress: bool = True,
+          on_chunk: Callable[[int, int], None] | None = None) -> SweepResult:
+    """Ablate every final-layer neuron in closed form and average the effects over tokens: TE and
+    DE, and with ``freq`` also DE_freq and |change of KL(P_freq || P_model)|, all in one pass.
 
     With ``checkpoint_dir`` each finished neuron chunk is saved, and a rerun resumes after the
-    last saved chunk (the chunk files record the settings they were made with).
+    last saved chunk (the chunk files record the settings and data they were made with).
     """
     n, d_mlp = cache.n_tokens, layer.d_mlp
     mean = cache.acts.mean(0)
-    result = SweepResult(mean_act=mean)
-    acc = {f: {v: torch.zeros(d_mlp, dtype=torch.float64) for v in VARIANTS} for f in _FIELDS}
-    base = []
-    for t0 in range(0, n, token_chunk):
-        sl = slice(t0, t0 + token_chunk)
-        xc = layer.center(cache.resid[sl])
-        base.append(clean_stats(xc @ layer.W_U, (xc.pow(2).mean(-1, keepdim=True) + layer.eps).sqrt(),
-                                layer, cache.target[sl], backend))
+    keys = [(f, v) for f in ("abs_dloss", "dloss", "abs_dentropy", "top1_change") for v in variants(freq)]
+    if freq is not None:
+        keys.append(("abs_dkl", "TE"))
+    acc = {key: torch.zeros(d_mlp, dtype=torch.float64) for key in keys}
+    all_neurons = torch.arange(d_mlp)
+    bases, base_kls = [], []
+    for sl, c in _chunks(layer, cache, all_neurons[:1], torch.zeros(n, 1), token_chunk):
+        bases.append(clean_stats(c.L, c.s, layer, cache.target[sl], backend))
+        base_kls.append(clean_kl(layer, c, bases[-1], freq) if freq is not None else None)
     stamp = {"n_tokens": n, "d_mlp": d_mlp, "mode": mode, "neuron_chunk": neuron_chunk,
-             "resid_sum": float(cache.resid.double().sum()), "acts_sum": float(cache.acts.double().sum())}
+             "resid_sum": float(cache.resid.double().sum()), "acts_sum": float(cache.acts.double().sum()),
+             "freq_sum": None if freq is None else float((freq.v.double() * freq.p.double()).sum())}
     if checkpoint_dir is not None:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    starts = list(range(0, d_mlp, neuron_chunk))
     bar = tqdm(total=d_mlp, desc="ablation sweep", unit="neuron", disable=not progress)
-    for k0 in starts:
-        idx = torch.arange(k0, min(k0 + neuron_chunk, d_mlp))
+    for k0 in range(0, d_mlp, neuron_chunk):
+        idx = all_neurons[k0 : k0 + neuron_chunk]
         ckpt = checkpoint_dir / f"sweep_{k0:06d}.npz" if checkpoint_dir is not None else None
         if ckpt is not None and ckpt.exists():
             saved = np.load(ckpt)
             if json.loads(str(saved["stamp"])) == stamp:
-                for f in _FIELDS:
-                    for v in VARIANTS:
-                        acc[f][v][idx] = torch.from_numpy(saved[f"{f}_{v}"])
+                for f, v in keys:
+                    acc[(f, v)][idx] = torch.from_numpy(saved[f"{f}_{v}"])
                 bar.update(len(idx))
                 continue
-        part = {f: {v: torch.zeros(len(idx), dtype=torch.float64) for v in VARIANTS} for f in _FIELDS}
+        part = {key: torch.zeros(len(idx), dtype=torch.float64) for key in keys}
         new = ablated_values(cache.acts[:, idx], mean[idx], mode)
-        for (sl, c), b in zip(_chunks(layer, cache, idx, new, token_chunk), base):
-            tgt = cache.target[sl]
-            for v in VARIANTS:
-                A, B = closed_form_coefficients(c, layer.d_model, layer.eps, v)
-                st = softmax_stats(c.L, c.U, layer.b_U, A, B, tgt, shift=b.shift, ref=b.argmax,
-                                   softcap=layer.softcap, backend=backend)
-                dl = (st.loss[:, :] - b.loss[:, None]).double()
-                part["abs_dloss"][v] += dl.abs().sum(0)
-                part["dloss"][v] += dl.sum(0)
-                part["abs_dentropy"][v] += (st.entropy - b.entropy[:, None]).double().abs().sum(0)
-                part["top1_change"][v] += st.top1_changed.double().sum(0)
-        for f in _FIELDS:
-            for v in VARIANTS:
-                acc[f][v][idx] = part[f][v] / n
+        for (sl, c), base, base_kl in zip(_chunks(layer, cache, idx, new, token_chunk), bases, base_kls):
+            _accumulate(part, ablated_stats(layer, c, base, cache.target[sl], freq, backend), base, base_kl)
+        for key in keys:
+            acc[key][idx] = part[key] / n
         if ckpt is not None:
-            arrays = {f"{f}_{v}": acc[f][v][idx].numpy() for f in _FIELDS for v in VARIANTS}
             tmp = ckpt.with_suffix(".tmp.npz")
-            np.savez(tmp, stamp=json.dumps(stamp), **arrays)
+            np.savez(tmp, stamp=json.dumps(stamp), **{f"{f}_{v}": acc[(f, v)][idx].numpy() for f, v in keys})
             tmp.replace(ckpt)
         bar.update(len(idx))
         if on_chunk is not None:
             on_chunk(k0, len(idx))
     bar.close()
-    for f in _FIELDS:
-        setattr(result, f, {v: acc[f][v].float() for v in VARIANTS})
+    result = SweepResult(mean_act=mean, clean={"loss": torch.cat([b.loss for b in bases]),
+                                               "entropy": torch.cat([b.entropy for b in bases])})
+    if freq is not None:
+        result.clean["kl"] = torch.cat(base_kls)
+    for (f, v), values in acc.items():
+        getattr(result, f)[v] = values.float()
     return result
