@@ -32,7 +32,9 @@ typedef struct {
  * and the scalar logit_at round identically (the top-1 test compares their results exactly). */
 static inline float lin(float a, float l, float b, float u, float bias) { return fmaf(a, l, fmaf(b, u, bias)); }
 
-static inline float logit_at(const Problem *p, int t, int k, int64_t v) {
+/* Not inlined: with soft-capping, a vectorised copy would use libmvec's tanhf, which rounds
+ * differently from the scalar tanhf that computes y at the target and reference tokens. */
+__attribute__((noinline)) static float logit_at(const Problem *p, int t, int k, int64_t v) {
     int64_t tk = (int64_t)t * p->K + k;
     float z = lin(p->A[tk], p->L[(int64_t)t * p->V + v], p->B[tk], p->U[(int64_t)k * p->V + v], p->bias[v]);
     if (p->P) z = fmaf(p->C[tk], p->P[(int64_t)t * p->V + v], z);

@@ -19,14 +19,15 @@ def default_k(d_model: int) -> int:
 
 
 def check_k(k: int, d_model: int) -> None:
-    if not 1 <= k < d_model:
-        raise ValueError(f"k = {k} is out of range: the null space needs 1 <= k < d_model = {d_model}")
+    if not 1 <= k < d_model - 1:
+        raise ValueError(f"k = {k} is out of range: the null space needs 1 <= k < d_model - 1 = {d_model - 1}")
 
 
 @dataclass(frozen=True)
 class WeightStats:
-    """Shapes: per-neuron fields (d_mlp,); singular_values (d_model,) descending;
-    cos_sv (d_mlp, d_model), cosine of w_out with each residual-space singular vector of W_U."""
+    """Shapes: per-neuron fields (d_mlp,); singular_values (r,) descending; cos_sv (d_mlp, r), cosine
+    of w_out with each residual-space singular vector of W_U; r = d_model, or d_model - 1 before a
+    LayerNorm (see ``residual_singular_vectors``)."""
 
     w_out_norm: Float[Tensor, "d_mlp"]
     logit_var: Float[Tensor, "d_mlp"]
@@ -49,12 +50,32 @@ def logit_var(W_out: Tensor, W_U: Tensor, chunk: int = 256) -> Tensor:
 
 
 @torch.no_grad()
+def residual_singular_vectors(layer: FinalLayer) -> tuple[Tensor, Tensor]:
+    """Singular vectors of W_U in the residual stream (columns, by descending singular value) and the values.
+
+    W_U here is (d_model, d_vocab), the paper's W_U transposed, so the paper's V is our left
+    singular vectors. Before a LayerNorm the all-ones direction is projected out by the norm
+    itself: it is an exact null direction of the processed W_U that no centred w_out can use, so
+    for LN models the SVD is taken in its complement (d_model - 1 directions); otherwise it would
+    take one of the k null-space slots of rho.
+    """
+    W_U = layer.W_U.double()
+    if layer.norm != "LN":
+        V_res, S, _ = torch.linalg.svd(W_U, full_matrices=False)
+        return V_res, S
+    d = layer.d_model
+    ones = torch.full((d, 1), d**-0.5, dtype=torch.float64)
+    Q, _ = torch.linalg.qr(torch.cat([ones, torch.eye(d, dtype=torch.float64)[:, : d - 1]], dim=1))
+    Q = Q[:, 1:]  # orthonormal basis of the complement of the all-ones vector, (d_model, d_model - 1)
+    V_sub, S, _ = torch.linalg.svd(Q.T @ W_U, full_matrices=False)
+    return Q @ V_sub, S
+
+
+@torch.no_grad()
 def weight_stats(layer: FinalLayer, k: int) -> WeightStats:
     check_k(k, layer.d_model)
     W_out, W_U = layer.W_out.double(), layer.W_U.double()
-    # W_U here is (d_model, d_vocab), the paper's W_U transposed: its left singular vectors span
-    # the residual stream, and the paper's V (right singular vectors of the (d_vocab, d_model) W_U) is our U.
-    V_res, S, _ = torch.linalg.svd(W_U, full_matrices=False)
+    V_res, S = residual_singular_vectors(layer)
     norms = W_out.norm(dim=-1)
     cos = (W_out / norms[:, None].clamp_min(1e-30)) @ V_res
     rho = (W_out @ V_res[:, -k:]).norm(dim=-1) / norms.clamp_min(1e-30)

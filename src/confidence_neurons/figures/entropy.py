@@ -39,6 +39,7 @@ __all__ = [
     "fig_rho_vs_ln_share",
     "fig_spectrum",
     "fig_total_vs_direct",
+    "total_vs_direct_boxes",
 ]
 
 ENTROPY_COLOR = "#d62728"  # red
@@ -124,8 +125,13 @@ def _base_layout(fig: go.Figure, title: str, xtitle: str, ytitle: str, **extra) 
 
 
 def _note_no_entropy(fig: go.Figure) -> None:
+    _note(fig, NO_ENTROPY_TEXT)
+
+
+def _note(fig: go.Figure, text: str) -> None:
+    """A boxed note at the top centre of the plot (e.g. "no ... neurons under the current rule")."""
     fig.add_annotation(
-        text=NO_ENTROPY_TEXT,
+        text=text,
         xref="paper",
         yref="paper",
         x=0.5,
@@ -231,19 +237,36 @@ def fig_norm_vs_logitvar(neurons: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def fig_total_vs_direct(neurons: pd.DataFrame, n_random: int = 100, seed: int = 0) -> go.Figure:
-    """Fig. 2c analogue: total vs direct effect for entropy neurons and a random baseline.
+def total_vs_direct_boxes(
+    neurons: pd.DataFrame,
+    mask: np.ndarray,
+    *,
+    group: str,
+    direct_col: str,
+    direct_label: str,
+    title: str,
+    no_group_text: str,
+    total_col: str = "TE",
+    total_label: str = "TE (total effect)",
+    n_random: int = 100,
+    seed: int = 0,
+) -> go.Figure:
+    """Box plots of a total and a direct effect: a flagged group vs a random baseline.
 
-    Two box traces (named ``"TE (total effect)"`` and ``"DE (direct effect)"``) grouped by category: ``"entropy neurons"``
-    (all flagged neurons) and ``"random neurons"`` (``n_random`` non-entropy neurons
-    drawn without replacement with ``numpy.random.default_rng(seed)``; all of them if
-    fewer exist). The gap between TE and DE is the LayerNorm-mediated effect.
+    Shared by Fig. 2c (entropy neurons, ``DE``) and Fig. 3c (token frequency
+    neurons, ``DE_freq``).  Two box traces (named ``total_label`` and
+    ``direct_label``) grouped by category: ``"<group> (n=...)"`` (all rows where
+    ``mask`` is true) and ``"random neurons (n=...)"`` (``n_random`` other rows drawn
+    without replacement with ``numpy.random.default_rng(seed)``, kept in table
+    order; all of them if fewer exist).  With an empty group the figure carries
+    the annotation ``no_group_text``.
     """
-    _check_columns(neurons, "fig_total_vs_direct")
     if n_random < 0:
         raise ValueError("n_random must be >= 0")
-    mask = _entropy_mask(neurons)
-    ent = neurons[mask]
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != (len(neurons),):
+        raise ValueError(f"mask must have shape ({len(neurons)},), got {mask.shape}")
+    flagged = neurons[mask]
     others = np.flatnonzero(~mask)
     rng = np.random.default_rng(seed)
     if len(others) > n_random:
@@ -251,17 +274,17 @@ def fig_total_vs_direct(neurons: pd.DataFrame, n_random: int = 100, seed: int = 
     else:
         chosen = others
     rand = neurons.iloc[chosen]
-    ent_label = f"entropy neurons (n={len(ent)})"
+    group_label = f"{group} (n={len(flagged)})"
     rand_label = f"random neurons (n={len(rand)})"
 
-    names = ent["name"].astype(str).tolist() + rand["name"].astype(str).tolist()
-    x = [ent_label] * len(ent) + [rand_label] * len(rand)
+    names = flagged["name"].astype(str).tolist() + rand["name"].astype(str).tolist()
+    x = [group_label] * len(flagged) + [rand_label] * len(rand)
     fig = go.Figure()
     for col, color, label in (
-        ("TE", "#4c72b0", "TE (total effect)"),
-        ("DE", "#dd8452", "DE (direct effect)"),
+        (total_col, "#4c72b0", total_label),
+        (direct_col, "#dd8452", direct_label),
     ):
-        y = np.concatenate([_floats(ent[col]), _floats(rand[col])])
+        y = np.concatenate([_floats(flagged[col]), _floats(rand[col])])
         fig.add_trace(
             go.Box(
                 x=x,
@@ -278,15 +301,37 @@ def fig_total_vs_direct(neurons: pd.DataFrame, n_random: int = 100, seed: int = 
         )
     _base_layout(
         fig,
-        "Fig. 2c analogue: total vs direct effect of mean ablation on the loss",
+        title,
         "neuron group",
         "effect of mean ablation on loss (nats)",
         boxmode="group",
     )
-    fig.update_xaxes(categoryorder="array", categoryarray=[ent_label, rand_label])
+    fig.update_xaxes(categoryorder="array", categoryarray=[group_label, rand_label])
     if not mask.any():
-        _note_no_entropy(fig)
+        _note(fig, no_group_text)
     return fig
+
+
+def fig_total_vs_direct(neurons: pd.DataFrame, n_random: int = 100, seed: int = 0) -> go.Figure:
+    """Fig. 2c analogue: total vs direct effect for entropy neurons and a random baseline.
+
+    Two box traces (named ``"TE (total effect)"`` and ``"DE (direct effect)"``) grouped by category: ``"entropy neurons"``
+    (all flagged neurons) and ``"random neurons"`` (``n_random`` non-entropy neurons
+    drawn without replacement with ``numpy.random.default_rng(seed)``; all of them if
+    fewer exist). The gap between TE and DE is the LayerNorm-mediated effect.
+    """
+    _check_columns(neurons, "fig_total_vs_direct")
+    return total_vs_direct_boxes(
+        neurons,
+        _entropy_mask(neurons),
+        group="entropy neurons",
+        direct_col="DE",
+        direct_label="DE (direct effect)",
+        title="Fig. 2c analogue: total vs direct effect of mean ablation on the loss",
+        no_group_text=NO_ENTROPY_TEXT,
+        n_random=n_random,
+        seed=seed,
+    )
 
 
 def fig_spectrum(
