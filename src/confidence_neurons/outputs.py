@@ -16,6 +16,7 @@ from confidence_neurons.figures.entropy import (
 )
 from confidence_neurons.figures.export import save_figure
 from confidence_neurons.report.html import ReportSection, write_report
+from confidence_neurons.data.unigrams import save_counts
 from confidence_neurons.rundir import atomic_write_text
 
 TOP_COLUMNS = ["name", "TE", "DE", "ln_share", "rho", "w_out_norm", "logit_var", "abs_delta_entropy", "top1_change_frac"]
@@ -31,6 +32,17 @@ def top_neurons(neurons: pd.DataFrame, n: int = 15) -> pd.DataFrame:
     return pd.concat([flagged, rest])[TOP_COLUMNS + ["is_entropy_neuron"]]
 
 
+TF_COLUMNS = ["name", "TE", "DE_freq", "freq_share", "abs_delta_kl", "v_freq_proj", "v_freq_cos", "rho"]
+
+
+def top_token_frequency_neurons(neurons: pd.DataFrame, n: int = 15) -> pd.DataFrame:
+    """Token frequency neurons first (by TE), then the strongest candidates by TE x 1-DE_freq/TE."""
+    flagged = neurons[neurons["is_token_frequency_neuron"]].sort_values("TE", ascending=False)
+    rest = neurons[~neurons["is_token_frequency_neuron"]].assign(_s=lambda d: d["TE"] * d["freq_share"].clip(lower=0))
+    rest = rest.sort_values("_s", ascending=False).head(max(0, n - len(flagged))).drop(columns="_s")
+    return pd.concat([flagged.head(n), rest])[TF_COLUMNS + ["is_token_frequency_neuron"]]
+
+
 def write_scan_outputs(result, run_dir: Path) -> Path:
     """Write every file of the scan into ``run_dir``; return the report's path."""
     neurons = result.neurons
@@ -41,6 +53,11 @@ def write_scan_outputs(result, run_dir: Path) -> Path:
     spectrum = pd.DataFrame({"index": np.arange(len(result.singular_values)), "singular_value": result.singular_values})
     atomic_write_text(run_dir / "spectrum.csv", spectrum.to_csv(index=False))
     np.save(run_dir / "cos_sv.npy", result.cos_sv)
+    tmp = run_dir / "token_metrics.parquet.tmp"
+    result.token_metrics.to_parquet(tmp, index=False)
+    tmp.replace(run_dir / "token_metrics.parquet")
+    if result.unigrams.meta.get("source") == "counted":
+        save_counts(result.unigrams, run_dir / "unigrams.npy")
 
     k = result.k
     figures = {

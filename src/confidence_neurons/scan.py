@@ -19,10 +19,16 @@ import pandas as pd
 import torch
 
 from confidence_neurons.analysis.kernel import Backend, c_kernel_available
-from confidence_neurons.analysis.mediation import ForwardCache, SweepResult, run_forward, sweep
-from confidence_neurons.analysis.selection import EntropyNeuronRule, select_entropy_neurons
+from confidence_neurons.analysis.mediation import FreqDirection, ForwardCache, SweepResult, run_forward, sweep
+from confidence_neurons.analysis.selection import (
+    EntropyNeuronRule,
+    TokenFrequencyNeuronRule,
+    select_entropy_neurons,
+    select_token_frequency_neurons,
+)
 from confidence_neurons.analysis.weights import WeightStats, check_k, default_k, weight_stats
 from confidence_neurons.data.corpus import TokenSample, sample_token_sequences
+from confidence_neurons.data.unigrams import UnigramCounts, count_unigrams, load_counts, p_freq, v_freq
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
 from confidence_neurons.models.loading import LoadedModel, load_model
 from confidence_neurons.rundir import prepare_run_dir, write_config
@@ -41,6 +47,9 @@ class ScanConfig:
     seed: int = 0
     k: int | None = None  # null-space size for rho; None: 1% of d_model, at least 1
     rule: EntropyNeuronRule = field(default_factory=EntropyNeuronRule)
+    unigrams: str | None = None  # a unigram count file (.npy); None: count the run's own corpus
+    unigram_max_tokens: int | None = 10_000_000  # cap when counting the run's corpus (None: all of it)
+    tf_rule: TokenFrequencyNeuronRule = field(default_factory=TokenFrequencyNeuronRule)
     batch_size: int = 8
     neuron_chunk: int = 128
     token_chunk: int = 256
@@ -56,6 +65,7 @@ class ScanConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["rule"] = self.rule.to_dict()
+        d["tf_rule"] = self.tf_rule.to_dict()
         return d
 
     def fingerprint(self) -> dict:
@@ -77,12 +87,19 @@ class ScanResult:
     cos_sv: np.ndarray
     k: int
     settings: dict
+    token_metrics: pd.DataFrame  # per analysed token: seq, pos, loss, entropy, kl (KL(P_freq || P_model))
+    unigrams: UnigramCounts
     run_dir: Path | None = None
 
     @property
     def entropy_neurons(self) -> pd.DataFrame:
         e = self.neurons[self.neurons["is_entropy_neuron"]]
         return e.sort_values("TE", ascending=False)
+
+    @property
+    def token_frequency_neurons(self) -> pd.DataFrame:
+        t = self.neurons[self.neurons["is_token_frequency_neuron"]]
+        return t.sort_values("TE", ascending=False)
 
 
 NEURON_COLUMNS = {
@@ -97,12 +114,34 @@ NEURON_COLUMNS = {
     "abs_delta_entropy_DE": "mean |change of entropy| with the scale frozen",
     "top1_change_frac": "share of tokens whose top-1 prediction changes on mean ablation",
     "is_entropy_neuron": "flagged by the entropy-neuron rule",
+    "DE_freq": "effect with the logits' component along v_freq held at its clean value (Eq. 7-8)",
+    "freq_share": "1 - DE_freq/TE: share of the effect mediated by the token frequency direction",
+    "abs_delta_kl": "mean |change of KL(P_freq || P_model)| on mean ablation",
+    "v_freq_proj": "projection of W_U w_out on v_freq / |v_freq| (< 0: pushes away from frequent tokens)",
+    "v_freq_cos": "cosine of W_U w_out with v_freq",
+    "is_token_frequency_neuron": "flagged by the token-frequency-neuron rule",
 }
 
 
-def neuron_table(layer: FinalLayer, ws: WeightStats, sw: SweepResult, rule: EntropyNeuronRule) -> pd.DataFrame:
+def _share(te: torch.Tensor, direct: torch.Tensor) -> torch.Tensor:
+    """1 - direct/TE, NaN where TE is 0."""
+    return torch.where(te > 0, 1 - direct / te.clamp_min(1e-30), torch.full_like(te, float("nan")))
+
+
+@torch.no_grad()
+def v_freq_projection(layer: FinalLayer, freq: FreqDirection) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per neuron: (W_U w_out) . v_freq / |v_freq| and the cosine of W_U w_out with v_freq."""
+    W_U, v = layer.W_U.double(), freq.v.double()
+    W = layer.center(layer.W_out.double())
+    proj = W @ (W_U @ v) / v.norm()
+    norms = ((W @ (W_U @ W_U.T)) * W).sum(-1).clamp_min(0).sqrt()  # |W_U^T w| via the Gram matrix
+    return proj.float(), (proj / norms.clamp_min(1e-30)).float()
+
+
+def neuron_table(layer: FinalLayer, ws: WeightStats, sw: SweepResult, rule: EntropyNeuronRule,
+                 freq: FreqDirection, tf_rule: TokenFrequencyNeuronRule) -> pd.DataFrame:
     te, de = sw.abs_dloss["TE"].double(), sw.abs_dloss["DE"].double()
-    ln_share = torch.where(te > 0, 1 - de / te.clamp_min(1e-30), torch.full_like(te, float("nan")))
+    ln_share = _share(te, de)
     idx = np.arange(layer.d_mlp)
     table = pd.DataFrame({
         "layer": layer.layer, "neuron": idx, "name": [f"{layer.layer}.{i}" for i in idx],
@@ -112,7 +151,27 @@ def neuron_table(layer: FinalLayer, ws: WeightStats, sw: SweepResult, rule: Entr
         "abs_delta_entropy_DE": sw.abs_dentropy["DE"].numpy(), "top1_change_frac": sw.top1_change["TE"].numpy(),
     })
     table["is_entropy_neuron"] = select_entropy_neurons(table, rule)
+    proj, cos = v_freq_projection(layer, freq)
+    table["DE_freq"] = sw.abs_dloss["DE_freq"].numpy()
+    table["freq_share"] = _share(te, sw.abs_dloss["DE_freq"].double()).numpy()
+    table["abs_delta_kl"] = sw.abs_dkl["TE"].numpy()
+    table["v_freq_proj"] = proj.numpy()
+    table["v_freq_cos"] = cos.numpy()
+    table["is_token_frequency_neuron"] = select_token_frequency_neurons(table, tf_rule)
     return table
+
+
+def unigram_distribution(model: LoadedModel, layer: FinalLayer, config: ScanConfig,
+                         progress: bool = True) -> tuple[UnigramCounts, FreqDirection]:
+    """P_freq from ``config.unigrams`` or, without one, counted over the run's own corpus."""
+    if config.unigrams is not None:
+        counts = load_counts(Path(config.unigrams), layer.d_vocab)
+    else:
+        counts = count_unigrams(model.tokenizer, config.dataset, vocab_size=min(len(model.tokenizer), layer.d_vocab),
+                                text_field=config.text_field, split=config.split,
+                                max_tokens=config.unigram_max_tokens, progress=progress)
+    p = p_freq(counts, layer.d_vocab)
+    return counts, FreqDirection(p=p, v=v_freq(p))
 
 
 def sample_tokens(model: LoadedModel, config: ScanConfig) -> TokenSample:
@@ -132,8 +191,9 @@ def scan(model: LoadedModel, config: ScanConfig = ScanConfig(), *, tokens: Token
     cache: ForwardCache = run_forward(model, layer, tokens.tokens, batch_size=config.batch_size, progress=progress)
     t_forward = time.perf_counter() - t0
     ws = weight_stats(layer, k)
+    counts, freq = unigram_distribution(model, layer, config, progress=progress)
     t0 = time.perf_counter()
-    sw = sweep(layer, cache, neuron_chunk=config.neuron_chunk, token_chunk=config.token_chunk,
+    sw = sweep(layer, cache, freq=freq, neuron_chunk=config.neuron_chunk, token_chunk=config.token_chunk,
                backend=config.backend, progress=progress,
                checkpoint_dir=run_dir / "checkpoints" if run_dir is not None else None)
     t_sweep = time.perf_counter() - t0
@@ -141,14 +201,22 @@ def scan(model: LoadedModel, config: ScanConfig = ScanConfig(), *, tokens: Token
         "model": model.name, "model_source": model.source, "architecture": model.source.get("architecture"),
         "d_model": layer.d_model, "d_mlp": layer.d_mlp, "d_vocab": layer.d_vocab, "final_layer": layer.layer,
         "final_norm": layer.norm, "n_tokens_analysed": cache.n_tokens, "k": k,
-        "entropy_neuron_rule": config.rule.describe(), "corpus": tokens.source,
+        "entropy_neuron_rule": config.rule.describe(), "token_frequency_neuron_rule": config.tf_rule.describe(),
+        "unigrams": counts.meta,
+        "corpus": tokens.source,
         "closed_form_logits_max_abs_err": cache.logits_check,
         "kernel": "fused C" if config.backend != "torch" and c_kernel_available() else "torch",
         "timings_s": {"forward": round(t_forward, 2), "sweep": round(t_sweep, 2)},
     }
-    table = neuron_table(layer, ws, sw, config.rule)
+    table = neuron_table(layer, ws, sw, config.rule, freq, config.tf_rule)
+    n_seqs, per_seq = tokens.tokens.shape[0], cache.seq_len - 1
+    token_metrics = pd.DataFrame({
+        "seq": np.repeat(np.arange(n_seqs), per_seq), "pos": np.tile(np.arange(per_seq), n_seqs),
+        "loss": sw.clean["loss"].numpy(), "entropy": sw.clean["entropy"].numpy(), "kl": sw.clean["kl"].numpy(),
+    })
     return ScanResult(config=config, neurons=table, singular_values=ws.singular_values.numpy(),
-                      cos_sv=ws.cos_sv.numpy(), k=k, settings=settings, run_dir=run_dir)
+                      cos_sv=ws.cos_sv.numpy(), k=k, settings=settings, token_metrics=token_metrics,
+                      unigrams=counts, run_dir=run_dir)
 
 
 def _slug(config: ScanConfig) -> str:

@@ -43,3 +43,38 @@ def select_entropy_neurons(table: pd.DataFrame, rule: EntropyNeuronRule = Entrop
     """Boolean mask over the rows of a neuron table (columns rho, ln_share, TE)."""
     te_floor = rule.min_te_ratio * table["TE"].median()
     return (table["rho"] >= rule.min_rho) & (table["ln_share"] >= rule.min_ln_share) & (table["TE"] >= te_floor)
+
+
+@dataclass(frozen=True)
+class TokenFrequencyNeuronRule:
+    """Token frequency neurons (Sec. 4): most of their effect on the loss runs along v_freq.
+
+        1 - DE_freq/TE >= min_freq_share  and  TE >= min_te_ratio * median(TE)  [and not an entropy neuron]
+
+    The paper's token frequency neurons have 1 - DE_freq/TE around 0.6 (Pythia 410M, App. G). Entropy
+    neurons also move the output along v_freq when they rescale the logits, so by default they are
+    left to their own family (``exclude_entropy_neurons``).
+    """
+
+    min_freq_share: float = 0.5
+    min_te_ratio: float = 2.0
+    exclude_entropy_neurons: bool = True
+
+    def __post_init__(self) -> None:
+        if self.min_te_ratio < 0:
+            raise ValueError(f"min_te_ratio = {self.min_te_ratio} must be >= 0")
+
+    def describe(self) -> str:
+        tail = " and not an entropy neuron" if self.exclude_entropy_neurons else ""
+        return f"1 - DE_freq/TE >= {self.min_freq_share} and TE >= {self.min_te_ratio} x median TE{tail}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def select_token_frequency_neurons(table: pd.DataFrame, rule: TokenFrequencyNeuronRule = TokenFrequencyNeuronRule()) -> pd.Series:
+    """Boolean mask over a neuron table with columns freq_share, TE (and is_entropy_neuron)."""
+    mask = (table["freq_share"] >= rule.min_freq_share) & (table["TE"] >= rule.min_te_ratio * table["TE"].median())
+    if rule.exclude_entropy_neurons and "is_entropy_neuron" in table:
+        mask &= ~table["is_entropy_neuron"]
+    return mask

@@ -59,54 +59,69 @@ def _looks_like_hub_id(spec: str) -> bool:
     return 1 <= len(parts) <= 2 and all(p and not p.startswith(".") for p in parts) and not spec.endswith(".gguf")
 
 
+@dataclass(frozen=True)
+class _Resolved:
+    kind: str  # "embedded" | "gguf" | "path" | "hub"
+    location: str  # folder (GGUF, path) or hub id
+    gguf_file: str | None
+    description: dict
+
+
+def _resolve(spec: str | None) -> _Resolved:
+    """Decide what ``spec`` names, with a clear error for what cannot be a model."""
+    if spec is None:
+        gguf = embedded_gguf_path()
+        return _Resolved("embedded", str(gguf.parent), gguf.name,
+                         {"kind": "embedded", "name": DEFAULT_MODEL_NAME, "path": str(gguf)})
+    path = Path(spec).expanduser()
+    description = {"name": spec, "path": str(path.resolve())}
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {path} does not exist; pass an existing .gguf file")
+        return _Resolved("gguf", str(path.parent), path.name, {"kind": "gguf", **description})
+    if path.exists():
+        if not (path.is_dir() and (path / "config.json").is_file()):
+            raise ModelLoadError(
+                f"{path} is not a model: expected a directory with config.json (as written by "
+                "save_pretrained) or a .gguf file"
+            )
+        return _Resolved("path", str(path), None, {"kind": "path", **description})
+    if not _looks_like_hub_id(spec):
+        raise ModelLoadError(f"{spec} is neither an existing path nor a Hugging Face model id")
+    return _Resolved("hub", spec, None, {"kind": "hub", "name": spec})
+
+
+def _from_pretrained(loader, r: _Resolved, **kwargs):
+    try:
+        if r.gguf_file is not None:
+            return loader.from_pretrained(r.location, gguf_file=r.gguf_file, **kwargs)
+        return loader.from_pretrained(r.location, **kwargs)
+    except OSError as exc:
+        if r.kind == "hub":
+            raise ModelLoadError(
+                f"could not load {r.location} from the Hugging Face hub ({str(exc).splitlines()[0][:200]}); "
+                "if the hub is unreachable, pass a local model directory or a GGUF file with --model"
+            ) from exc
+        raise ModelLoadError(f"{r.description['path']} could not be loaded as a causal language model ({exc})") from exc
+    except Exception as exc:  # transformers raises many kinds for malformed files
+        raise ModelLoadError(f"{r.description.get('path', r.location)} could not be loaded ({exc})") from exc
+
+
+def load_tokenizer(spec: str | None):
+    """Only the tokenizer of ``spec`` (same naming rules as ``load_model``)."""
+    from transformers import AutoTokenizer
+
+    return _from_pretrained(AutoTokenizer, _resolve(spec))
+
+
 def _load_hf(spec: str | None, dtype: torch.dtype):
     """Return (hf_model, tokenizer, bridge_name, description)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if spec is None:
-        gguf = embedded_gguf_path()
-        spec_path, description = gguf, {"kind": "embedded", "name": DEFAULT_MODEL_NAME, "path": str(gguf)}
-    else:
-        spec_path = Path(spec).expanduser()
-        description = {"kind": "path", "name": spec, "path": str(spec_path.resolve())}
-
-    if spec is None or spec_path.suffix == ".gguf":
-        if not spec_path.is_file():
-            raise ModelLoadError(f"GGUF file {spec_path} does not exist; pass an existing .gguf file")
-        description["kind"] = "embedded" if spec is None else "gguf"
-        folder, name = str(spec_path.parent), spec_path.name
-        try:
-            tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-            hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
-        except Exception as exc:  # transformers raises many kinds here
-            raise ModelLoadError(f"{spec_path} could not be read as a GGUF model ({exc}); pass a valid GGUF file") from exc
-        return hf, tok, folder, description
-
-    if spec_path.exists():
-        if not (spec_path.is_dir() and (spec_path / "config.json").is_file()):
-            raise ModelLoadError(
-                f"{spec_path} is not a model: expected a directory with config.json (as written by "
-                "save_pretrained) or a .gguf file"
-            )
-        try:
-            tok = AutoTokenizer.from_pretrained(str(spec_path))
-            hf = AutoModelForCausalLM.from_pretrained(str(spec_path), dtype=dtype)
-        except Exception as exc:
-            raise ModelLoadError(f"{spec_path} could not be loaded as a causal language model ({exc})") from exc
-        return hf, tok, str(spec_path), description
-
-    if not _looks_like_hub_id(spec):
-        raise ModelLoadError(f"{spec} is neither an existing path nor a Hugging Face model id")
-    description["kind"] = "hub"
-    try:
-        tok = AutoTokenizer.from_pretrained(spec)
-        hf = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype)
-    except OSError as exc:
-        raise ModelLoadError(
-            f"could not load {spec} from the Hugging Face hub ({str(exc).splitlines()[0][:200]}); "
-            "if the hub is unreachable, pass a local model directory or a GGUF file with --model"
-        ) from exc
-    return hf, tok, spec, description
+    r = _resolve(spec)
+    tok = _from_pretrained(AutoTokenizer, r)
+    hf = _from_pretrained(AutoModelForCausalLM, r, dtype=dtype)
+    return hf, tok, r.location, dict(r.description)
 
 
 def boot(hf_model, tokenizer, name: str, source: dict | None = None) -> LoadedModel:
