@@ -36,12 +36,13 @@ REPORT_FILENAME = "report.html"
 
 @dataclass
 class ReportSection:
-    """One section of the report, rendered in this order: title, text, figures, table."""
+    """One section of the report, rendered in this order: title, text, html, figures, table."""
 
     title: str
     text: str = ""  # short explanatory paragraph (plain text, escaped; blank lines split paragraphs)
     figures: list[go.Figure] = field(default_factory=list)
     table: pd.DataFrame | None = None  # escaped; floats to 4 significant digits
+    html: str = ""  # raw, trusted HTML fragment (not escaped), e.g. report.passages.passages_html
 
 
 _CSS = """
@@ -188,6 +189,8 @@ def render_report(*, title: str, settings: dict, sections: list[ReportSection]) 
         anchor = _slug(i, sec.title)
         nav.append(f'<li><a href="#{anchor}">{html.escape(sec.title)}</a></li>')
         parts = [f'<section id="{anchor}">', f"<h2>{html.escape(sec.title)}</h2>", _paragraphs(sec.text)]
+        if sec.html:
+            parts.append(f'<div class="fragment">{sec.html}</div>')
         for j, fig in enumerate(sec.figures, start=1):
             parts.append(f'<div class="figure">{_figure_div(fig, f"{anchor}-fig{j}")}</div>')
         if sec.table is not None:
