@@ -15,6 +15,7 @@ from confidence_neurons.figures.entropy import (
     fig_total_vs_direct,
 )
 from confidence_neurons.figures.export import save_figure
+from confidence_neurons.figures.frequency import fig_freq_share_vs_dkl, fig_kl_vs_entropy, fig_total_vs_freq_direct
 from confidence_neurons.report.html import ReportSection, write_report
 from confidence_neurons.data.unigrams import save_counts
 from confidence_neurons.rundir import atomic_write_text
@@ -66,6 +67,10 @@ def write_scan_outputs(result, run_dir: Path) -> Path:
         "fig2c_total_vs_direct": fig_total_vs_direct(neurons, seed=result.config.seed),
         "fig2d_spectrum": fig_spectrum(result.singular_values, result.cos_sv, neurons, k),
         "fig2e_rho_vs_ln_share": fig_rho_vs_ln_share(neurons, k),
+        "fig3a_kl_vs_entropy": fig_kl_vs_entropy(result.token_metrics["entropy"].to_numpy(),
+                                                 result.token_metrics["kl"].to_numpy()),
+        "fig3b_freq_share_vs_dkl": fig_freq_share_vs_dkl(neurons),
+        "fig3c_total_vs_freq_direct": fig_total_vs_freq_direct(neurons, seed=result.config.seed),
     }
     fig_dir = run_dir / "figures"
     for stem, fig in figures.items():
@@ -98,6 +103,23 @@ def write_scan_outputs(result, run_dir: Path) -> Path:
         ReportSection("rho against the norm-mediated share (Fig. 2e)",
                       "Neurons that write into the null space act through the final norm's scale.",
                       figures=[figures["fig2e_rho_vs_ln_share"]]),
+        ReportSection(
+            "Token frequency neurons (Sec. 4)",
+            f"{int(neurons['is_token_frequency_neuron'].sum())} neurons meet the rule "
+            f"({s['token_frequency_neuron_rule']}). P_freq: {result.unigrams.meta.get('source')}, "
+            f"{result.unigrams.meta.get('n_tokens', 0):,} tokens. v_freq_proj < 0 means the neuron's output "
+            "pushes away from frequent tokens.",
+            table=top_token_frequency_neurons(neurons),
+        ),
+        ReportSection("Distance to the unigram distribution against entropy (Fig. 3a)",
+                      "Per token: the more uncertain the model, the closer its output to P_freq.",
+                      figures=[figures["fig3a_kl_vs_entropy"]]),
+        ReportSection("Token-frequency-mediated effect (Fig. 3b)",
+                      "1 - DE_freq/TE against the mean |change of KL(P_freq || P_model)| on mean ablation; DE_freq "
+                      "holds the ablated logits' component along v_freq at its clean value (Eq. 7-8).",
+                      figures=[figures["fig3b_freq_share_vs_dkl"]]),
+        ReportSection("Total and frequency-direct effect (Fig. 3c)", "",
+                      figures=[figures["fig3c_total_vs_freq_direct"]]),
     ]
     settings = {k_: v for k_, v in s.items() if k_ not in ("corpus", "model_source")}
     settings["corpus"] = {k_: v for k_, v in s["corpus"].items() if k_ not in ("starts", "files")}

@@ -181,7 +181,8 @@ def sample_tokens(model: LoadedModel, config: ScanConfig) -> TokenSample:
 
 
 def scan(model: LoadedModel, config: ScanConfig = ScanConfig(), *, tokens: TokenSample | None = None,
-         run_dir: Path | None = None, progress: bool = True) -> ScanResult:
+         unigrams: tuple[UnigramCounts, FreqDirection] | None = None, run_dir: Path | None = None,
+         progress: bool = True) -> ScanResult:
     """Weight statistics, closed-form TE/DE for every final-layer neuron, and the entropy-neuron rule."""
     layer = final_layer(model)
     k = config.k if config.k is not None else default_k(layer.d_model)
@@ -191,7 +192,7 @@ def scan(model: LoadedModel, config: ScanConfig = ScanConfig(), *, tokens: Token
     cache: ForwardCache = run_forward(model, layer, tokens.tokens, batch_size=config.batch_size, progress=progress)
     t_forward = time.perf_counter() - t0
     ws = weight_stats(layer, k)
-    counts, freq = unigram_distribution(model, layer, config, progress=progress)
+    counts, freq = unigrams if unigrams is not None else unigram_distribution(model, layer, config, progress=progress)
     t0 = time.perf_counter()
     sw = sweep(layer, cache, freq=freq, neuron_chunk=config.neuron_chunk, token_chunk=config.token_chunk,
                backend=config.backend, progress=progress,
@@ -238,6 +239,7 @@ def run_scan(config: ScanConfig, out: Path | None = None, *, progress: bool = Tr
     if config.k is not None:
         check_k(config.k, layer.d_model)
     tokens = sample_tokens(model, config)
+    unigrams = unigram_distribution(model, layer, config, progress=progress)
     out = Path(out) if out is not None else default_run_dir(config)
     resumed = prepare_run_dir(out, config.fingerprint())
     if resumed:
@@ -246,7 +248,7 @@ def run_scan(config: ScanConfig, out: Path | None = None, *, progress: bool = Tr
             "versions": _versions(), "model_source": model.source, "corpus": tokens.source}
     write_config(out, base)
     np.save(out / "tokens.npy", tokens.tokens.numpy())
-    result = scan(model, config, tokens=tokens, run_dir=out, progress=progress)
+    result = scan(model, config, tokens=tokens, unigrams=unigrams, run_dir=out, progress=progress)
     write_scan_outputs(result, out)
     write_config(out, {**base, "status": "complete", "settings": result.settings})
     return result
