@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     scan = sub.add_parser("scan", help="find entropy and token frequency neurons in the final layer "
                           "(weights, TE/DE/DE_freq, figures, report)")
     _add_common(scan)
+    ins = sub.add_parser("inspect", help="clip-mean-ablate one final-layer neuron and show its effect token by token")
+    ins.add_argument("--neuron", required=True, help="LAYER.INDEX of a final-layer neuron, e.g. 29.830")
+    ins.add_argument("--n-passages", type=int, default=3, help="text passages to show (Fig. 4b)")
+    _add_common(ins)
     uni = sub.add_parser("unigrams", help="count the model's tokens over a corpus (P_freq for Sec. 4)")
     _add_source(uni)
     uni.add_argument("--max-tokens", type=int, help="stop after this many tokens (default: the whole corpus)")
@@ -126,6 +130,16 @@ def main(argv: list[str] | None = None) -> int:
 
             result = run_scan(_scan_config(args), args.out, progress=not args.quiet)
             _print_summary(result)
+        elif args.command == "inspect":
+            from confidence_neurons.inspect_neuron import InspectConfig, run_inspect
+
+            activity = run_inspect(InspectConfig(neuron=args.neuron, data=_scan_config(args), n_passages=args.n_passages),
+                                   args.out, progress=not args.quiet)
+            clipped = activity.tokens[activity.tokens["clipped"]]
+            print(f"neuron {activity.name}: clipped at {len(clipped)} tokens; mean change of loss "
+                  f"{clipped['delta_loss'].mean():+.4f}, entropy {clipped['delta_entropy'].mean():+.4f}, "
+                  f"KL {clipped['delta_kl'].mean():+.4f}")
+            print(f"report: {(activity.run_dir / 'report.html').resolve()}")
         elif args.command == "unigrams":
             _unigrams(args)
     except USER_ERRORS as exc:

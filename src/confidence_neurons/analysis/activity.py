@@ -1,0 +1,114 @@
+"""What one neuron does token by token (Sec. 5): clipped mean-ablation and its per-token effects.
+
+Clipping sets the activation to its mean only where it exceeds the mean (footnote 7), so tokens
+where the neuron is below its mean are untouched. Effects are ablated minus clean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from confidence_neurons.analysis.mediation import ForwardCache, FreqDirection, per_token_effects
+from confidence_neurons.models.final_layer import FinalLayer
+
+
+def parse_neuron(spec: str, layer: FinalLayer) -> int:
+    """'L.I' -> I, checking that L is the final layer and I a neuron of it."""
+    try:
+        layer_idx, neuron = (int(part) for part in spec.split("."))
+    except ValueError:
+        raise ValueError(f"--neuron {spec!r} is not of the form LAYER.INDEX (e.g. {layer.layer}.42)") from None
+    if layer_idx != layer.layer:
+        raise ValueError(f"neuron {spec} is not in the last layer: this model's final MLP is layer {layer.layer}")
+    if not 0 <= neuron < layer.d_mlp:
+        raise ValueError(f"neuron index {neuron} is outside the last layer, which has {layer.d_mlp} neurons (0-{layer.d_mlp - 1})")
+    return neuron
+
+
+@torch.no_grad()
+def clean_ranks(layer: FinalLayer, cache: ForwardCache, chunk: int = 256) -> Tensor:
+    """Rank (1 = top) of the correct next token in the clean prediction, (N,)."""
+    ranks = []
+    for t0 in range(0, cache.n_tokens, chunk):
+        z = layer.logits(cache.resid[t0 : t0 + chunk])
+        zt = z.gather(-1, cache.target[t0 : t0 + chunk, None])
+        ranks.append((z > zt).sum(-1) + 1)
+    return torch.cat(ranks)
+
+
+@torch.no_grad()
+def top_predictions(layer: FinalLayer, resid: Tensor, tokenizer, k: int = 5) -> list[list[tuple[str, float]]]:
+    """Top-k clean next-token predictions (decoded token, probability) for a few positions."""
+    probs = layer.logits(resid).softmax(-1)
+    p, idx = probs.topk(k, dim=-1)
+    return [[(tokenizer.decode([int(i)]), float(q)) for i, q in zip(row_i, row_p)] for row_i, row_p in zip(idx, p)]
+
+
+@dataclass
+class NeuronActivity:
+    """Per-token effects of clip-mean-ablating one neuron; ``tokens`` has one row per analysed position
+    (seq, pos, token, target, activation, initial_loss, delta_loss, delta_entropy, delta_kl,
+    reciprocal_rank, clipped)."""
+
+    neuron: int
+    name: str
+    mean_activation: float
+    tokens: pd.DataFrame
+    run_dir: Path | None = None
+
+
+def neuron_activity(layer: FinalLayer, cache: ForwardCache, tokens: Tensor, neuron: int, freq: FreqDirection,
+                    tokenizer, *, backend="auto") -> NeuronActivity:
+    mean = cache.acts.mean(0)
+    eff = per_token_effects(layer, cache, [neuron], mode="clip", mean_act=mean, freq=freq, backend=backend)
+    acts = cache.acts[:, neuron]
+    n_seqs, per_seq = tokens.shape[0], tokens.shape[1] - 1
+    decode = lambda ids: [tokenizer.decode([int(i)]) for i in ids]  # noqa: E731
+    table = pd.DataFrame({
+        "seq": np.repeat(np.arange(n_seqs), per_seq), "pos": np.tile(np.arange(per_seq), n_seqs),
+        "token": decode(tokens[:, :-1].reshape(-1)), "target": decode(cache.target),
+        "activation": acts.numpy(), "initial_loss": eff["loss"].numpy(),
+        "delta_loss": (eff["TE_loss"][:, 0] - eff["loss"]).numpy(),
+        "delta_entropy": (eff["TE_entropy"][:, 0] - eff["entropy"]).numpy(),
+        "delta_kl": (eff["TE_kl"][:, 0] - eff["kl"]).numpy(),
+        "reciprocal_rank": (1.0 / clean_ranks(layer, cache).double()).numpy(),
+        "clipped": (acts > mean[neuron]).numpy(),
+        "ablated_loss": eff["TE_loss"][:, 0].numpy(),
+    })
+    return NeuronActivity(neuron, f"{layer.layer}.{neuron}", float(mean[neuron]), table)
+
+
+def passages(activity: NeuronActivity, layer: FinalLayer, cache: ForwardCache, tokens: Tensor, tokenizer,
+             *, n: int = 3, window: int = 12) -> list[dict]:
+    """The ``n`` positions where clipping the neuron changes the loss most, each with its context
+    (Fig. 4b): tokens, activations, clean and ablated loss, and the clean top-5 predictions."""
+    t = activity.tokens
+    per_seq = tokens.shape[1] - 1
+    chosen, used = [], set()
+    for row in t.reindex(t["delta_loss"].abs().sort_values(ascending=False).index).itertuples():
+        if len(chosen) == n:
+            break
+        if (row.seq, row.pos // (2 * window)) in used:
+            continue
+        used.add((row.seq, row.pos // (2 * window)))
+        chosen.append(row)
+    out = []
+    for row in chosen:
+        lo, hi = max(0, row.pos - window), min(per_seq, row.pos + window + 1)
+        rows = slice(row.seq * per_seq + lo, row.seq * per_seq + hi)
+        win = t.iloc[rows]
+        out.append({
+            "title": (f"sequence {row.seq}, position {row.pos}: {row.token!r} -> {row.target!r}, loss "
+                      f"{row.initial_loss:.3f} with the neuron, {row.ablated_loss:.3f} clipped ({row.delta_loss:+.3f})"),
+            "tokens": win["token"].tolist(), "activation": win["activation"].tolist(),
+            "loss_clean": win["initial_loss"].tolist(), "loss_ablated": win["ablated_loss"].tolist(),
+            "top_predictions": top_predictions(layer, cache.resid[rows], tokenizer),
+            "highlight": row.pos - lo,
+        })
+    return out
