@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/confidence-neurons scan --n-seqs 8 --out runs/demo
+	$(BIN)/confidence-neurons scan --n-seqs 6 --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m confidence_neurons.models.embedded

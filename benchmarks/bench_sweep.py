@@ -5,7 +5,8 @@ On the same model and tokens it times:
   2. the authors' method: per chunk of neurons, add delta * w_out to the cached residual, apply
      the final norm and W_U (d_model times more arithmetic), then the softmax statistics; timed
      on a sample of neurons and extrapolated, and checked to give the same TE/DE;
-  3. one real forward pass per neuron and variant (hooks), on a sample, extrapolated.
+  3. one real forward pass per neuron and variant (hooks), on a sample, extrapolated;
+  4. what DE_freq and |change of KL| add to the sweep (Sec. 4), and the unigram counter's speed.
 
     python benchmarks/bench_sweep.py [--model PATH] [--n-seqs 8] [--seq-len 256]
 """
@@ -17,9 +18,10 @@ import time
 
 import torch
 
-from confidence_neurons.analysis.mediation import VARIANTS, run_forward, sweep
+from confidence_neurons.analysis.mediation import VARIANTS, FreqDirection, run_forward, sweep
 from confidence_neurons.analysis.reference import brute_force_ablation
 from confidence_neurons.data.corpus import sample_token_sequences
+from confidence_neurons.data.unigrams import count_unigrams, p_freq, v_freq
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
 from confidence_neurons.models.loading import load_model
 
@@ -47,6 +49,16 @@ def authors_method(layer: FinalLayer, resid, acts, target, neurons, mean, token_
     return te / n, de / n
 
 
+def _mean_ablation_hook(neuron: int, value: float):
+    def hook(acts, hook):
+        new = acts.clone()
+        new[..., neuron] = value
+        return new
+
+    return hook
+
+
+@torch.no_grad()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
@@ -82,13 +94,25 @@ def main() -> None:
           f"-> closed form is {t_auth / t_closed:.1f}x faster; max |TE/DE difference| = {err:.2e}")
 
     fsample = sample[: args.forward_sample].tolist()
+    brute_force_ablation(model, layer, tokens[:1], fsample[0], float(sw.mean_act[fsample[0]]))  # warm-up
     t0 = time.perf_counter()
     for i in fsample:
-        for freeze in (False, True):
-            brute_force_ablation(model, layer, tokens, i, float(sw.mean_act[i]), freeze_scale=freeze)
-    t_fwd = (time.perf_counter() - t0) * d_mlp / len(fsample)
-    print(f"one real forward per neuron and variant, {len(fsample)} neurons, extrapolated: {t_fwd:.0f} s "
+        model.bridge.run_with_hooks(tokens, fwd_hooks=[(layer.act_hook, _mean_ablation_hook(i, float(sw.mean_act[i])))])
+    t_fwd = (time.perf_counter() - t0) * d_mlp * len(VARIANTS) / len(fsample)
+    print(f"one real forward per neuron and variant, timed on {len(fsample)} neurons, extrapolated: {t_fwd:.0f} s "
           f"-> closed form is {t_fwd / t_closed:.1f}x faster")
+
+    t0 = time.perf_counter()
+    counts = count_unigrams(model.tokenizer, None, vocab_size=min(len(model.tokenizer), V), progress=False)
+    t_count = time.perf_counter() - t0
+    print(f"unigram counter, built-in corpus: {counts.meta['n_tokens']:,} tokens in {t_count:.2f} s "
+          f"({counts.meta['n_tokens'] / t_count:,.0f} tokens/s)")
+    p = p_freq(counts, V)
+    t0 = time.perf_counter()
+    sweep(layer, cache, freq=FreqDirection(p, v_freq(p)), progress=False)
+    t_freq = time.perf_counter() - t0
+    print(f"sweep with DE_freq and |dKL| (TE, DE, DE_freq): {t_freq:.1f} s, +{100 * (t_freq / t_closed - 1):.0f}% "
+          f"over TE and DE alone")
 
 
 if __name__ == "__main__":
