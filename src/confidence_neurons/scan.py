@@ -139,7 +139,8 @@ def v_freq_projection(layer: FinalLayer, freq: FreqDirection) -> tuple[torch.Ten
 
 
 def neuron_table(layer: FinalLayer, ws: WeightStats, sw: SweepResult, rule: EntropyNeuronRule,
-                 freq: FreqDirection, tf_rule: TokenFrequencyNeuronRule) -> pd.DataFrame:
+                 freq: FreqDirection | None, tf_rule: TokenFrequencyNeuronRule) -> pd.DataFrame:
+    """One row per final-layer neuron (``NEURON_COLUMNS``); the Sec. 4 columns are NaN without ``freq``."""
     te, de = sw.abs_dloss["TE"].double(), sw.abs_dloss["DE"].double()
     ln_share = _share(te, de)
     idx = np.arange(layer.d_mlp)
@@ -151,6 +152,11 @@ def neuron_table(layer: FinalLayer, ws: WeightStats, sw: SweepResult, rule: Entr
         "abs_delta_entropy_DE": sw.abs_dentropy["DE"].numpy(), "top1_change_frac": sw.top1_change["TE"].numpy(),
     })
     table["is_entropy_neuron"] = select_entropy_neurons(table, rule)
+    if freq is None:
+        for col in ("DE_freq", "freq_share", "abs_delta_kl", "v_freq_proj", "v_freq_cos"):
+            table[col] = np.nan
+        table["is_token_frequency_neuron"] = False
+        return table
     proj, cos = v_freq_projection(layer, freq)
     table["DE_freq"] = sw.abs_dloss["DE_freq"].numpy()
     table["freq_share"] = _share(te, sw.abs_dloss["DE_freq"].double()).numpy()
@@ -193,6 +199,10 @@ def scan(model: LoadedModel, config: ScanConfig = ScanConfig(), *, tokens: Token
     t_forward = time.perf_counter() - t0
     ws = weight_stats(layer, k)
     counts, freq = unigrams if unigrams is not None else unigram_distribution(model, layer, config, progress=progress)
+    if layer.softcap:
+        log.warning("%s soft-caps its logits: DE_freq and the KL to P_freq need logits linear in the residual, "
+                    "so the token frequency analysis (Sec. 4) is skipped", model.name)
+        freq = None
     t0 = time.perf_counter()
     sw = sweep(layer, cache, freq=freq, neuron_chunk=config.neuron_chunk, token_chunk=config.token_chunk,
                backend=config.backend, progress=progress,
@@ -201,7 +211,8 @@ def scan(model: LoadedModel, config: ScanConfig = ScanConfig(), *, tokens: Token
     settings = {
         "model": model.name, "model_source": model.source, "architecture": model.source.get("architecture"),
         "d_model": layer.d_model, "d_mlp": layer.d_mlp, "d_vocab": layer.d_vocab, "final_layer": layer.layer,
-        "final_norm": layer.norm, "n_tokens_analysed": cache.n_tokens, "k": k,
+        "final_norm": layer.norm, "post_mlp_norm": layer.post_mlp_norm is not None, "logit_softcap": layer.softcap,
+        "token_frequency_analysis": freq is not None, "n_tokens_analysed": cache.n_tokens, "k": k,
         "entropy_neuron_rule": config.rule.describe(), "token_frequency_neuron_rule": config.tf_rule.describe(),
         "unigrams": counts.meta,
         "corpus": tokens.source,
@@ -213,7 +224,8 @@ def scan(model: LoadedModel, config: ScanConfig = ScanConfig(), *, tokens: Token
     n_seqs, per_seq = tokens.tokens.shape[0], cache.seq_len - 1
     token_metrics = pd.DataFrame({
         "seq": np.repeat(np.arange(n_seqs), per_seq), "pos": np.tile(np.arange(per_seq), n_seqs),
-        "loss": sw.clean["loss"].numpy(), "entropy": sw.clean["entropy"].numpy(), "kl": sw.clean["kl"].numpy(),
+        "loss": sw.clean["loss"].numpy(), "entropy": sw.clean["entropy"].numpy(),
+        "kl": sw.clean["kl"].numpy() if "kl" in sw.clean else np.nan,
     })
     return ScanResult(config=config, neurons=table, singular_values=ws.singular_values.numpy(),
                       cos_sv=ws.cos_sv.numpy(), k=k, settings=settings, token_metrics=token_metrics,

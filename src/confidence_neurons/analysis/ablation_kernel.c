@@ -68,6 +68,17 @@ static inline void tile(const Problem *p, int t, int k, int v0, int n, float shi
                 acc += e; accz += dd * e;
             }
         }
+    } else if (p->softcap <= 0.f) {  /* a post-MLP norm's term C P, and maybe D Q */
+        const float *Pt = p->P + (int64_t)t * p->V + v0, *Qv = p->Q ? p->Q + v0 : 0;
+        float c = p->C[tk], d = p->Q ? p->D[tk] : 0.f;
+        #pragma omp simd reduction(max:m) reduction(+:acc,accz)
+        for (int j = 0; j < n; j++) {
+            float y = fmaf(c, Pt[j], lin(a, Lt[j], b, Uk[j], bb[j]));
+            if (Qv) y = fmaf(d, Qv[j], y);
+            m = y > m ? y : m;
+            float dd = y - shift, e = expf(dd);
+            acc += e; accz += dd * e;
+        }
     } else {
         for (int j = 0; j < n; j++) {
             float y = logit_at(p, t, k, v0 + j);

@@ -74,6 +74,7 @@ class ForwardCache:
     target: Int[Tensor, "N"]
     seq_len: int
     logits_check: float = 0.0
+    mlp_out: Float[Tensor, "N d_model"] | None = None  # the last MLP's output before a post-MLP norm
 
     @property
     def n_tokens(self) -> int:
@@ -85,7 +86,9 @@ def run_forward(model: LoadedModel, layer: FinalLayer, tokens: Int[Tensor, "n_se
                 batch_size: int = 8, progress: bool = True) -> ForwardCache:
     """Cache the final residual and neuron activations, and check the closed form's clean logits."""
     resid, acts, targets, worst = [], [], [], 0.0
-    names = {layer.act_hook, layer.resid_hook, layer.scale_hook}
+    post = layer.post_mlp_norm
+    names = {layer.act_hook, layer.resid_hook, layer.scale_hook} | ({post.in_hook} if post else set())
+    mlp_out = []
     for b0 in tqdm(range(0, tokens.shape[0], batch_size), desc="forward pass", disable=not progress, unit="batch"):
         batch = tokens[b0 : b0 + batch_size]
         logits, cache = model.bridge.run_with_cache(batch, names_filter=lambda n: n in names)
@@ -98,12 +101,15 @@ def run_forward(model: LoadedModel, layer: FinalLayer, tokens: Int[Tensor, "n_se
         resid.append(x.reshape(-1, x.shape[-1]))
         acts.append(cache[layer.act_hook][:, :-1].float().reshape(-1, layer.d_mlp))
         targets.append(batch[:, 1:].reshape(-1))
+        if post is not None:
+            mlp_out.append(cache[post.in_hook][:, :-1].float().reshape(-1, layer.d_model))
     if worst > 1e-2:
         raise RuntimeError(
             f"closed-form logits differ from the model's by {worst:.3g} (log-prob): the final norm or "
             "unembedding of this architecture is not what the closed form assumes"
         )
-    return ForwardCache(torch.cat(resid), torch.cat(acts), torch.cat(targets), tokens.shape[1], worst)
+    return ForwardCache(torch.cat(resid), torch.cat(acts), torch.cat(targets), tokens.shape[1], worst,
+                        torch.cat(mlp_out) if post is not None else None)
 
 
 def ablated_values(acts: Tensor, mean: Tensor, mode: AblationMode) -> Tensor:
@@ -112,8 +118,27 @@ def ablated_values(acts: Tensor, mean: Tensor, mode: AblationMode) -> Tensor:
 
 
 @dataclass
+class PostNormChunk:
+    """Extra terms when the MLP output m passes a norm post(m) = g m / r(m) before the residual.
+
+    Ablation moves m to m + delta w, so the residual moves by c1 P + c2 q with P = g m,
+    q = g w, c1 = 1/r' - 1/r and c2 = delta/r', where r' follows from |m|^2, m.w and |w|^2."""
+
+    LP: Tensor     # (T, V)  W_U^T center(P)
+    r: Tensor      # (T, 1)  clean post-norm scale
+    mm: Tensor     # (T, 1)  |m|^2
+    mw: Tensor     # (T, K)  m . w
+    ww: Tensor     # (K,)    |w|^2
+    PP: Tensor     # (T, 1)  |center(P)|^2
+    xP: Tensor     # (T, 1)  center(x) . center(P)
+    Pq: Tensor     # (T, K)  center(P) . center(q)
+    eps: float
+
+
+@dataclass
 class Chunk:
-    """Per-chunk tensors of the closed form for tokens T and neurons K."""
+    """Per-chunk tensors of the closed form for tokens T and neurons K (with a post-MLP norm,
+    w_out below stands for q = g w_out)."""
 
     L: Tensor      # (T, V)   W_U^T center(x)
     s: Tensor      # (T, 1)   clean scale
@@ -122,15 +147,22 @@ class Chunk:
     xw: Tensor     # (T, K)   <center(x), center(w_out)>
     ww: Tensor     # (K,)     |center(w_out)|^2
     delta: Tensor  # (T, K)   ablated - clean activation
+    post: PostNormChunk | None = None
 
 
-def closed_form_coefficients(c: Chunk, d_model: int, eps: float, variant: str) -> tuple[Tensor, Tensor]:
-    """(A, B) with ablated logits A L + B U + b_U: TE lets the scale move, DE freezes it (Eq. 5-6)."""
-    if variant == "DE":
-        s = c.s.expand_as(c.delta)
+def closed_form_coefficients(c: Chunk, d_model: int, eps: float, variant: str) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(A, B, C) with ablated logits A L + B U + C LP + b_U: TE lets the final scale move, DE
+    freezes it (Eq. 5-6). Without a post-MLP norm C is None and the residual moves by delta w_out."""
+    if c.post is None:
+        c1, c2 = None, c.delta
+        xx = c.xx + 2 * c.delta * c.xw + c.delta.pow(2) * c.ww
     else:
-        s = ((c.xx + 2 * c.delta * c.xw + c.delta.pow(2) * c.ww) / d_model + eps).sqrt()
-    return 1.0 / s, c.delta / s
+        p = c.post
+        r_abl = ((p.mm + 2 * c.delta * p.mw + c.delta.pow(2) * p.ww) / d_model + p.eps).sqrt()
+        c1, c2 = 1.0 / r_abl - 1.0 / p.r, c.delta / r_abl
+        xx = (c.xx + c1.pow(2) * p.PP + c2.pow(2) * c.ww + 2 * c1 * p.xP + 2 * c2 * c.xw + 2 * c1 * c2 * p.Pq)
+    s = c.s.expand_as(c.delta) if variant == "DE" else (xx / d_model + eps).sqrt()
+    return 1.0 / s, c2 / s, None if c1 is None else c1 / s
 
 
 @dataclass
@@ -164,15 +196,25 @@ def clean_stats(L: Tensor, s: Tensor, layer: FinalLayer, target: Tensor, backend
 
 def _chunks(layer: FinalLayer, cache: ForwardCache, neurons: Tensor, new_values: Tensor, token_chunk: int):
     """Yield (token slice, Chunk) over tokens for a fixed set of neurons."""
-    wc = layer.center(layer.W_out[neurons])
+    post = layer.post_mlp_norm
+    w = layer.W_out[neurons]
+    wc = layer.center(w if post is None else post.g * w)
     U = wc @ layer.W_U
     ww = wc.pow(2).sum(-1)
     for t0 in range(0, cache.n_tokens, token_chunk):
         sl = slice(t0, t0 + token_chunk)
         xc = layer.center(cache.resid[sl])
         xx = xc.pow(2).sum(-1, keepdim=True)
+        extra = None
+        if post is not None:
+            m = cache.mlp_out[sl]
+            Pc = layer.center(post.g * m)
+            mm = m.pow(2).sum(-1, keepdim=True)
+            extra = PostNormChunk(LP=Pc @ layer.W_U, r=(mm / layer.d_model + post.eps).sqrt(), mm=mm, mw=m @ w.T,
+                                  ww=w.pow(2).sum(-1), PP=Pc.pow(2).sum(-1, keepdim=True),
+                                  xP=(xc * Pc).sum(-1, keepdim=True), Pq=Pc @ wc.T, eps=post.eps)
         yield sl, Chunk(L=xc @ layer.W_U, s=(xx / layer.d_model + layer.eps).sqrt(), xx=xx, U=U,
-                        xw=xc @ wc.T, ww=ww, delta=new_values[sl] - cache.acts[sl][:, neurons])
+                        xw=xc @ wc.T, ww=ww, delta=new_values[sl] - cache.acts[sl][:, neurons], post=extra)
 
 
 def variants(freq: FreqDirection | None) -> tuple[str, ...]:
@@ -185,26 +227,35 @@ def ablated_stats(layer: FinalLayer, c: Chunk, base: CleanStats, target: Tensor,
     ablated logits' component along v_freq is held at its clean value) and 'TE_kl', the ablated
     KL(P_freq || P_model) (T, K)."""
     out: dict[str, SoftmaxStats | Tensor] = {}
+    def linear(A: Tensor, B: Tensor, C: Tensor | None, vec: Tensor) -> Tensor:
+        """(ablated logits - b_U) . vec, without forming the logits."""
+        z = A * (c.L @ vec)[:, None] + B * (c.U @ vec)[None, :]
+        return z if C is None else z + C * (c.post.LP @ vec)[:, None]
+
     for v in variants(freq):
-        A, B = closed_form_coefficients(c, layer.d_model, layer.eps, "DE" if v == "DE" else "TE")
-        extra = {}
+        A, B, C = closed_form_coefficients(c, layer.d_model, layer.eps, "DE" if v == "DE" else "TE")
+        extra = {} if C is None else {"P": c.post.LP, "C": C}
         if v == "DE_freq":
             if layer.softcap:
                 raise ValueError("DE_freq needs logits linear in the residual; logit soft-capping is not supported")
-            Lv, Uv, bv = c.L @ freq.v, c.U @ freq.v, float(layer.b_U @ freq.v)
-            clean_v = Lv[:, None] / c.s + bv  # (T, 1)  l . v_freq
-            ablated_v = A * Lv[:, None] + B * Uv[None, :] + bv  # (T, K)  l^{-i} . v_freq
-            extra = {"Q": freq.v, "D": (clean_v - ablated_v) / float(freq.v @ freq.v)}
+            bv = float(layer.b_U @ freq.v)
+            clean_v = (c.L @ freq.v)[:, None] / c.s + bv  # (T, 1)  l . v_freq
+            ablated_v = linear(A, B, C, freq.v) + bv  # (T, K)  l^{-i} . v_freq
+            extra |= {"Q": freq.v, "D": (clean_v - ablated_v) / float(freq.v @ freq.v)}
         out[v] = softmax_stats(c.L, c.U, layer.b_U, A, B, target, shift=base.shift, ref=base.argmax,
                                softcap=layer.softcap, backend=backend, **extra)
         if v == "TE" and freq is not None:
-            zp = A * (c.L @ freq.p)[:, None] + B * (c.U @ freq.p)[None, :] + float(layer.b_U @ freq.p)
+            if layer.softcap:
+                raise ValueError("the KL to P_freq needs logits linear in the residual; logit soft-capping is not supported")
+            zp = linear(A, B, C, freq.p) + float(layer.b_U @ freq.p)
             out["TE_kl"] = freq.plogp - zp + out["TE"].logsumexp
     return out
 
 
 def clean_kl(layer: FinalLayer, c: Chunk, base: CleanStats, freq: FreqDirection) -> Tensor:
     """KL(P_freq || P_model) of the clean logits, (T,)."""
+    if layer.softcap:
+        raise ValueError("the KL to P_freq needs logits linear in the residual; logit soft-capping is not supported")
     zp = (c.L @ freq.p) / c.s[:, 0] + float(layer.b_U @ freq.p)
     return freq.plogp - zp + base.stats.logsumexp[:, 0]
 

@@ -14,6 +14,21 @@ from confidence_neurons.models.loading import LoadedModel, ModelLoadError
 
 
 @dataclass(frozen=True)
+class PostMLPNorm:
+    """An RMSNorm applied to the MLP output before it joins the residual (Gemma 2 and 3).
+
+    post(m) = g * m / sqrt(mean(m^2) + eps); ``g`` (d_model,) is the effective weight (for Gemma's
+    (1 + w) convention, 1 + w); ``in_hook`` reads m, the MLP output before this norm."""
+
+    g: Float[Tensor, "d_model"]
+    eps: float
+    in_hook: str
+
+    def __call__(self, m: Tensor) -> Tensor:
+        return self.g * m / (m.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+
+
+@dataclass(frozen=True)
 class FinalLayer:
     """Weights of the last MLP and the unembedding, after Appendix C processing.
 
@@ -32,6 +47,7 @@ class FinalLayer:
     act_hook: str
     resid_hook: str
     scale_hook: str
+    post_mlp_norm: PostMLPNorm | None = None
 
     @property
     def d_mlp(self) -> int:
@@ -71,11 +87,7 @@ def final_layer(model: LoadedModel) -> FinalLayer:
         raise ModelLoadError(f"{model.name} has no MLP in its last block (no hook {act_hook}); entropy neurons live in the final MLP")
     if resid_hook not in hooks or scale_hook not in hooks or cfg.normalization_type not in ("LN", "LNPre", "RMS", "RMSPre"):
         raise ModelLoadError(f"{model.name} has no final LayerNorm/RMSNorm before the unembedding; the analysis needs one")
-    if getattr(cfg, "use_normalization_before_and_after", False):
-        raise ModelLoadError(
-            f"{model.name} normalises its MLP output before the residual (post-feedforward norm); "
-            "this architecture is not supported yet"
-        )
+    post = _post_mlp_norm(model, layer)
     with torch.no_grad():
         W_out = bridge.W_out[layer].detach().float().clone()
         W_U = bridge.W_U.detach().float().clone()
@@ -85,5 +97,23 @@ def final_layer(model: LoadedModel) -> FinalLayer:
         layer=layer, W_out=W_out, W_U=W_U, b_U=b_U,
         norm="LN" if cfg.normalization_type.startswith("LN") else "RMS",
         eps=float(cfg.eps), softcap=float(softcap) if softcap and softcap > 0 else None,
-        act_hook=act_hook, resid_hook=resid_hook, scale_hook=scale_hook,
+        act_hook=act_hook, resid_hook=resid_hook, scale_hook=scale_hook, post_mlp_norm=post,
     )
+
+
+@torch.no_grad()
+def _post_mlp_norm(model: LoadedModel, layer: int) -> PostMLPNorm | None:
+    """Read the last block's post-feedforward norm, if it has one, from the module itself."""
+    in_hook = f"blocks.{layer}.ln2_post.hook_in"
+    if in_hook not in model.bridge.hook_dict:
+        return None
+    module = model.bridge.blocks[layer].ln2_post._original_component
+    eps = float(getattr(module, "eps", getattr(module, "variance_epsilon", 1e-6)))
+    d = model.cfg.d_model
+    probe = torch.ones(1, d, dtype=next(module.parameters()).dtype)
+    g = (module(probe).float() * (1.0 + eps) ** 0.5)[0]  # module(1) = g / sqrt(1 + eps), whatever its convention
+    post = PostMLPNorm(g=g.detach().clone(), eps=eps, in_hook=in_hook)
+    check = torch.randn(3, d, generator=torch.Generator().manual_seed(0))
+    if not torch.allclose(post(check), module(check.to(probe.dtype)).float(), atol=1e-5, rtol=1e-4):
+        raise ModelLoadError(f"the post-feedforward norm of {model.name} is not an RMSNorm with a weight; unsupported")
+    return post

@@ -1,0 +1,86 @@
+"""Gemma 2 and 3 normalise the MLP output before the residual: the closed form carries that norm
+through the ablation exactly (and DE freezes only the final norm's scale)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from confidence_neurons.analysis.mediation import per_token_effects, run_forward
+from confidence_neurons.analysis.reference import brute_force_ablation
+from confidence_neurons.models.final_layer import final_layer
+from confidence_neurons.models.loading import load_model
+from tests.tiny import VOCAB_SIZE, random_tokens, save_tiny
+
+TOL = 1e-4
+
+
+def _tiny_gemma(version: int, softcap: float | None, directory):
+    from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
+
+    common = dict(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=128,
+                  final_logit_softcapping=softcap)
+    if version == 2:
+        model = Gemma2ForCausalLM(Gemma2Config(**common))
+    else:
+        model = Gemma3ForCausalLM(Gemma3TextConfig(**common, sliding_window=16))
+    torch.manual_seed(version)
+    with torch.no_grad():
+        for p in model.parameters():  # random norm weights too, so that the post-MLP norm matters
+            p.normal_(0, 0.3)
+    assert sum(p.numel() for p in model.parameters()) < 2_000_000
+    return load_model(str(save_tiny(model, directory)))
+
+
+@pytest.mark.parametrize(("version", "softcap"), [(2, 30.0), (2, None), (3, None)])
+def test_closed_form_through_the_post_mlp_norm(version, softcap, tmp_path):
+    model = _tiny_gemma(version, softcap, tmp_path / "m")
+    layer = final_layer(model)
+    assert layer.post_mlp_norm is not None and layer.softcap == softcap
+    tokens = random_tokens(3, 20)
+    cache = run_forward(model, layer, tokens, progress=False)
+    mean = cache.acts.mean(0)
+    neurons = [int(i) for i in cache.acts.std(0).topk(3).indices]
+    for mode in ("mean", "clip"):
+        closed = per_token_effects(layer, cache, neurons, mode=mode, mean_act=mean)
+        for j, neuron in enumerate(neurons):
+            for variant, freeze in (("TE", False), ("DE", True)):
+                brute = brute_force_ablation(model, layer, tokens, neuron, float(mean[neuron]), mode=mode,
+                                             freeze_scale=freeze)
+                assert (brute["loss"] - closed[f"{variant}_loss"][:, j]).abs().max() < TOL
+                assert (brute["entropy"] - closed[f"{variant}_entropy"][:, j]).abs().max() < TOL
+        assert (closed["TE_loss"] - closed["loss"][:, None]).abs().max() > 0.05, "the ablations must do something"
+
+
+def test_without_the_post_norm_term_the_closed_form_would_be_wrong(tmp_path):
+    """The post-MLP norm matters: treating the ablation as x + delta w_out misses the brute force."""
+    from dataclasses import replace
+
+    model = _tiny_gemma(2, None, tmp_path / "m")
+    layer = final_layer(model)
+    tokens = random_tokens(2, 16)
+    cache = run_forward(model, layer, tokens, progress=False)
+    neuron = int(cache.acts.std(0).argmax())
+    brute = brute_force_ablation(model, layer, tokens, neuron, float(cache.acts.mean(0)[neuron]))
+    naive = per_token_effects(replace(layer, post_mlp_norm=None), replace(cache, mlp_out=None), [neuron])
+    assert (brute["loss"] - naive["TE_loss"][:, 0]).abs().max() > 10 * TOL
+
+
+def test_scan_of_a_soft_capped_model_skips_only_the_frequency_part(tmp_path):
+    import numpy as np
+
+    from confidence_neurons.scan import ScanConfig, scan
+
+    model = _tiny_gemma(2, 30.0, tmp_path / "m")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(" ".join(f"w{i % 90}" for i in range(3000)))
+    result = scan(model, ScanConfig(dataset=str(corpus), n_seqs=2, seq_len=16), progress=False)
+    t = result.neurons
+    assert np.isfinite(t["TE"]).all() and np.isfinite(t["DE"]).all()
+    assert t["DE_freq"].isna().all() and not t["is_token_frequency_neuron"].any()
+    assert result.settings["token_frequency_analysis"] is False and result.settings["post_mlp_norm"] is True
+    from confidence_neurons.outputs import write_scan_outputs
+
+    (tmp_path / "run").mkdir()
+    assert write_scan_outputs(result, tmp_path / "run").is_file()
