@@ -1,0 +1,312 @@
+"""Induction heads and how they reach a final-layer neuron (Sec. 6.2, App. I, App. D).
+
+Heads are found by Olsson et al.'s prefix-matching score on repeated random tokens; baselines are
+heads that rest on BOS just as much but do no prefix matching. Three interventions follow:
+BOS ablation (App. I.1: the head attends only to position 0), mean attention-output ablation
+(App. I.2: the head's z vectors are replaced by their mean over the second copy) and direct
+feature attribution (App. I.3: each component's write into the residual, read through the last
+block's ln2 and the neuron's input weights).
+
+Every hook returns a new tensor (in-place edits are not seen on some TransformerBridge paths).
+A head is ``(layer, head)``; a head set is a tuple of heads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from confidence_neurons.models.final_layer import final_layer
+from confidence_neurons.models.loading import LoadedModel
+
+log = logging.getLogger(__name__)
+
+Head = tuple[int, int]
+HeadSet = tuple[Head, ...]
+Hook = tuple[str, Callable]
+
+
+def _device(model: LoadedModel) -> torch.device:
+    return next(model.bridge.parameters()).device
+
+
+def _batches(tokens: Tensor, batch_size: int) -> Iterator[Tensor]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
+    for b0 in range(0, tokens.shape[0], batch_size):
+        yield tokens[b0 : b0 + batch_size]
+
+
+def repeated_random_tokens(n_seqs: int, half_len: int, vocab_lo: int, vocab_hi: int, *, bos_id: int,
+                           seed: int = 0) -> Int[Tensor, "n_seqs seq_len"]:
+    """(n_seqs, 1 + 2 half_len): BOS, then R, then R again, R uniform in [vocab_lo, vocab_hi) (App. D)."""
+    if half_len < 2 or vocab_hi <= vocab_lo:
+        raise ValueError(f"need half_len >= 2 and vocab_hi > vocab_lo (got {half_len}, [{vocab_lo}, {vocab_hi}))")
+    gen = torch.Generator().manual_seed(seed)
+    body = torch.randint(vocab_lo, vocab_hi, (n_seqs, half_len), generator=gen)
+    return torch.cat([torch.full((n_seqs, 1), int(bos_id), dtype=torch.long), body, body], dim=1)
+
+
+@torch.no_grad()
+def _mean_pattern_stat(model: LoadedModel, tokens: Tensor, stat: Callable[[Tensor], Tensor],
+                       batch_size: int) -> Float[Tensor, "n_layers n_heads"]:
+    """Mean over sequences of ``stat(pattern)`` -> (batch, head), for every layer, one forward per batch."""
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    total = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+
+    def record(layer: int) -> Callable:
+        def hook(pattern: Tensor, hook) -> None:  # (batch, head, q, k)
+            total[layer] += stat(pattern.float()).sum(0).double().cpu()
+        return hook
+
+    hooks = [(f"blocks.{l}.attn.hook_pattern", record(l)) for l in range(n_layers)]
+    for batch in _batches(tokens, batch_size):
+        model.bridge.run_with_hooks(batch.to(_device(model)), fwd_hooks=hooks)
+    return (total / tokens.shape[0]).float()
+
+
+def prefix_matching_scores(model: LoadedModel, tokens_rep: Int[Tensor, "n_seqs seq_len"], *,
+                           batch_size: int = 16) -> Float[Tensor, "n_layers n_heads"]:
+    """Olsson et al.'s prefix-matching score on ``repeated_random_tokens`` (seq_len = 1 + 2T).
+
+    Query i in the second copy (i = T+1 .. 2T) holds the token seen earlier at i - T; the score is
+    its attention to the token after that occurrence, key i - T + 1, averaged over the T queries
+    and the sequences.
+    """
+    seq_len = tokens_rep.shape[1]
+    half = (seq_len - 1) // 2
+    if seq_len != 1 + 2 * half or half < 2 or not torch.equal(tokens_rep[:, 1 : 1 + half], tokens_rep[:, 1 + half :]):
+        raise ValueError("tokens_rep must be BOS + R + R (see repeated_random_tokens), "
+                         f"got shape {tuple(tokens_rep.shape)} without two equal halves")
+    queries = torch.arange(half + 1, 2 * half + 1)
+
+    def stat(pattern: Tensor) -> Tensor:
+        return pattern[:, :, queries, queries - half + 1].mean(-1)  # (batch, head)
+
+    return _mean_pattern_stat(model, tokens_rep, stat, batch_size)
+
+
+def mean_bos_attention(model: LoadedModel, tokens: Int[Tensor, "n_seqs seq_len"], *,
+                       batch_size: int = 16) -> Float[Tensor, "n_layers n_heads"]:
+    """Mean attention to position 0 (BOS) over query positions >= 1 and sequences (App. D: C4 text)."""
+    if tokens.shape[1] < 2:
+        raise ValueError("mean_bos_attention needs sequences of at least 2 tokens")
+    return _mean_pattern_stat(model, tokens, lambda p: p[:, :, 1:, 0].mean(-1), batch_size)
+
+
+def choose_heads(prefix: Float[Tensor, "n_layers n_heads"], bos: Float[Tensor, "n_layers n_heads"], *,
+                 n_induction: int = 3, n_baseline: int = 6, min_bos: float = 0.6, max_prefix: float = 0.1,
+                 baseline_layers: Sequence[int] | None = None, seed: int = 0) -> tuple[list[Head], list[Head]]:
+    """Sec. 6.2: the ``n_induction`` heads of highest prefix score (best first), and ``n_baseline``
+    heads drawn at random (with ``seed``) among those with bos > ``min_bos`` and prefix < ``max_prefix``
+    in ``baseline_layers`` (default: the induction heads' layers, as the paper's layers 5 and 6).
+
+    Too few qualifying heads there: the search widens to all layers (logged); still too few: all
+    qualifying heads are returned (logged). Baselines are sorted by (layer, head).
+    """
+    if prefix.shape != bos.shape or prefix.ndim != 2:
+        raise ValueError(f"prefix {tuple(prefix.shape)} and bos {tuple(bos.shape)} must both be (n_layers, n_heads)")
+    n_layers, n_heads = prefix.shape
+    if not 1 <= n_induction <= prefix.numel():
+        raise ValueError(f"n_induction must be between 1 and {prefix.numel()} (got {n_induction})")
+    order = prefix.flatten().argsort(descending=True, stable=True)[:n_induction]
+    induction = [(int(i) // n_heads, int(i) % n_heads) for i in order]
+    layers = sorted({l for l, _ in induction}) if baseline_layers is None else sorted(set(baseline_layers))
+
+    def qualifying(allowed: Sequence[int]) -> list[Head]:
+        return [(l, h) for l in allowed for h in range(n_heads)
+                if bos[l, h] > min_bos and prefix[l, h] < max_prefix and (l, h) not in induction]
+
+    pool = qualifying(layers)
+    if len(pool) < n_baseline:
+        wider = qualifying(range(n_layers))
+        log.warning("only %d baseline heads (bos > %g, prefix < %g) in layers %s; widening to all layers (%d found)",
+                    len(pool), min_bos, max_prefix, layers, len(wider))
+        pool = wider
+    if len(pool) < n_baseline:
+        log.warning("only %d heads qualify as baselines, fewer than the %d requested; using all of them",
+                    len(pool), n_baseline)
+    baseline = sorted(random.Random(seed).sample(pool, min(n_baseline, len(pool))))
+    return induction, baseline
+
+
+def head_combinations(heads: Sequence[Head], max_size: int = 3) -> list[HeadSet]:
+    """Every set of 1 .. ``max_size`` heads: singles, then pairs, then triples (3 heads -> 7 sets)."""
+    heads = [tuple(h) for h in heads]
+    return [c for k in range(1, max_size + 1) for c in itertools.combinations(heads, k)]
+
+
+def baseline_combinations(heads: Sequence[Head], seed: int = 0, *, n_pairs: int = 3,
+                          n_triples: int = 3) -> list[HeadSet]:
+    """App. D: every baseline head alone, plus ``n_pairs`` random pairs and ``n_triples`` random triples
+    (distinct sets, drawn with ``seed``; fewer when fewer exist)."""
+    rng = random.Random(seed)
+    heads = [tuple(h) for h in heads]
+    out: list[HeadSet] = [(h,) for h in heads]
+    for k, n in ((2, n_pairs), (3, n_triples)):
+        sets = list(itertools.combinations(heads, k))
+        out += rng.sample(sets, min(n, len(sets)))
+    return out
+
+
+def _by_layer(heads: Sequence[Head]) -> dict[int, list[int]]:
+    layers: dict[int, list[int]] = defaultdict(list)
+    for l, h in heads:
+        layers[int(l)].append(int(h))
+    return layers
+
+
+def bos_ablation_hooks(heads: Sequence[Head]) -> list[Hook]:
+    """fwd_hooks that make each head's attention pattern one-hot on key 0 (App. I.1), one per layer."""
+    def make(head_idx: list[int]) -> Callable:
+        def hook(pattern: Tensor, hook) -> Tensor:  # (batch, head, q, k)
+            onehot = torch.zeros_like(pattern[:, :1])
+            onehot[..., 0] = 1.0
+            out = pattern.clone()
+            out[:, head_idx] = onehot
+            return out
+        return hook
+
+    return [(f"blocks.{l}.attn.hook_pattern", make(hs)) for l, hs in sorted(_by_layer(heads).items())]
+
+
+@contextmanager
+def bos_ablation(model: LoadedModel, heads: Sequence[Head]) -> Iterator[LoadedModel]:
+    """While active, every forward of ``model`` BOS-ablates ``heads``; the hooks go in ``finally``.
+
+    Only the hooks added here are removed (hooks the caller attached are left alone); capture
+    hooks added inside the block (e.g. by ``run_with_cache``) run after the ablation.
+    """
+    with model.bridge.hooks(fwd_hooks=bos_ablation_hooks(heads)):
+        yield model
+
+
+def mean_z_ablation_hooks(heads: Sequence[Head], mean_z: dict[Head, Float[Tensor, "d_head"]],
+                          positions: slice | None = None) -> list[Hook]:
+    """fwd_hooks that replace each head's z (attention output before W_O) by ``mean_z[head]`` at
+    ``positions`` (all positions when None) (App. I.2, footnote 11)."""
+    missing = [h for h in heads if tuple(h) not in mean_z]
+    if missing:
+        raise ValueError(f"no mean z given for heads {missing}")
+    where = slice(None) if positions is None else positions
+
+    def make(layer: int, head_idx: list[int]) -> Callable:
+        def hook(z: Tensor, hook) -> Tensor:  # (batch, pos, head, d_head)
+            out = z.clone()
+            for h in head_idx:
+                out[:, where, h] = mean_z[(layer, h)].to(z.device, z.dtype)
+            return out
+        return hook
+
+    return [(f"blocks.{l}.attn.hook_z", make(l, hs)) for l, hs in sorted(_by_layer(heads).items())]
+
+
+@torch.no_grad()
+def mean_z_over(model: LoadedModel, tokens: Int[Tensor, "n_seqs seq_len"], heads: Sequence[Head],
+                positions: slice, *, batch_size: int = 16) -> dict[Head, Float[Tensor, "d_head"]]:
+    """Mean z of each head over ``positions`` and sequences (App. I.2: over the second copy)."""
+    layers = _by_layer(heads)
+    sums: dict[Head, Tensor] = {}
+    count = 0
+
+    def record(layer: int) -> Callable:
+        def hook(z: Tensor, hook) -> None:  # (batch, pos, head, d_head)
+            for h in layers[layer]:
+                s = z[:, positions, h].double().sum((0, 1)).cpu()
+                sums[(layer, h)] = sums[(layer, h)] + s if (layer, h) in sums else s
+        return hook
+
+    hooks = [(f"blocks.{l}.attn.hook_z", record(l)) for l in sorted(layers)]
+    for batch in _batches(tokens, batch_size):
+        model.bridge.run_with_hooks(batch.to(_device(model)), fwd_hooks=hooks)
+        count += batch[:, positions].numel()
+    if count == 0:
+        raise ValueError(f"positions {positions} select no token of sequences of length {tokens.shape[1]}")
+    return {tuple(h): (sums[tuple(h)] / count).float() for h in heads}
+
+
+@torch.no_grad()
+def neuron_activations_under(model: LoadedModel, tokens: Int[Tensor, "n_seqs seq_len"], neurons: Sequence[int],
+                             hooks: Sequence[Hook], *, batch_size: int = 16) -> Float[Tensor, "n_neurons seq_len"]:
+    """Mean activation over sequences of final-layer ``neurons`` at each position, under ``hooks``
+    (e.g. ``bos_ablation_hooks(head_set)``; [] for clean). One forward per batch."""
+    act_hook = final_layer(model).act_hook
+    idx = torch.as_tensor(list(neurons), dtype=torch.long)
+    total = torch.zeros(len(idx), tokens.shape[1], dtype=torch.float64)
+
+    def capture(acts: Tensor, hook) -> None:  # (batch, pos, d_mlp)
+        total.add_(acts[..., idx.to(acts.device)].double().sum(0).T.cpu())
+
+    for batch in _batches(tokens, batch_size):
+        model.bridge.run_with_hooks(batch.to(_device(model)), fwd_hooks=[*hooks, (act_hook, capture)])
+    return (total / tokens.shape[0]).float()
+
+
+@torch.no_grad()
+def direct_feature_attribution(model: LoadedModel, tokens: Int[Tensor, "n_seqs seq_len"], neuron: int, *,
+                               batch_size: int = 16) -> tuple[list[str], Float[Tensor, "n_components seq_len"]]:
+    """App. I.3: direct contribution of each component to the PRE-activation of final-layer ``neuron``.
+
+    The input of the last block's ln2 is a sum of writes: "embed" (token embedding, with any
+    embedding scale), "pos_embed" (learned positions only), each head "L{l}H{h}" (z_h W_O[l, h]),
+    each earlier MLP "mlp{l}" (with its output bias) and, unless attention and MLP run in parallel,
+    the last block's heads too. A write c contributes center(c) / s . w with s the clean ln2 scale
+    (frozen; Phi's single ln1 where there is no ln2) and w the neuron's folded input weights W_in[L][:, neuron]; "bias" collects the
+    attention output biases b_O read the same way, plus b_in[L][neuron]. The rows sum to the
+    pre-activation ``blocks.L.mlp.hook_pre``. For gated MLPs (LLaMA, Gemma) hook_pre is the gate's
+    pre-activation, so w is the gate's input weights W_gate[L][:, neuron] and the gate has no bias.
+
+    Returns the labels and a (n_components, seq_len) tensor: each component's contribution at each
+    position, averaged over sequences.
+    """
+    bridge, cfg = model.bridge, model.cfg
+    L, n_heads = cfg.n_layers - 1, cfg.n_heads
+    if getattr(cfg, "use_normalization_before_and_after", False):
+        raise ValueError(f"{model.name} normalises block outputs before the residual; direct attribution is not linear")
+    gated = bool(getattr(cfg, "gated_mlp", False))
+    parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
+    attn_layers = range(L if parallel else L + 1)
+    device = _device(model)
+    W_O = bridge.W_O.detach().float()  # (layer, head, d_head, d_model)
+    w = (bridge.W_gate if gated else bridge.W_in)[L][:, neuron].detach().float().to(device)  # (d_model,)
+    if cfg.normalization_type.startswith("LN"):
+        w = w - w.mean()  # center(c) . w == c . center(w)
+    b_in = 0.0 if gated or bridge.blocks[L].mlp.b_in is None else float(bridge.blocks[L].mlp.b_in[neuron])
+    b_O = torch.stack([torch.zeros(cfg.d_model, device=device) if bridge.blocks[l].attn.b_O is None
+                       else bridge.blocks[l].attn.b_O.detach().float().to(device) for l in attn_layers])
+    head_w = torch.einsum("lhdm,m->lhd", W_O[list(attn_layers)].to(device), w)  # (layer, head, d_head)
+    norm = "ln2" if f"blocks.{L}.ln2.hook_scale" in bridge.hook_dict else "ln1"  # Phi: one norm feeds both
+    scale_hook = f"blocks.{L}.{norm}.hook_scale"
+    has_pos = "hook_pos_embed" in bridge.hook_dict and cfg.positional_embedding_type == "standard"
+
+    labels = ["embed"] + (["pos_embed"] if has_pos else [])
+    labels += [f"L{l}H{h}" for l in attn_layers for h in range(n_heads)] + [f"mlp{l}" for l in range(L)] + ["bias"]
+    total = torch.zeros(len(labels), tokens.shape[1], dtype=torch.float64)
+    names = ["blocks.0.hook_resid_pre", scale_hook] + (["hook_pos_embed"] if has_pos else [])
+    names += [f"blocks.{l}.attn.hook_z" for l in attn_layers] + [f"blocks.{l}.hook_mlp_out" for l in range(L)]
+    for batch in _batches(tokens, batch_size):
+        _, cache = bridge.run_with_cache(batch.to(device), names_filter=lambda n: n in names)
+        scale = cache[scale_hook].float()  # (batch, pos, 1)
+        resid0 = cache["blocks.0.hook_resid_pre"].float()  # (batch, pos, d_model)
+        if has_pos:
+            pos = cache["hook_pos_embed"].float()
+            rows = [(resid0 - pos) @ w, pos @ w]
+        else:
+            rows = [resid0 @ w]
+        for i, l in enumerate(attn_layers):
+            z = cache[f"blocks.{l}.attn.hook_z"].float()  # (batch, pos, head, d_head)
+            rows += list(torch.einsum("bphd,hd->hbp", z, head_w[i]))
+        rows += [cache[f"blocks.{l}.hook_mlp_out"].float() @ w for l in range(L)]
+        rows.append((b_O.sum(0) @ w).expand_as(scale[..., 0]))
+        contrib = torch.stack(rows) / scale[None, ..., 0]  # (component, batch, pos)
+        contrib[-1] += b_in
+        total += contrib.double().sum(1).cpu()
+    return labels, (total / tokens.shape[0]).float()

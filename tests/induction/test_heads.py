@@ -1,0 +1,190 @@
+"""Induction heads (Sec. 6.2, App. I): prefix matching on a planted induction circuit, BOS and mean-z
+ablations, direct feature attribution, and head selection."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from confidence_neurons.induction.heads import (
+    baseline_combinations, bos_ablation, bos_ablation_hooks, choose_heads, direct_feature_attribution,
+    head_combinations, mean_bos_attention, mean_z_ablation_hooks, mean_z_over, neuron_activations_under,
+    prefix_matching_scores, repeated_random_tokens,
+)
+from tests.tiny import BOS_ID, N_SPECIAL, load_tiny, random_tokens
+
+# The planted model: one-hot tokens, positions and a "previous token" subspace in the residual.
+V, P, D, H = 64, 48, 256, 4
+PREV = V + P
+
+
+def plant_induction(hf) -> None:
+    """GPT-2 with L0H0 a previous-token head and L1H0 an induction head (K-composition); every
+    other weight zero, so the other heads attend uniformly and the MLPs write nothing."""
+    tr, dh = hf.transformer, D // H
+    for p in hf.parameters():
+        p.zero_()
+    for ln in [tr.ln_f] + [b.ln_1 for b in tr.h] + [b.ln_2 for b in tr.h]:
+        ln.weight.fill_(1.0)
+    tr.wte.weight[:, :V] = torch.eye(V)
+    tr.wpe.weight[:, V : V + P] = torch.eye(P)
+    qkv0, qkv1 = tr.h[0].attn.c_attn.weight, tr.h[1].attn.c_attn.weight  # (D, 3D): [Q | K | V], head 0 first
+    for p in range(P):
+        qkv0[V + p, p] = 1.0  # query at p looks for key p - 1
+        if p + 1 < dh:
+            qkv0[V + p, D + p + 1] = 1.0
+    for t in range(V):
+        qkv0[t, 2 * D + t] = 1.0  # L0H0 copies the token it attends to ...
+        tr.h[0].attn.c_proj.weight[t, PREV + t] = 1.0  # ... into the previous-token subspace
+        qkv1[t, t] = 4.0  # L1H0: query = current token, key = previous token
+        qkv1[PREV + t, D + t] = 1.0
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    return load_tiny("gpt2", tmp_path_factory.mktemp("planted"), edit=plant_induction,
+                     n_embd=D, n_head=H, n_positions=P, n_inner=64, vocab_size=V)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return {arch: load_tiny(arch, tmp_path_factory.mktemp(arch)) for arch in ("gpt2", "llama", "neox")}
+
+
+def test_repeated_random_tokens():
+    t = repeated_random_tokens(5, 7, 3, 20, bos_id=BOS_ID, seed=1)
+    assert t.shape == (5, 15) and (t[:, 0] == BOS_ID).all()
+    assert torch.equal(t[:, 1:8], t[:, 8:]) and t[:, 1:].min() >= 3 and t[:, 1:].max() < 20
+    assert torch.equal(t, repeated_random_tokens(5, 7, 3, 20, bos_id=BOS_ID, seed=1))
+
+
+def test_planted_induction_head_scores_high_and_others_low(planted, models):
+    scores = prefix_matching_scores(planted, repeated_random_tokens(8, 20, N_SPECIAL, V, bos_id=BOS_ID),
+                                    batch_size=3)
+    assert scores.shape == (2, H)
+    assert scores[1, 0] > 0.5, scores
+    others = scores.clone()
+    others[1, 0] = 0
+    assert others.max() < 0.2, scores
+    for arch, model in models.items():  # random models have no induction head
+        s = prefix_matching_scores(model, repeated_random_tokens(8, 20, N_SPECIAL, 96, bos_id=BOS_ID))
+        assert s.max() < 0.2, (arch, s)
+    with pytest.raises(ValueError, match="two equal halves"):
+        prefix_matching_scores(planted, random_tokens(2, 41, vocab_size=V))
+
+
+def test_mean_bos_attention_of_uniform_heads(planted):
+    """Heads with zero queries attend uniformly: query i puts 1/(i+1) on BOS."""
+    seq_len = 40
+    bos = mean_bos_attention(planted, random_tokens(4, seq_len, vocab_size=V), batch_size=3)
+    expected = (1.0 / torch.arange(2, seq_len + 1, dtype=torch.float64)).mean().float()
+    torch.testing.assert_close(bos[:, 1:], expected.expand(2, H - 1))
+    assert bos[0, 0] < 0.05  # the previous-token head rests on BOS only at position 1
+
+
+def test_bos_ablation_is_one_hot_on_targets_only_and_scoped(models):
+    model = models["llama"]
+    bridge, tokens = model.bridge, random_tokens(3, 12)
+    pattern_names = lambda n: n.endswith("attn.hook_pattern") or n.endswith("attn.hook_z")  # noqa: E731
+    clean_logits, clean = bridge.run_with_cache(tokens, names_filter=pattern_names)
+    heads = ((0, 1), (1, 2), (1, 3))
+    with bos_ablation(model, heads):
+        logits, ablated = bridge.run_with_cache(tokens, names_filter=pattern_names)
+    for l in range(2):
+        p, p0 = ablated[f"blocks.{l}.attn.hook_pattern"], clean[f"blocks.{l}.attn.hook_pattern"]
+        for h in range(model.cfg.n_heads):
+            if (l, h) in heads:
+                assert (p[:, h, :, 0] == 1).all() and (p[:, h, :, 1:] == 0).all()
+            elif l == 0:
+                assert torch.equal(p[:, h], p0[:, h])  # nothing upstream changed
+    z = ablated["blocks.1.attn.hook_z"][:, :, 2]  # the ablation reaches the head's output: z = v at BOS
+    assert (z - z[:, :1]).abs().max() < 1e-6 and (clean["blocks.1.attn.hook_z"][:, :, 2] - z).abs().max() > 1e-3
+    assert (logits - clean_logits).abs().max() > 1e-3
+    with bos_ablation(model, ()):
+        torch.testing.assert_close(bridge(tokens), clean_logits, rtol=0, atol=0)
+    with pytest.raises(RuntimeError), bos_ablation(model, heads):
+        raise RuntimeError
+    torch.testing.assert_close(bridge(tokens), clean_logits, rtol=0, atol=0)  # hooks gone, even after an error
+
+
+def test_neuron_activations_under_matches_a_plain_forward(models):
+    model, tokens, neurons = models["gpt2"], random_tokens(5, 10), [3, 0, 7]
+    _, cache = model.bridge.run_with_cache(tokens, names_filter="blocks.1.mlp.hook_post")
+    clean = neuron_activations_under(model, tokens, neurons, [], batch_size=2)
+    torch.testing.assert_close(clean, cache["blocks.1.mlp.hook_post"][..., neurons].mean(0).T)
+    with bos_ablation(model, [(0, 0), (1, 1)]):
+        _, cache = model.bridge.run_with_cache(tokens, names_filter="blocks.1.mlp.hook_post")
+    ablated = neuron_activations_under(model, tokens, neurons, bos_ablation_hooks([(0, 0), (1, 1)]), batch_size=2)
+    torch.testing.assert_close(ablated, cache["blocks.1.mlp.hook_post"][..., neurons].mean(0).T)
+    assert (ablated - clean).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "neox"])
+def test_direct_attributions_sum_to_the_pre_activation(models, arch):
+    model, tokens, neuron = models[arch], random_tokens(5, 12), 9
+    labels, dfa = direct_feature_attribution(model, tokens, neuron, batch_size=2)
+    n_heads, L = model.cfg.n_heads, model.cfg.n_layers - 1
+    head_layers = L if arch == "neox" else L + 1  # NeoX: the last block's attention runs beside its MLP
+    assert len(labels) == dfa.shape[0] == 1 + (arch == "gpt2") + head_layers * n_heads + L + 1
+    assert labels[0] == "embed" and labels[-1] == "bias" and "L0H3" in labels and "mlp0" in labels
+    assert dfa.shape[1] == tokens.shape[1]
+    _, cache = model.bridge.run_with_cache(tokens, names_filter=f"blocks.{L}.mlp.hook_pre")
+    pre = cache[f"blocks.{L}.mlp.hook_pre"][..., neuron].mean(0)
+    torch.testing.assert_close(dfa.sum(0), pre, rtol=0, atol=1e-4)
+    assert (dfa[:-1].abs() > 1e-3).sum() > len(labels) // 2  # the sum is not carried by one row
+
+
+def test_mean_z_ablation(models):
+    model, heads, tokens = models["gpt2"], [(0, 2), (1, 1)], random_tokens(1, 12)
+    clean = model.bridge(tokens)
+    own = mean_z_over(model, tokens, heads, slice(5, 6))
+    assert own[(0, 2)].shape == (model.cfg.d_head,)
+    same = model.bridge.run_with_hooks(tokens, fwd_hooks=mean_z_ablation_hooks(heads, own, positions=slice(5, 6)))
+    torch.testing.assert_close(same, clean, rtol=0, atol=1e-5)
+    other = mean_z_over(model, tokens, heads, slice(8, 9))
+    moved = model.bridge.run_with_hooks(tokens, fwd_hooks=mean_z_ablation_hooks(heads, other, positions=slice(5, 6)))
+    assert (moved[:, 5] - clean[:, 5]).abs().max() > 1e-3
+    torch.testing.assert_close(moved[:, :5], clean[:, :5], rtol=0, atol=1e-5)  # causal: earlier positions untouched
+    with pytest.raises(ValueError, match="no mean z"):
+        mean_z_ablation_hooks([(1, 3)], own)
+
+
+def test_mean_z_over_batches(models):
+    model, heads, tokens = models["llama"], [(1, 0), (1, 3)], random_tokens(5, 10)
+    means = mean_z_over(model, tokens, heads, slice(4, None), batch_size=2)
+    _, cache = model.bridge.run_with_cache(tokens, names_filter="blocks.1.attn.hook_z")
+    for l, h in heads:
+        torch.testing.assert_close(means[(l, h)], cache["blocks.1.attn.hook_z"][:, 4:, h].mean((0, 1)))
+
+
+def test_choose_heads_follows_the_rules(caplog):
+    prefix = torch.full((4, 8), 0.05)
+    prefix[2, 3], prefix[1, 6], prefix[2, 0] = 0.9, 0.7, 0.5
+    prefix[2, 5] = 0.2  # rests on BOS but matches prefixes: never a baseline
+    bos = torch.full((4, 8), 0.3)
+    bos[1, :] = bos[2, :] = 0.8
+    bos[1, 1] = 0.55  # below min_bos
+    induction, baseline = choose_heads(prefix, bos, seed=3)
+    assert induction == [(2, 3), (1, 6), (2, 0)]
+    qualifying = {(1, h) for h in (0, 2, 3, 4, 5, 7)} | {(2, h) for h in (1, 2, 4, 6, 7)}
+    assert len(baseline) == 6 and set(baseline) <= qualifying and baseline == sorted(baseline)
+    assert choose_heads(prefix, bos, seed=3) == (induction, baseline)
+    assert {tuple(b) for s in range(20) for b in choose_heads(prefix, bos, seed=s)[1]} == qualifying
+
+    bos[3, :] = 0.9
+    with caplog.at_level(logging.WARNING):
+        _, wide = choose_heads(prefix, bos, baseline_layers=[2], n_baseline=8)
+    assert "widening" in caplog.text and len(wide) == 8 and any(l != 2 for l, _ in wide)
+    _, only2 = choose_heads(prefix, bos, baseline_layers=[2], n_baseline=5)
+    assert {l for l, _ in only2} == {2}
+
+
+def test_head_combinations():
+    combos = head_combinations([(5, 1), (5, 5), (6, 9)])
+    assert len(combos) == 7 and combos[0] == ((5, 1),) and combos[-1] == ((5, 1), (5, 5), (6, 9))
+    base = [(5, h) for h in range(6)]
+    sets = baseline_combinations(base, seed=0)
+    assert [len(s) for s in sets] == [1] * 6 + [2] * 3 + [3] * 3 and len(set(sets)) == 12
+    assert sets == baseline_combinations(base, seed=0)
