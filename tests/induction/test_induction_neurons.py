@@ -1,0 +1,182 @@
+"""Neurons on induction (Fig. 5a/b, Fig. 9, Fig. 11) on a tiny model with duplicated random tokens.
+
+The clipped ablation of the second copy must leave the first copy exactly untouched and equal a
+real forward pass with the neuron clipped (``reference.brute_force_ablation``) at second-copy
+positions; the per-position curves' standard errors must be numpy's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pytest
+import torch
+
+from confidence_neurons.analysis.mediation import ForwardCache, per_token_effects, run_forward
+from confidence_neurons.analysis.reference import brute_force_ablation, clean_token_stats
+from confidence_neurons.induction.neurons import (
+    acts_by_position,
+    activation_change,
+    clipped_ablation_curves,
+    natural_activation_change,
+    natural_induction_effects,
+    position_curves,
+    random_neuron_draws,
+)
+from confidence_neurons.models.final_layer import FinalLayer, final_layer
+from confidence_neurons.models.loading import LoadedModel
+from tests.analysis.test_post_mlp_norm import _tiny_gemma
+from tests.tiny import ARCHITECTURES, BOS_ID, load_tiny, random_tokens
+
+TOL = 1e-4
+HALF = 8
+
+
+@dataclass
+class Setup:
+    model: LoadedModel
+    layer: FinalLayer
+    tokens: torch.Tensor
+    cache: ForwardCache
+
+
+def make_setup(model: LoadedModel) -> Setup:
+    layer = final_layer(model)
+    body = random_tokens(5, HALF + 1, seed=4)[:, 1:]
+    tokens = torch.cat([torch.full((5, 1), BOS_ID), body, body], dim=1)  # (5, 1 + 2 HALF)
+    return Setup(model, layer, tokens, run_forward(model, layer, tokens, progress=False))
+
+
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def setup(request, tmp_path_factory) -> Setup:
+    return make_setup(load_tiny(request.param, tmp_path_factory.mktemp(request.param)))
+
+
+def first_copy_mean(cache: ForwardCache) -> torch.Tensor:
+    return acts_by_position(cache)[:, 1 : 1 + HALF].mean((0, 1))
+
+
+def clipped_neuron(cache: ForwardCache) -> int:
+    """The neuron whose second-copy activations exceed its first-copy mean by the most, summed."""
+    second = acts_by_position(cache)[:, 1 + HALF :]
+    return int((second - first_copy_mean(cache)).clamp(min=0).sum((0, 1)).argmax())
+
+
+def test_clipped_ablation_matches_a_real_forward_pass_in_the_second_copy(setup: Setup):
+    check_against_brute_force(setup)
+
+
+def test_clipped_ablation_through_a_post_mlp_norm_and_soft_cap(tmp_path):
+    """Gemma 2: the sub-cache of second-copy positions must carry the MLP output for the post-MLP norm."""
+    setup = make_setup(_tiny_gemma(2, 30.0, tmp_path / "m"))
+    assert setup.layer.post_mlp_norm is not None and setup.cache.mlp_out is not None
+    check_against_brute_force(setup)
+
+
+def check_against_brute_force(setup: Setup) -> None:
+    neuron = clipped_neuron(setup.cache)
+    out = clipped_ablation_curves(setup.layer, setup.cache, tuple(setup.tokens.shape), [neuron], half_len=HALF)
+    pp = out["per_position"]
+    threshold = float(first_copy_mean(setup.cache)[neuron])
+    torch.testing.assert_close(out["first_copy_mean"], first_copy_mean(setup.cache))
+
+    brute = brute_force_ablation(setup.model, setup.layer, setup.tokens, neuron, threshold, mode="clip")
+    clean = clean_token_stats(setup.model, setup.tokens)
+    P = setup.tokens.shape[1] - 1
+    for key in ("entropy", "loss"):
+        delta = (brute[key] - clean[key]).reshape(-1, P)[:, 1 + HALF :]  # (n_seqs, second-copy positions)
+        assert delta.abs().max() > 1e-3, "the check means something only if clipping moves the output"
+        mine = pp[f"delta_{key}_mean"].to_numpy()[1 + HALF :]
+        np.testing.assert_allclose(mine, delta.mean(0).numpy(), atol=TOL, rtol=0)
+    np.testing.assert_allclose(pp["entropy_mean"], clean["entropy"].reshape(-1, P).mean(0).numpy(), atol=TOL)
+
+
+def test_first_copy_and_bos_are_never_ablated(setup: Setup):
+    neurons = setup.cache.acts.std(0).argsort(descending=True)[:4].tolist()
+    out = clipped_ablation_curves(setup.layer, setup.cache, tuple(setup.tokens.shape), neurons, half_len=HALF,
+                                  random_neurons=[[0, 1], [2, neurons[0]]])
+    pp = out["per_position"]
+    early = pp[pp["position"] <= HALF]
+    assert set(early["copy"]) == {"bos", "first"} and set(pp[pp["position"] > HALF]["copy"]) == {"second"}
+    for col in ("delta_entropy_mean", "delta_loss_mean", "rel_delta_entropy_pct"):
+        assert (early[col] == 0).all()
+    assert (pp[pp["copy"] == "second"]["delta_entropy_mean"] != 0).any()
+    summary = out["summary"]
+    assert list(summary["group"]) == ["selected"] * 4 + ["random"] * 4
+    assert summary["draw"].tolist()[4:] == [0, 0, 1, 1]
+    same = summary[summary["neuron"] == neurons[0]]
+    assert np.allclose(same["delta_entropy"], same["delta_entropy"].iloc[0])
+    assert len(pp) == len(summary) * (setup.tokens.shape[1] - 1)
+
+
+def test_a_neuron_below_its_first_copy_mean_changes_nothing(setup: Setup):
+    neuron = clipped_neuron(setup.cache)
+    acts = acts_by_position(setup.cache).clone()
+    acts[:, 1 + HALF :, neuron] = first_copy_mean(setup.cache)[neuron] - 0.5
+    cache = replace(setup.cache, acts=acts.reshape(setup.cache.acts.shape))
+    out = clipped_ablation_curves(setup.layer, cache, tuple(setup.tokens.shape), [neuron], half_len=HALF)
+    assert (out["per_position"][["delta_entropy_mean", "delta_loss_mean"]] == 0).all().all()
+    assert out["summary"]["frac_clipped"].item() == 0.0
+    changed = clipped_ablation_curves(setup.layer, setup.cache, tuple(setup.tokens.shape), [neuron], half_len=HALF)
+    assert changed["summary"]["frac_clipped"].item() > 0
+
+
+def test_position_curves_standard_errors_equal_numpy(setup: Setup):
+    neurons = [3, 17]
+    curves = position_curves(setup.model, setup.layer, setup.tokens, neurons, batch_size=2)
+    P = setup.tokens.shape[1] - 1
+    acts = acts_by_position(setup.cache)[..., neurons].double().numpy()  # (n_seqs, P, 2)
+    n = acts.shape[0]
+    np.testing.assert_allclose(curves.activation_mean, acts.mean(0).T, atol=1e-6)
+    np.testing.assert_allclose(curves.activation_se, acts.std(0, ddof=1).T / np.sqrt(n), atol=1e-6)
+    clean = clean_token_stats(setup.model, setup.tokens)
+    for key in ("entropy", "loss"):
+        x = clean[key].reshape(-1, P).numpy()
+        np.testing.assert_allclose(getattr(curves, f"{key}_mean"), x.mean(0), atol=TOL)
+        np.testing.assert_allclose(getattr(curves, f"{key}_se"), x.std(0, ddof=1) / np.sqrt(n), atol=TOL)
+    assert curves.positions.tolist() == list(range(P)) and curves.neurons == neurons and curves.n_seqs == n
+
+
+def test_activation_change_on_a_constructed_tensor():
+    acts = torch.zeros(3, 2 * 4, 5)  # BOS + two copies of 4 tokens: P = 8
+    acts[:, 0] = 100.0  # BOS position belongs to neither copy
+    acts[:, 1:5, 0] = 1.0
+    acts[:, 5:, 0] = 3.0
+    acts[0, 5:, 1] = -3.0
+    change = activation_change(acts, half_len=4)
+    np.testing.assert_allclose(change, [2.0, -1.0, 0.0, 0.0, 0.0])
+    no_bos = activation_change(acts[:, 1:], half_len=4)  # P = 7: the first copy starts at 0
+    np.testing.assert_allclose(no_bos, [2.0, -1.0, 0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="two copies"):
+        activation_change(acts, half_len=3)
+
+
+def test_random_neuron_draws_exclude_and_are_deterministic():
+    draws = random_neuron_draws(20, 3, 5, exclude=[0, 1, 2], seed=1)
+    assert draws == random_neuron_draws(20, 3, 5, exclude=[0, 1, 2], seed=1)
+    assert all(len(set(d)) == 5 and not set(d) & {0, 1, 2} for d in draws)
+
+
+def test_natural_induction_effects_at_repeat_positions(setup: Setup):
+    tokens = setup.tokens  # second copy of 8 tokens starts at 9; the 3-gram at 1 repeats at 9
+    repeats = [(1, 9)] * tokens.shape[0]
+    neuron = clipped_neuron(setup.cache)
+    reference = setup.cache.acts.mean(0)
+    df = natural_induction_effects(setup.layer, setup.cache, repeats, [neuron], reference_mean=reference, n=3)
+    assert len(df) == tokens.shape[0] * 8
+    seq0 = df[df["seq"] == 0]
+    assert seq0["label"].tolist() == ["A0", "A1", "A2", "B", "A0", "A1", "A2", "X"]
+    assert seq0["position"].tolist() == [1, 2, 3, 4, 9, 10, 11, 12]
+    assert (df.loc[~df["clipped"], ["delta_entropy", "delta_loss"]] == 0).all().all()
+    eff = per_token_effects(setup.layer, setup.cache, [neuron], mode="clip", mean_act=reference)
+    flat = [s * 16 + p for s, p in zip(df["seq"], df["position"])]
+    np.testing.assert_allclose(df["delta_entropy"], (eff["TE_entropy"][flat, 0] - eff["entropy"][flat]).numpy(),
+                               atol=1e-5)
+    acts = setup.cache.acts.double()
+    first = [s * 16 + p for s in range(5) for p in (1, 2, 3, 4)]
+    second = [s * 16 + p for s in range(5) for p in (9, 10, 11, 12)]
+    np.testing.assert_allclose(natural_activation_change(setup.cache, repeats, n=3),
+                               (acts[second].mean(0) - acts[first].mean(0)).numpy(), atol=1e-9)
+    with pytest.raises(ValueError, match="overlaps"):
+        natural_induction_effects(setup.layer, setup.cache, [(1, 3)] * 5, [neuron], reference_mean=reference, n=3)
