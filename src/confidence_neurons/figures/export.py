@@ -30,7 +30,8 @@ Plotly that this package's figures use —
   (``textposition``), on the primary or an overlaid secondary y axis (``y2``);
 * ``box`` traces (vertical; categorical x, ``boxmode="group"``, box points
   ``"all"`` / ``"outliers"`` / ``False``);
-* linear and log axes, axis titles and ranges, category order;
+* linear and log axes, axis titles and ranges, category order, explicit
+  ``tickvals`` / ``ticktext`` and ``tickangle``;
 * layout title, legend (vertical or horizontal), ``rect`` / ``line`` shapes and
   text annotations in data or paper coordinates.
 
@@ -309,6 +310,18 @@ class _Converter:
         else:
             ax.grid(False, axis=which)
         ax.tick_params(axis=which, which="both", colors=_INK, labelsize=8.5, length=0)
+        if laxis is not None and laxis.tickvals is not None:  # explicit ticks (numeric axes)
+            vals = [float(v) for v in laxis.tickvals]
+            text = [_plain(t) for t in laxis.ticktext] if laxis.ticktext is not None else None
+            if text is not None and len(text) != len(vals):
+                raise ValueError(f"PNG export: {len(vals)} tickvals but {len(text)} ticktext entries")
+            (ax.set_xticks if which == "x" else ax.set_yticks)(vals, text)
+        if laxis is not None and laxis.tickangle not in (None, "auto"):
+            angle = -float(laxis.tickangle)  # plotly turns clockwise, matplotlib counter-clockwise
+            ax.tick_params(axis=which, labelrotation=angle)
+            if which == "x" and angle % 180:
+                for label in ax.get_xticklabels():
+                    label.set(ha="right" if 0 < angle % 180 < 90 else "left", rotation_mode="anchor")
 
     # traces ---------------------------------------------------------------
     def _color(self, i: int) -> str:
