@@ -64,6 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--neuron", required=True, help="LAYER.INDEX of a final-layer neuron, e.g. 29.830")
     ins.add_argument("--n-passages", type=int, default=3, help="text passages to show (Fig. 4b)")
     _add_common(ins)
+    ind = sub.add_parser("induction", help="the induction case study (Sec. 6, App. H, I): neurons on repeated text, "
+                         "induction heads, BOS and mean attention-output ablation, direct feature attribution")
+    ind.add_argument("--neurons", help="comma-separated final-layer neurons LAYER.INDEX (e.g. 29.830,29.1022)")
+    ind.add_argument("--scan", help="a finished scan run directory: study its entropy and token frequency neurons")
+    ind.add_argument("--half-len", type=int, default=100, help="tokens per copy (paper: 100)")
+    ind.add_argument("--n-induction-seqs", type=int, default=64, help="synthetic sequences for the curves (paper: 500)")
+    ind.add_argument("--n-random-draws", type=int, default=5, help="random-neuron baselines for the clipped ablation")
+    ind.add_argument("--n-prefix-seqs", type=int, default=64, help="repeated random-token sequences (paper: 1024)")
+    ind.add_argument("--n-bos-seqs", type=int, default=64, help="natural sequences for mean BOS attention (paper: 1000)")
+    ind.add_argument("--n-ablation-seqs", type=int, default=16, help="sequences for head ablations and DFA (paper: 100)")
+    ind.add_argument("--n-natural", type=int, default=64, help="natural induction sequences (paper: 1000)")
+    ind.add_argument("--natural-seq-len", type=int, default=256)
+    ind.add_argument("--ngram", type=int, default=6, help="repeated n-gram length for natural induction (paper: 6)")
+    _add_common(ind)
     uni = sub.add_parser("unigrams", help="count the model's tokens over a corpus (P_freq for Sec. 4)")
     _add_source(uni)
     uni.add_argument("--max-tokens", type=int, help="stop after this many tokens (default: the whole corpus)")
@@ -140,6 +154,24 @@ def main(argv: list[str] | None = None) -> int:
                   f"{clipped['delta_loss'].mean():+.4f}, entropy {clipped['delta_entropy'].mean():+.4f}, "
                   f"KL {clipped['delta_kl'].mean():+.4f}")
             print(f"report: {(activity.run_dir / 'report.html').resolve()}")
+        elif args.command == "induction":
+            from confidence_neurons.induction.run import InductionConfig, run_induction
+
+            config = InductionConfig(
+                data=_scan_config(args), neurons=tuple(n for n in (args.neurons or "").split(",") if n),
+                scan_dir=args.scan, half_len=args.half_len, n_seqs=args.n_induction_seqs,
+                n_random_draws=args.n_random_draws, n_prefix_seqs=args.n_prefix_seqs, n_bos_seqs=args.n_bos_seqs,
+                n_ablation_seqs=args.n_ablation_seqs, n_natural=args.n_natural,
+                natural_seq_len=args.natural_seq_len, ngram=args.ngram, batch_size=args.batch_size)
+            result = run_induction(config, args.out, progress=not args.quiet)
+            print("induction heads: " + ", ".join(result.settings["induction_heads"]))
+            summary = result.tables["clipped_summary"]
+            for _, row in summary[summary["group"] == "selected"].iterrows():
+                print(f"  neuron {row['neuron']}: clipping in the second copy "
+                      f"changes entropy by {row['rel_delta_entropy_pct']:+.1f}% "
+                      f"(per position down to {row['min_rel_delta_entropy_pct']:+.1f}%)")
+            print("timings (s): " + ", ".join(f"{k} {v}" for k, v in result.timings.items()))
+            print(f"report: {(result.run_dir / 'report.html').resolve()}")
         elif args.command == "unigrams":
             _unigrams(args)
     except USER_ERRORS as exc:
