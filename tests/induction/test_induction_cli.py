@@ -1,0 +1,64 @@
+"""The induction command end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pandas as pd
+import pytest
+
+from confidence_neurons.cli import main
+from tests.tiny import make_tiny_dir
+
+WINDOW = 63  # body of a 64-token natural-induction window after BOS
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    model = make_tiny_dir("gpt2", tmp_path_factory.mktemp("model"))
+    rng = random.Random(0)
+    pool = [f"w{i}" for i in range(10, 80)]
+    ngram = [f"w{i}" for i in range(80, 86)]  # never drawn at random: the only repeated 6-gram of a window
+    folder = tmp_path_factory.mktemp("corpus")
+    for d in range(4):
+        windows = [rng.sample(pool, 5) + ngram + rng.sample(pool, 19) + ngram + rng.sample(pool, 27)
+                   for _ in range(6)]
+        assert all(len(w) == WINDOW for w in windows)
+        (folder / f"doc{d}.txt").write_text(" ".join(w for window in windows for w in window))
+    return model, folder
+
+
+def test_induction_end_to_end(setup, tmp_path, capsys):
+    model, corpus = setup
+    out = tmp_path / "run"
+    argv = ["induction", "--model", str(model), "--dataset", str(corpus), "--neurons", "1.3,1.7", "--half-len", "16",
+            "--n-induction-seqs", "6", "--n-prefix-seqs", "4", "--n-bos-seqs", "4", "--n-ablation-seqs", "4",
+            "--n-natural", "4", "--natural-seq-len", "64", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    for table in ("clipped_summary", "clipped_per_position", "activation_change", "head_scores", "bos_ablation",
+                  "mean_z_ablation", "dfa", "curves", "natural_effects"):
+        assert (out / f"{table}.parquet").is_file(), table
+    bos = pd.read_parquet(out / "bos_ablation.parquet")
+    assert set(bos["kind"]) >= {"clean", "induction"} and set(bos["neuron"]) == {"1.3", "1.7"}
+    assert (bos["head_set"] == "none").sum() == 2 * 33  # clean row per neuron and position (BOS + 2 x 16)
+    nat = pd.read_parquet(out / "natural_effects.parquet")
+    assert set(nat["label"]) == {f"A{k}" for k in range(6)} | {"B", "X"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["status"] == "complete" and len(config["settings"]["timings_s"]) == 8
+    report = (out / "report.html").read_text()
+    for title in ("Fig. 5a", "Fig. 5b", "Fig. 11", "Sec. 6.2", "Fig. 5c", "Fig. 13", "Fig. 14", "Fig. 9"):
+        assert title in report, title
+    printed = capsys.readouterr().out
+    assert "induction heads:" in printed and "report:" in printed
+
+
+def test_induction_needs_neurons_or_a_scan(setup, tmp_path, capsys):
+    model, corpus = setup
+    assert main(["induction", "--model", str(model), "--dataset", str(corpus), "--out", str(tmp_path / "r"),
+                 "--quiet"]) == 2
+    assert "--neurons" in capsys.readouterr().err
+    assert main(["induction", "--model", str(model), "--dataset", str(corpus), "--scan", str(tmp_path),
+                 "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "holds no finished scan" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
