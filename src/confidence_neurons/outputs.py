@@ -123,4 +123,5 @@ def write_scan_outputs(result, run_dir: Path) -> Path:
     ]
     settings = {k_: v for k_, v in s.items() if k_ not in ("corpus", "model_source")}
     settings["corpus"] = {k_: v for k_, v in s["corpus"].items() if k_ not in ("starts", "files")}
-    return write_report(run_dir, title=f"Entropy neurons of {s['model']}", settings=settings, sections=sections)
+    title = f"Confidence-regulation neurons of {s['model']}: entropy and token frequency neurons"
+    return write_report(run_dir, title=title, settings=settings, sections=sections)
