@@ -67,6 +67,14 @@ class SoftmaxStats:
         return self.S.log() - self.Sz / self.S
 
 
+def _cpu_flags() -> bytes:
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            return next((line for line in f if line.startswith((b"flags", b"Features"))), b"")
+    except OSError:
+        return platform.processor().encode()
+
+
 @lru_cache(maxsize=1)
 def _load_library() -> ctypes.CDLL | None:
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
@@ -74,7 +82,9 @@ def _load_library() -> ctypes.CDLL | None:
         log.warning("no C compiler found: using the slower torch path for the ablation sweep")
         return None
     source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join(_FLAGS).encode() + platform.machine().encode()).hexdigest()[:16]
+    # -march=native: a build is only valid on a processor with the same instruction sets, so the
+    # processor's flags are part of the key (a cache shared between machines stays safe).
+    key = hashlib.sha256(source + " ".join(_FLAGS).encode() + platform.machine().encode() + _cpu_flags()).hexdigest()[:16]
     lib_path = cache_dir() / "kernels" / f"ablation_kernel_{key}.so"
     if not lib_path.exists():
         lib_path.parent.mkdir(parents=True, exist_ok=True)
