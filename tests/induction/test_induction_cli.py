@@ -36,7 +36,7 @@ def test_induction_end_to_end(setup, tmp_path, capsys):
             "--n-induction-seqs", "6", "--n-prefix-seqs", "4", "--n-bos-seqs", "4", "--n-ablation-seqs", "4",
             "--n-natural", "4", "--natural-seq-len", "64", "--out", str(out), "--quiet"]
     assert main(argv) == 0
-    for table in ("clipped_summary", "clipped_per_position", "activation_change", "head_scores", "bos_ablation",
+    for table in ("clipped_summary", "clipped_per_position", "second_copy_token_effects", "activation_change", "head_scores", "bos_ablation",
                   "mean_z_ablation", "dfa", "curves", "natural_effects"):
         assert (out / f"{table}.parquet").is_file(), table
     bos = pd.read_parquet(out / "bos_ablation.parquet")

@@ -180,3 +180,26 @@ def test_natural_induction_effects_at_repeat_positions(setup: Setup):
                                (acts[second].mean(0) - acts[first].mean(0)).numpy(), atol=1e-9)
     with pytest.raises(ValueError, match="overlaps"):
         natural_induction_effects(setup.layer, setup.cache, [(1, 3)] * 5, [neuron], reference_mean=reference, n=3)
+
+
+def test_second_copy_token_effects_match_the_curves(tmp_path):
+    """Fig. 10c's per-token changes average to the clipped-ablation curves of Fig. 5b."""
+    from confidence_neurons.induction.neurons import clipped_ablation_curves, second_copy_token_effects
+    from tests.tiny import load_tiny, random_tokens, tiny_tokenizer
+
+    model = load_tiny("gpt2", tmp_path / "m")
+    layer = final_layer(model)
+    half = random_tokens(4, 9, seed=3)[:, 1:]
+    tokens = torch.cat([half[:, :1] * 0 + 1, half, half], dim=1)  # BOS, T, T with T = 8
+    cache = run_forward(model, layer, tokens, progress=False)
+    neurons = [int(i) for i in cache.acts.std(0).topk(2).indices]
+    curves = clipped_ablation_curves(layer, cache, tuple(tokens.shape), neurons, half_len=8)
+    eff = second_copy_token_effects(layer, cache, tokens, neurons, half_len=8, threshold=curves["first_copy_mean"],
+                                    tokenizer=tiny_tokenizer())
+    assert len(eff) == 2 * 4 * 7 and ((eff["reciprocal_rank"] > 0) & (eff["reciprocal_rank"] <= 1)).all()
+    assert (eff.loc[~eff["clipped"], "delta_loss"].abs() < 1e-6).all()
+    for i in neurons:
+        per_pos = curves["per_position"].query("group == 'selected' and neuron == @i and copy == 'second'")
+        mine = eff[eff["neuron"] == i].groupby("pos")["delta_loss"].mean()
+        np.testing.assert_allclose(mine.to_numpy(), per_pos.set_index("position").loc[mine.index, "delta_loss_mean"],
+                                   atol=1e-6)

@@ -262,3 +262,27 @@ def natural_induction_effects(layer: FinalLayer, cache: ForwardCache, repeats: l
             delta_entropy=(eff["TE_entropy"][:, k] - eff["entropy"]).numpy(),
             delta_loss=(eff["TE_loss"][:, k] - eff["loss"]).numpy(), reciprocal_rank=(1.0 / rank).numpy()))
     return pd.concat(frames, ignore_index=True)
+
+
+def second_copy_token_effects(layer: FinalLayer, cache: ForwardCache, tokens: Int[Tensor, "n_seqs seq_len"],
+                              neurons: list[int], *, half_len: int, threshold: Float[Tensor, "d_mlp"], tokenizer,
+                              backend: Backend = "auto") -> pd.DataFrame:
+    """Fig. 10c: per token of the second copy, the change of loss on clipping each neuron to
+    ``threshold`` (its first-copy mean) against the initial loss, with the correct token's
+    reciprocal rank. One row per (neuron, token), in the columns of ``figures.activity``."""
+    n_seqs, seq_len = tokens.shape
+    P, start2 = seq_len - 1, copy_offset(seq_len, half_len) + half_len
+    flat = (torch.arange(n_seqs)[:, None] * P + torch.arange(start2, P)[None, :]).reshape(-1)
+    sub = _sub_cache(cache, flat)
+    eff = per_token_effects(layer, sub, list(neurons), mode="clip", mean_act=threshold, backend=backend)
+    rr = (1.0 / clean_ranks(layer, sub).double()).numpy()
+    decode = lambda ids: [tokenizer.decode([int(i)]) for i in ids]  # noqa: E731
+    seq, pos = np.divmod(flat.numpy(), P)
+    base = pd.DataFrame({"seq": seq, "pos": pos, "token": decode(tokens[seq, pos]), "target": decode(sub.target),
+                         "initial_loss": eff["loss"].numpy(), "reciprocal_rank": rr})
+    frames = [base.assign(neuron=int(i), activation=sub.acts[:, i].numpy(),
+                          clipped=(sub.acts[:, i] > threshold[i]).numpy(),
+                          delta_loss=(eff["TE_loss"][:, k] - eff["loss"]).numpy(),
+                          delta_entropy=(eff["TE_entropy"][:, k] - eff["entropy"]).numpy())
+              for k, i in enumerate(neurons)]
+    return pd.concat(frames, ignore_index=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from confidence_neurons.figures import induction as F
+from confidence_neurons.figures.activity import fig_loss_change_vs_initial
 from confidence_neurons.figures.export import save_figure
 from confidence_neurons.report.html import ReportSection, write_report
 from confidence_neurons.rundir import atomic_write_text
@@ -26,11 +27,12 @@ def write_induction_outputs(result, run_dir: Path) -> Path:
     is_flagged = change["family"].isin(["entropy", "chosen", "candidate"]).to_numpy()
     prefix_by_label = {F.head_label((l, h)): float(result.prefix[l, h])
                        for l in range(result.prefix.shape[0]) for h in range(result.prefix.shape[1])}
+    kind = "frequency" if set(result.family.values()) == {"token frequency"} else "entropy"  # Fig. 10a/b vs 5a/b
     figs: dict[str, object] = {
-        "fig5a_induction_curves": F.fig_induction_curves(result.curves, names, T),
+        "fig5a_induction_curves": F.fig_induction_curves(result.curves, names, T, kind=kind),
         "fig5b_clipped_ablation": F.fig_clipped_ablation(result.tables["clipped_per_position"], summary, T,
-                                                         names=index_names),
-        "fig5b_clipped_summary": F.fig_clipped_summary(summary, names=index_names),
+                                                         names=index_names, kind=kind),
+        "fig5b_clipped_summary": F.fig_clipped_summary(summary, names=index_names, kind=kind),
         "fig11_activation_change": F.fig_activation_change(change["change"].to_numpy(), change["rho"].to_numpy(),
                                                            is_flagged, [f"{n}" for n in change["neuron"]]),
         "head_scores": F.fig_head_scores(result.prefix, result.bos, result.induction_heads, result.baseline_heads),
@@ -38,8 +40,13 @@ def write_induction_outputs(result, run_dir: Path) -> Path:
         "fig13_mean_z_ablation_summary": F.fig_head_ablation_summary(
             result.tables["mean_z_ablation"], names, T, title_kind="Mean attention-output ablation (Fig. 13 analogue)"),
     }
-    for name in names:
+    token_effects = result.tables["second_copy_token_effects"]
+    for i, name in zip(result.neurons, names):
         slug = name.replace(".", "_")
+        fig = fig_loss_change_vs_initial(token_effects[token_effects["neuron"] == i], name)
+        fig.update_layout(title_text=f"Fig. 10c analogue: change of loss on clipping {name} in the second copy "
+                                     "vs initial loss")
+        figs[f"fig10c_second_copy_loss_{slug}"] = fig
         figs[f"fig5c_bos_ablation_{slug}"] = F.fig_head_ablation(result.tables["bos_ablation"], name, T)
         figs[f"fig13_mean_z_ablation_{slug}"] = F.fig_head_ablation(
             result.tables["mean_z_ablation"], name, T, title_kind="Mean attention-output ablation (Fig. 13 analogue)")
@@ -66,7 +73,7 @@ def write_induction_outputs(result, run_dir: Path) -> Path:
         ReportSection("Clipped ablation in the second copy (Fig. 5b)",
                       "Each neuron is clipped to its mean over the first copy, in the second copy only. "
                       + " ".join(lines) + f" Random neurons: median {rnd.median():+.1f}% (range {rnd.min():+.1f}% to "
-                      f"{rnd.max():+.1f}%).", figures=pick("fig5b"), table=sel),
+                      f"{rnd.max():+.1f}%).", figures=pick("fig5b") + pick("fig10c"), table=sel),
         ReportSection("Which final-layer neurons change most (Fig. 11)", "", figures=pick("fig11")),
         ReportSection("Induction heads (Sec. 6.2)",
                       f"Prefix-matching score on repeated random tokens and mean attention to BOS on natural text. "

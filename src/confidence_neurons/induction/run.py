@@ -158,6 +158,9 @@ def induction(model: LoadedModel, config: InductionConfig, *, progress: bool = T
                                             random_neurons=draws, backend=d.backend)
         tables["clipped_per_position"] = clipped["per_position"]
         tables["clipped_summary"] = clipped["summary"]
+        tables["second_copy_token_effects"] = N.second_copy_token_effects(
+            layer, cache, tokens, neurons, half_len=T, threshold=clipped["first_copy_mean"],
+            tokenizer=model.tokenizer, backend=d.backend)
     with timer("activation change of every neuron (Fig. 11)"):
         change = N.activation_change(N.acts_by_position(cache), T)
         rho = weight_stats(layer, d.k or default_k(layer.d_model)).rho.numpy()
