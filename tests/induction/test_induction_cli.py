@@ -62,3 +62,22 @@ def test_induction_needs_neurons_or_a_scan(setup, tmp_path, capsys):
                  "--out", str(tmp_path / "r"), "--quiet"]) == 2
     assert "holds no finished scan" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_induction_studies_the_neurons_of_a_scan(setup, tmp_path):
+    model, corpus = setup
+    scan_dir = tmp_path / "scan"
+    assert main(["scan", "--model", str(model), "--dataset", str(corpus), "--n-seqs", "4", "--seq-len", "32",
+                 "--out", str(scan_dir), "--quiet"]) == 0
+    table = pd.read_parquet(scan_dir / "neurons.parquet")
+    flagged = set(table.loc[table["is_entropy_neuron"] | table["is_token_frequency_neuron"], "name"])
+    out = tmp_path / "run"
+    assert main(["induction", "--model", str(model), "--dataset", str(corpus), "--scan", str(scan_dir),
+                 "--half-len", "16", "--n-induction-seqs", "4", "--n-prefix-seqs", "2", "--n-bos-seqs", "2",
+                 "--n-ablation-seqs", "2", "--n-natural", "2", "--natural-seq-len", "64", "--out", str(out),
+                 "--quiet"]) == 0
+    studied = set(json.loads((out / "config.json").read_text())["settings"]["neurons"])
+    if flagged:
+        assert studied == flagged
+    else:  # nothing flagged: the scan's three strongest entropy-neuron candidates
+        assert len(studied) == 3
