@@ -113,6 +113,44 @@ def _print_summary(result) -> None:
     print(f"\nreport: {(result.run_dir / 'report.html').resolve()}")
 
 
+def _scan(args) -> None:
+    from confidence_neurons.scan import run_scan
+
+    _print_summary(run_scan(_scan_config(args), args.out, progress=not args.quiet))
+
+
+def _inspect(args) -> None:
+    from confidence_neurons.inspect_neuron import InspectConfig, run_inspect
+
+    activity = run_inspect(InspectConfig(neuron=args.neuron, data=_scan_config(args), n_passages=args.n_passages),
+                           args.out, progress=not args.quiet)
+    clipped = activity.tokens[activity.tokens["clipped"]]
+    print(f"neuron {activity.name}: clipped at {len(clipped)} tokens; mean change of loss "
+          f"{clipped['delta_loss'].mean():+.4f}, entropy {clipped['delta_entropy'].mean():+.4f}, "
+          f"KL {clipped['delta_kl'].mean():+.4f}")
+    print(f"report: {(activity.run_dir / 'report.html').resolve()}")
+
+
+def _induction(args) -> None:
+    from confidence_neurons.induction.run import InductionConfig, run_induction
+
+    config = InductionConfig(
+        data=_scan_config(args), neurons=tuple(n for n in (args.neurons or "").split(",") if n),
+        scan_dir=args.scan, half_len=args.half_len, n_seqs=args.n_induction_seqs,
+        n_random_draws=args.n_random_draws, n_prefix_seqs=args.n_prefix_seqs, n_bos_seqs=args.n_bos_seqs,
+        n_ablation_seqs=args.n_ablation_seqs, n_natural=args.n_natural,
+        natural_seq_len=args.natural_seq_len, ngram=args.ngram, batch_size=args.batch_size)
+    result = run_induction(config, args.out, progress=not args.quiet)
+    names = dict(zip(result.neurons, result.names))
+    print("induction heads: " + ", ".join(result.settings["induction_heads"]))
+    summary = result.tables["clipped_summary"]
+    for _, row in summary[summary["group"] == "selected"].iterrows():
+        print(f"  neuron {names[int(row['neuron'])]}: clipping in the second copy changes entropy by "
+              f"{row['rel_delta_entropy_pct']:+.1f}% (per position down to {row['min_rel_delta_entropy_pct']:+.1f}%)")
+    print("timings (s): " + ", ".join(f"{k} {v}" for k, v in result.timings.items()))
+    print(f"report: {(result.run_dir / 'report.html').resolve()}")
+
+
 def _unigrams(args) -> None:
     from confidence_neurons.data.unigrams import count_unigrams, save_counts
     from confidence_neurons.models.loading import load_tokenizer
@@ -138,42 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    commands = {"scan": _scan, "inspect": _inspect, "induction": _induction, "unigrams": _unigrams}
     try:
-        if args.command == "scan":
-            from confidence_neurons.scan import run_scan
-
-            result = run_scan(_scan_config(args), args.out, progress=not args.quiet)
-            _print_summary(result)
-        elif args.command == "inspect":
-            from confidence_neurons.inspect_neuron import InspectConfig, run_inspect
-
-            activity = run_inspect(InspectConfig(neuron=args.neuron, data=_scan_config(args), n_passages=args.n_passages),
-                                   args.out, progress=not args.quiet)
-            clipped = activity.tokens[activity.tokens["clipped"]]
-            print(f"neuron {activity.name}: clipped at {len(clipped)} tokens; mean change of loss "
-                  f"{clipped['delta_loss'].mean():+.4f}, entropy {clipped['delta_entropy'].mean():+.4f}, "
-                  f"KL {clipped['delta_kl'].mean():+.4f}")
-            print(f"report: {(activity.run_dir / 'report.html').resolve()}")
-        elif args.command == "induction":
-            from confidence_neurons.induction.run import InductionConfig, run_induction
-
-            config = InductionConfig(
-                data=_scan_config(args), neurons=tuple(n for n in (args.neurons or "").split(",") if n),
-                scan_dir=args.scan, half_len=args.half_len, n_seqs=args.n_induction_seqs,
-                n_random_draws=args.n_random_draws, n_prefix_seqs=args.n_prefix_seqs, n_bos_seqs=args.n_bos_seqs,
-                n_ablation_seqs=args.n_ablation_seqs, n_natural=args.n_natural,
-                natural_seq_len=args.natural_seq_len, ngram=args.ngram, batch_size=args.batch_size)
-            result = run_induction(config, args.out, progress=not args.quiet)
-            print("induction heads: " + ", ".join(result.settings["induction_heads"]))
-            summary = result.tables["clipped_summary"]
-            for _, row in summary[summary["group"] == "selected"].iterrows():
-                print(f"  neuron {row['neuron']}: clipping in the second copy "
-                      f"changes entropy by {row['rel_delta_entropy_pct']:+.1f}% "
-                      f"(per position down to {row['min_rel_delta_entropy_pct']:+.1f}%)")
-            print("timings (s): " + ", ".join(f"{k} {v}" for k, v in result.timings.items()))
-            print(f"report: {(result.run_dir / 'report.html').resolve()}")
-        elif args.command == "unigrams":
-            _unigrams(args)
+        commands[args.command](args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
