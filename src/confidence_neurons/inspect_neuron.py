@@ -18,7 +18,7 @@ from confidence_neurons.models.final_layer import final_layer
 from confidence_neurons.models.loading import load_model
 from confidence_neurons.report.html import ReportSection, write_report
 from confidence_neurons.report.passages import passages_html
-from confidence_neurons.rundir import prepare_run_dir, write_config
+from confidence_neurons.rundir import atomic_write_parquet, prepare_run_dir, write_config
 from confidence_neurons.scan import ScanConfig, _versions, sample_tokens, unigram_distribution
 
 log = logging.getLogger(__name__)
@@ -56,9 +56,7 @@ def run_inspect(config: InspectConfig, out: Path | None = None, *, progress: boo
     cache = run_forward(model, layer, tokens.tokens, batch_size=config.data.batch_size, progress=progress)
     activity = neuron_activity(layer, cache, tokens.tokens, neuron, freq, model.tokenizer, backend=config.data.backend)
     found = passages(activity, layer, cache, tokens.tokens, model.tokenizer, n=config.n_passages)
-    tmp = out / "token_effects.parquet.tmp"
-    activity.tokens.to_parquet(tmp, index=False)
-    tmp.replace(out / "token_effects.parquet")
+    atomic_write_parquet(out / "token_effects.parquet", activity.tokens)
 
     figs = {"fig4a_loss_change_vs_initial": fig_loss_change_vs_initial(activity.tokens, activity.name),
             "fig4c_kl_vs_entropy_change": fig_kl_vs_entropy_change(activity.tokens, activity.name)}

@@ -18,7 +18,7 @@ from confidence_neurons.figures.export import save_figure
 from confidence_neurons.figures.frequency import fig_freq_share_vs_dkl, fig_kl_vs_entropy, fig_total_vs_freq_direct
 from confidence_neurons.report.html import ReportSection, write_report
 from confidence_neurons.data.unigrams import save_counts
-from confidence_neurons.rundir import atomic_write_text
+from confidence_neurons.rundir import atomic_write_parquet, atomic_write_text
 
 TOP_COLUMNS = ["name", "TE", "DE", "ln_share", "rho", "w_out_norm", "logit_var", "abs_delta_entropy", "top1_change_frac"]
 
@@ -47,16 +47,12 @@ def top_token_frequency_neurons(neurons: pd.DataFrame, n: int = 15) -> pd.DataFr
 def write_scan_outputs(result, run_dir: Path) -> Path:
     """Write every file of the scan into ``run_dir``; return the report's path."""
     neurons = result.neurons
-    tmp = run_dir / "neurons.parquet.tmp"
-    neurons.to_parquet(tmp, index=False)
-    tmp.replace(run_dir / "neurons.parquet")
+    atomic_write_parquet(run_dir / "neurons.parquet", neurons)
     atomic_write_text(run_dir / "neurons.csv", neurons.to_csv(index=False))
     spectrum = pd.DataFrame({"index": np.arange(len(result.singular_values)), "singular_value": result.singular_values})
     atomic_write_text(run_dir / "spectrum.csv", spectrum.to_csv(index=False))
     np.save(run_dir / "cos_sv.npy", result.cos_sv)
-    tmp = run_dir / "token_metrics.parquet.tmp"
-    result.token_metrics.to_parquet(tmp, index=False)
-    tmp.replace(run_dir / "token_metrics.parquet")
+    atomic_write_parquet(run_dir / "token_metrics.parquet", result.token_metrics)
     if result.unigrams.meta.get("source") == "counted":
         save_counts(result.unigrams, run_dir / "unigrams.npy")
 

@@ -23,6 +23,13 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def atomic_write_parquet(path: Path, table) -> None:
+    """A pandas DataFrame as parquet, written to a temporary file first so a stopped run leaves no half file."""
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
 def prepare_run_dir(path: Path, fingerprint: dict[str, Any]) -> bool:
     """Create ``path`` for a run with this fingerprint; return True when resuming an earlier attempt."""
     config = path / "config.json"

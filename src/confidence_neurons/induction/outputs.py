@@ -10,14 +10,12 @@ from confidence_neurons.figures import induction as F
 from confidence_neurons.figures.activity import fig_loss_change_vs_initial
 from confidence_neurons.figures.export import save_figure
 from confidence_neurons.report.html import ReportSection, write_report
-from confidence_neurons.rundir import atomic_write_text
+from confidence_neurons.rundir import atomic_write_parquet, atomic_write_text
 
 
 def write_induction_outputs(result, run_dir: Path) -> Path:
     for name, table in result.tables.items():
-        tmp = run_dir / f"{name}.parquet.tmp"
-        table.to_parquet(tmp, index=False)
-        tmp.replace(run_dir / f"{name}.parquet")
+        atomic_write_parquet(run_dir / f"{name}.parquet", table)
     summary = result.tables["clipped_summary"]
     atomic_write_text(run_dir / "clipped_summary.csv", summary.to_csv(index=False))
 
