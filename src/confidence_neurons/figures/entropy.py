@@ -93,18 +93,16 @@ def _floats(series: pd.Series) -> np.ndarray:
     return pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
 
 
-def _hover_data(df: pd.DataFrame) -> tuple[np.ndarray, str]:
-    """customdata (name, TE, DE, rho) and a matching hover template."""
-    custom = np.empty((len(df), 4), dtype=object)
+def _hover_data(df: pd.DataFrame, fields: tuple[tuple[str, str], ...] = (("TE", "TE"), ("DE", "DE"), ("rho", "ρ"))
+                ) -> tuple[np.ndarray, str]:
+    """customdata (name, then each (column, label) of ``fields``) and a matching hover template;
+    a missing column shows as NaN."""
+    custom = np.empty((len(df), 1 + len(fields)), dtype=object)
     custom[:, 0] = df["name"].astype(str).to_numpy()
-    for j, col in enumerate(("TE", "DE", "rho"), start=1):
+    for j, (col, _) in enumerate(fields, start=1):
         custom[:, j] = _floats(df[col]) if col in df else np.full(len(df), np.nan)
-    template = (
-        "<b>%{customdata[0]}</b><br>"
-        "TE = %{customdata[1]:.4g}<br>"
-        "DE = %{customdata[2]:.4g}<br>"
-        "ρ = %{customdata[3]:.4g}"
-    )
+    template = "<b>%{customdata[0]}</b>" + "".join(
+        f"<br>{label} = %{{customdata[{j}]:.4g}}" for j, (_, label) in enumerate(fields, start=1))
     return custom, template
 
 

@@ -43,6 +43,7 @@ from confidence_neurons.figures.entropy import (
     OTHER_TRACE,
     _base_layout,
     _floats,
+    _hover_data,
     _label_positions,
     _note,
     total_vs_direct_boxes,
@@ -97,19 +98,8 @@ def _flag(neurons: pd.DataFrame, col: str) -> np.ndarray:
 
 def _hover(df: pd.DataFrame) -> tuple[np.ndarray, str]:
     """customdata (name, TE, DE_freq, freq_share, v_freq_cos) and its hover template."""
-    cols = ("TE", "DE_freq", "freq_share", "v_freq_cos")
-    custom = np.empty((len(df), 1 + len(cols)), dtype=object)
-    custom[:, 0] = df["name"].astype(str).to_numpy()
-    for j, col in enumerate(cols, start=1):
-        custom[:, j] = _floats(df[col]) if col in df else np.full(len(df), np.nan)
-    template = (
-        "<b>%{customdata[0]}</b><br>"
-        "TE = %{customdata[1]:.4g}<br>"
-        "DE_freq = %{customdata[2]:.4g}<br>"
-        "1 − DE_freq/TE = %{customdata[3]:.4g}<br>"
-        "cos(W_U·w_out, v_freq) = %{customdata[4]:.4g}"
-    )
-    return custom, template
+    return _hover_data(df, (("TE", "TE"), ("DE_freq", "DE_freq"), ("freq_share", "1 − DE_freq/TE"),
+                            ("v_freq_cos", "cos(W_U·w_out, v_freq)")))
 
 
 def pearson_r(x: np.ndarray, y: np.ndarray) -> float:
