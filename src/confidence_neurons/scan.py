@@ -187,10 +187,10 @@ def sample_tokens(model: LoadedModel, config: ScanConfig) -> TokenSample:
 
 
 def scan(model: LoadedModel, config: ScanConfig = ScanConfig(), *, tokens: TokenSample | None = None,
-         unigrams: tuple[UnigramCounts, FreqDirection] | None = None, run_dir: Path | None = None,
-         progress: bool = True) -> ScanResult:
+         unigrams: tuple[UnigramCounts, FreqDirection] | None = None, layer: FinalLayer | None = None,
+         run_dir: Path | None = None, progress: bool = True) -> ScanResult:
     """Weight statistics, closed-form TE/DE for every final-layer neuron, and the entropy-neuron rule."""
-    layer = final_layer(model)
+    layer = layer if layer is not None else final_layer(model)
     k = config.k if config.k is not None else default_k(layer.d_model)
     check_k(k, layer.d_model)
     tokens = tokens if tokens is not None else sample_tokens(model, config)
@@ -260,7 +260,7 @@ def run_scan(config: ScanConfig, out: Path | None = None, *, progress: bool = Tr
             "versions": _versions(), "model_source": model.source, "corpus": tokens.source}
     write_config(out, base)
     np.save(out / "tokens.npy", tokens.tokens.numpy())
-    result = scan(model, config, tokens=tokens, unigrams=unigrams, run_dir=out, progress=progress)
+    result = scan(model, config, tokens=tokens, unigrams=unigrams, layer=layer, run_dir=out, progress=progress)
     write_scan_outputs(result, out)
     write_config(out, {**base, "status": "complete", "settings": result.settings})
     return result

@@ -138,8 +138,8 @@ def _ablation_table(model, tokens, neurons, names, sets, make_hooks, batch_size)
 
 
 @torch.no_grad()
-def induction(model: LoadedModel, config: InductionConfig, *, progress: bool = True) -> InductionResult:
-    layer = final_layer(model)
+def induction(model: LoadedModel, config: InductionConfig, *, layer=None, progress: bool = True) -> InductionResult:
+    layer = layer if layer is not None else final_layer(model)
     neurons, family = chosen_neurons(config, layer)
     names = [f"{layer.layer}.{i}" for i in neurons]
     d, T, timer, bos_id = config.data, config.half_len, _Timer(), model.bos_id
@@ -246,12 +246,13 @@ def run_induction(config: InductionConfig, out: Path | None = None, *, progress:
     from confidence_neurons.induction.outputs import write_induction_outputs
 
     model = load_model(config.data.model)
-    chosen_neurons(config, final_layer(model))  # bad neurons or scan dirs fail before anything is written
+    layer = final_layer(model)
+    chosen_neurons(config, layer)  # bad neurons or scan dirs fail before anything is written
     out = Path(out) if out is not None else default_induction_dir(config)
     prepare_run_dir(out, config.fingerprint())
     base = {"fingerprint": config.fingerprint(), "status": "running", "versions": _versions(), "model_source": model.source}
     write_config(out, base)
-    result = induction(model, config, progress=progress)
+    result = induction(model, config, layer=layer, progress=progress)
     result.run_dir = out
     write_induction_outputs(result, out)
     write_config(out, {**base, "status": "complete", "settings": result.settings})
