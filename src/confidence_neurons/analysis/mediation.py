@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -28,7 +29,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from confidence_neurons.analysis.kernel import Backend, SoftmaxStats, softmax_stats
+from confidence_neurons.analysis.kernel import NMOM, Backend, SoftmaxStats, softmax_stats
 from confidence_neurons.models.final_layer import FinalLayer
 from confidence_neurons.models.loading import LoadedModel
 
@@ -58,6 +59,20 @@ class FreqDirection:
     def kl(self, z: Tensor, lse: Tensor) -> Tensor:
         """KL(P_freq || softmax(z)) from logits z (..., V) and their logsumexp (...)."""
         return self.plogp - z @ self.p + lse
+
+    @cached_property
+    def center(self) -> float:
+        """The midpoint a of v_freq's range: the DE_freq series is taken in w = v_freq - a."""
+        return float((self.v.max() + self.v.min()) / 2)
+
+    @cached_property
+    def radius(self) -> float:
+        """max |v_freq - a|."""
+        return float((self.v.max() - self.v.min()) / 2)
+
+    @cached_property
+    def w(self) -> Tensor:
+        return (self.v - self.center).contiguous()
 
 
 @dataclass
@@ -221,32 +236,68 @@ def variants(freq: FreqDirection | None) -> tuple[str, ...]:
     return FREQ_VARIANTS if freq is not None else VARIANTS
 
 
+#: Largest error allowed on a DE_freq loss taken from the kernel's series (kernel.series_orders);
+#: float32 rounding of a loss of order 1 is already about 1e-7.
+FREQ_SERIES_TOL = 1e-7
+
+
+@dataclass
+class FreqLoss:
+    """DE_freq's per-(token, neuron) loss, (T, K), computed in the TE pass; ``order`` is the kernel's
+    way to it per pair (kernel.series_orders: 1..NMOM series order, NMOM + 1 exact, 0 nothing to do)."""
+
+    loss: Tensor
+    order: Tensor
+
+
 def ablated_stats(layer: FinalLayer, c: Chunk, base: CleanStats, target: Tensor, freq: FreqDirection | None,
-                  backend: Backend) -> dict[str, SoftmaxStats | Tensor]:
+                  backend: Backend, freq_series: bool = False,
+                  freq_tol: float = FREQ_SERIES_TOL) -> dict[str, SoftmaxStats | FreqLoss | Tensor]:
     """Softmax statistics of every variant for one chunk; with ``freq`` also DE_freq (Eq. 7: the
     ablated logits' component along v_freq is held at its clean value) and 'TE_kl', the ablated
-    KL(P_freq || P_model) (T, K)."""
-    out: dict[str, SoftmaxStats | Tensor] = {}
+    KL(P_freq || P_model) (T, K).
+
+    With ``freq_series`` DE_freq is a ``FreqLoss`` (its loss only, as Eq. 8 needs) taken in the TE pass:
+    its logits are the TE logits plus D v_freq, and the kernel sums their softmax alongside TE's, by
+    a series in D (error below ``freq_tol`` in each loss) or exactly; otherwise DE_freq gets full
+    ``SoftmaxStats`` from a third pass over the vocabulary."""
+    out: dict[str, SoftmaxStats | FreqLoss | Tensor] = {}
     def linear(A: Tensor, B: Tensor, C: Tensor | None, vec: Tensor) -> Tensor:
         """(ablated logits - b_U) . vec, without forming the logits."""
         z = A * (c.L @ vec)[:, None] + B * (c.U @ vec)[None, :]
         return z if C is None else z + C * (c.post.LP @ vec)[:, None]
 
+    if freq is not None and layer.softcap:
+        raise ValueError("DE_freq and the KL to P_freq need logits linear in the residual; "
+                         "logit soft-capping is not supported")
+
+    def freq_coefficient(A: Tensor, B: Tensor, C: Tensor | None) -> Tensor:
+        """Eq. 7 as DE_freq logits = TE logits + D v_freq: D = (l - l^{-i}) . v_freq / |v_freq|^2, (T, K)."""
+        bv = float(layer.b_U @ freq.v)
+        clean_v = (c.L @ freq.v)[:, None] / c.s + bv  # (T, 1)  l . v_freq
+        ablated_v = linear(A, B, C, freq.v) + bv  # (T, K)  l^{-i} . v_freq
+        return (clean_v - ablated_v) / float(freq.v @ freq.v)
+
     for v in variants(freq):
+        if v == "DE_freq" and freq_series:
+            continue  # done in the TE pass
         A, B, C = closed_form_coefficients(c, layer.d_model, layer.eps, "DE" if v == "DE" else "TE")
         extra = {} if C is None else {"P": c.post.LP, "C": C}
+        common = dict(shift=base.shift, ref=base.argmax, softcap=layer.softcap, backend=backend)
         if v == "DE_freq":
-            if layer.softcap:
-                raise ValueError("DE_freq needs logits linear in the residual; logit soft-capping is not supported")
-            bv = float(layer.b_U @ freq.v)
-            clean_v = (c.L @ freq.v)[:, None] / c.s + bv  # (T, 1)  l . v_freq
-            ablated_v = linear(A, B, C, freq.v) + bv  # (T, K)  l^{-i} . v_freq
-            extra |= {"Q": freq.v, "D": (clean_v - ablated_v) / float(freq.v @ freq.v)}
-        out[v] = softmax_stats(c.L, c.U, layer.b_U, A, B, target, shift=base.shift, ref=base.argmax,
-                               softcap=layer.softcap, backend=backend, **extra)
+            extra |= {"Q": freq.v, "D": freq_coefficient(A, B, C)}
+        elif v == "TE" and freq is not None and freq_series:
+            D = freq_coefficient(A, B, C)
+            extra |= {"w": freq.w, "G": D, "w_max": freq.radius, "tol": freq_tol}
+        out[v] = softmax_stats(c.L, c.U, layer.b_U, A, B, target, **extra, **common)
+        if v == "TE" and freq is not None and freq_series:
+            te = out[v]
+            # logsumexp(TE logits + D v_freq) = logsumexp(TE logits + D w) + D a
+            lse = te.logsumexp.double() + te.tilt.double() + D.double() * freq.center
+            y_target = te.y_target.double() + D.double() * freq.v[target].double()[:, None]
+            out["DE_freq"] = FreqLoss(lse - y_target, te.order)
+            te.tilt = te.order = None
         if v == "TE" and freq is not None:
-            if layer.softcap:
-                raise ValueError("the KL to P_freq needs logits linear in the residual; logit soft-capping is not supported")
             zp = linear(A, B, C, freq.p) + float(layer.b_U @ freq.p)
             out["TE_kl"] = freq.plogp - zp + out["TE"].logsumexp
     return out
@@ -293,9 +344,11 @@ def per_token_effects(layer: FinalLayer, cache: ForwardCache, neurons: list[int]
 
 @dataclass
 class SweepResult:
-    """Per-neuron means over tokens, each (d_mlp,): for each variant v, ``abs_dloss[v]`` (= TE, DE
-    or DE_freq), ``dloss[v]`` (signed), ``abs_dentropy[v]``, ``top1_change[v]`` (share of tokens);
-    with a frequency direction also ``abs_dkl['TE']``, mean |change of KL(P_freq || P_model)|."""
+    """Per-neuron means over tokens, each (d_mlp,): for TE and DE, ``abs_dloss[v]`` (= TE or DE),
+    ``dloss[v]`` (signed), ``abs_dentropy[v]``, ``top1_change[v]`` (share of tokens); with a frequency
+    direction also ``abs_dloss['DE_freq']``, ``dloss['DE_freq']``, ``n_exact['DE_freq']`` (share of
+    tokens whose DE_freq loss took exact exponentials rather than the series) and
+    ``abs_dkl['TE']``, mean |change of KL(P_freq || P_model)|."""
 
     mean_act: Tensor
     abs_dloss: dict[str, Tensor] = field(default_factory=dict)
@@ -303,44 +356,59 @@ class SweepResult:
     abs_dentropy: dict[str, Tensor] = field(default_factory=dict)
     top1_change: dict[str, Tensor] = field(default_factory=dict)
     abs_dkl: dict[str, Tensor] = field(default_factory=dict)
+    n_exact: dict[str, Tensor] = field(default_factory=dict)  # DE_freq: share of tokens done without the series
     clean: dict[str, Tensor] = field(default_factory=dict)  # per-token (N,): loss, entropy, and kl with freq
 
 
 def _accumulate(part: dict, stats: dict, base: CleanStats, base_kl: Tensor | None) -> None:
     for v, st in stats.items():
-        if isinstance(st, Tensor):  # TE_kl
+        if v == "TE_kl":
             part[("abs_dkl", "TE")] += (st - base_kl[:, None]).double().abs().sum(0)
             continue
-        dl = (st.loss - base.loss[:, None]).double()
+        dl = st.loss.double() - base.loss.double()[:, None]
         part[("abs_dloss", v)] += dl.abs().sum(0)
         part[("dloss", v)] += dl.sum(0)
+        if isinstance(st, FreqLoss):
+            part[("n_exact", v)] += ((st.order < 0) | (st.order > NMOM)).double().sum(0)
+            continue
         part[("abs_dentropy", v)] += (st.entropy - base.entropy[:, None]).double().abs().sum(0)
         part[("top1_change", v)] += st.top1_changed.double().sum(0)
+
+
+def sweep_keys(freq: FreqDirection | None) -> list[tuple[str, str]]:
+    """(field, variant) of every per-neuron mean the sweep accumulates. DE_freq (Eq. 8) is a loss
+    effect: the sweep takes only its loss, in the TE pass, and counts the pairs done exactly."""
+    keys = [(f, v) for f in ("abs_dloss", "dloss", "abs_dentropy", "top1_change") for v in VARIANTS]
+    if freq is not None:
+        keys += [("abs_dloss", "DE_freq"), ("dloss", "DE_freq"), ("n_exact", "DE_freq"), ("abs_dkl", "TE")]
+    return keys
 
 
 @torch.no_grad()
 def sweep(layer: FinalLayer, cache: ForwardCache, *, mode: AblationMode = "mean", freq: FreqDirection | None = None,
           neuron_chunk: int = 128, token_chunk: int = 256, backend: Backend = "auto",
           checkpoint_dir: Path | None = None, progress: bool = True,
-          on_chunk: Callable[[int, int], None] | None = None) -> SweepResult:
+          on_chunk: Callable[[int, int], None] | None = None, freq_tol: float = FREQ_SERIES_TOL) -> SweepResult:
     """Ablate every final-layer neuron in closed form and average the effects over tokens: TE and
     DE, and with ``freq`` also DE_freq and |change of KL(P_freq || P_model)|, all in one pass.
+
+    DE_freq's loss is taken in the TE pass, by a series in D where its error bound is below
+    ``freq_tol`` (per token; 0 makes every pair exact) and by exact exponentials elsewhere
+    (``ablated_stats``).
 
     With ``checkpoint_dir`` each finished neuron chunk is saved, and a rerun resumes after the
     last saved chunk (the chunk files record the settings and data they were made with).
     """
     n, d_mlp = cache.n_tokens, layer.d_mlp
     mean = cache.acts.mean(0)
-    keys = [(f, v) for f in ("abs_dloss", "dloss", "abs_dentropy", "top1_change") for v in variants(freq)]
-    if freq is not None:
-        keys.append(("abs_dkl", "TE"))
+    keys = sweep_keys(freq)
     acc = {key: torch.zeros(d_mlp, dtype=torch.float64) for key in keys}
     all_neurons = torch.arange(d_mlp)
     bases, base_kls = [], []
     for sl, c in _chunks(layer, cache, all_neurons[:1], torch.zeros(n, 1), token_chunk):
         bases.append(clean_stats(c.L, c.s, layer, cache.target[sl], backend))
         base_kls.append(clean_kl(layer, c, bases[-1], freq) if freq is not None else None)
-    stamp = {"n_tokens": n, "d_mlp": d_mlp, "mode": mode, "neuron_chunk": neuron_chunk,
+    stamp = {"format": 2, "n_tokens": n, "d_mlp": d_mlp, "mode": mode, "neuron_chunk": neuron_chunk,
              "resid_sum": float(cache.resid.double().sum()), "acts_sum": float(cache.acts.double().sum()),
              "freq_sum": None if freq is None else float((freq.v.double() * freq.p.double()).sum())}
     if checkpoint_dir is not None:
@@ -359,7 +427,8 @@ def sweep(layer: FinalLayer, cache: ForwardCache, *, mode: AblationMode = "mean"
         part = {key: torch.zeros(len(idx), dtype=torch.float64) for key in keys}
         new = ablated_values(cache.acts[:, idx], mean[idx], mode)
         for (sl, c), base, base_kl in zip(_chunks(layer, cache, idx, new, token_chunk), bases, base_kls):
-            _accumulate(part, ablated_stats(layer, c, base, cache.target[sl], freq, backend), base, base_kl)
+            _accumulate(part, ablated_stats(layer, c, base, cache.target[sl], freq, backend, freq_series=True,
+                                            freq_tol=freq_tol), base, base_kl)
         for key in keys:
             acc[key][idx] = part[key] / n
         if ckpt is not None:
