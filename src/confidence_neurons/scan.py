@@ -19,7 +19,14 @@ import pandas as pd
 import torch
 
 from confidence_neurons.analysis.kernel import Backend, c_kernel_available
-from confidence_neurons.analysis.mediation import FreqDirection, ForwardCache, SweepResult, run_forward, sweep
+from confidence_neurons.analysis.mediation import (
+    FREQ_SERIES_TOL,
+    ForwardCache,
+    FreqDirection,
+    SweepResult,
+    run_forward,
+    sweep,
+)
 from confidence_neurons.analysis.selection import (
     EntropyNeuronRule,
     TokenFrequencyNeuronRule,
@@ -220,6 +227,12 @@ def scan(model: LoadedModel, config: ScanConfig = ScanConfig(), *, tokens: Token
         "kernel": "fused C" if config.backend != "torch" and c_kernel_available() else "torch",
         "timings_s": {"forward": round(t_forward, 2), "sweep": round(t_sweep, 2)},
     }
+    if freq is not None:
+        settings["de_freq"] = {
+            "method": "in the TE pass: series in D with error bound below tol, else exact exponentials",
+            "tol_nats": FREQ_SERIES_TOL,
+            "exact_share": round(float(sw.n_exact["DE_freq"].mean()), 6),
+        }
     table = neuron_table(layer, ws, sw, config.rule, freq, config.tf_rule)
     n_seqs, per_seq = tokens.tokens.shape[0], cache.seq_len - 1
     token_metrics = pd.DataFrame({

@@ -56,6 +56,8 @@ def test_scan_writes_every_file(tiny_model, corpus, tmp_path, capsys):
     pd.testing.assert_frame_equal(table, pd.read_csv(out / "neurons.csv", dtype={"name": str}), check_dtype=False)
     config = json.loads((out / "config.json").read_text())
     assert config["status"] == "complete" and config["config"]["n_seqs"] == 4
+    de_freq = config["settings"]["de_freq"]
+    assert de_freq["tol_nats"] > 0 and 0 <= de_freq["exact_share"] <= 1
     tokens = np.load(out / "tokens.npy")
     assert tokens.shape == (4, 32) and (tokens[:, 0] == 1).all()  # BOS first
     assert len(pd.read_parquet(out / "token_metrics.parquet")) == 4 * 31
