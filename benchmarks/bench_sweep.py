@@ -6,9 +6,10 @@ On the same model and tokens it times:
      the final norm and W_U (d_model times more arithmetic), then the softmax statistics; timed
      on a sample of neurons and extrapolated, and checked to give the same TE/DE;
   3. one real forward pass per neuron and variant (hooks), on a sample, extrapolated;
-  4. what DE_freq and |change of KL| add to the sweep (Sec. 4), and the unigram counter's speed.
+  4. what DE_freq and |change of KL| add to the sweep (Sec. 4), checked against DE_freq from an
+     exact third pass over the vocabulary (per_token_effects), and the unigram counter's speed.
 
-    python benchmarks/bench_sweep.py [--model PATH] [--n-seqs 8] [--seq-len 256]
+    python benchmarks/bench_sweep.py [--model PATH] [--n-seqs 8] [--seq-len 256] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 
 import torch
 
-from confidence_neurons.analysis.mediation import VARIANTS, FreqDirection, run_forward, sweep
+from confidence_neurons.analysis.mediation import VARIANTS, FreqDirection, per_token_effects, run_forward, sweep
 from confidence_neurons.analysis.reference import brute_force_ablation
 from confidence_neurons.data.corpus import sample_token_sequences
 from confidence_neurons.data.unigrams import count_unigrams, p_freq, v_freq
@@ -66,6 +67,8 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--authors-sample", type=int, default=16, help="neurons timed with the authors' method")
     ap.add_argument("--forward-sample", type=int, default=2, help="neurons timed with real forwards")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="sweeps with and without DE_freq, interleaved, for its overhead (the fastest of each counts)")
     args = ap.parse_args()
 
     model = load_model(args.model)
@@ -108,11 +111,30 @@ def main() -> None:
     print(f"unigram counter, built-in corpus: {counts.meta['n_tokens']:,} tokens in {t_count:.2f} s "
           f"({counts.meta['n_tokens'] / t_count:,.0f} tokens/s)")
     p = p_freq(counts, V)
+    freq = FreqDirection(p, v_freq(p))
+    plain_times, freq_times = [t_closed], []
+    for r in range(args.repeats):
+        if r:
+            t0 = time.perf_counter()
+            sweep(layer, cache, progress=False)
+            plain_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        sw_freq = sweep(layer, cache, freq=freq, progress=False)
+        freq_times.append(time.perf_counter() - t0)
+    t_plain, t_freq = min(plain_times), min(freq_times)
+    print(f"sweep with DE_freq and |dKL| (TE, DE, DE_freq): {t_freq:.1f} s against {t_plain:.1f} s for TE and DE "
+          f"alone: +{100 * (t_freq / t_plain - 1):.1f}% (fastest of {len(freq_times)}; all runs: "
+          f"{', '.join(f'{t:.1f}' for t in freq_times)} s with, {', '.join(f'{t:.1f}' for t in plain_times)} s without); "
+          f"{100 * float(sw_freq.n_exact['DE_freq'].mean()):.2f}% of (token, neuron) pairs took exact exponentials, "
+          f"the rest the series")
     t0 = time.perf_counter()
-    sweep(layer, cache, freq=FreqDirection(p, v_freq(p)), progress=False)
-    t_freq = time.perf_counter() - t0
-    print(f"sweep with DE_freq and |dKL| (TE, DE, DE_freq): {t_freq:.1f} s, +{100 * (t_freq / t_closed - 1):.0f}% "
-          f"over TE and DE alone")
+    eff = per_token_effects(layer, cache, list(range(d_mlp)), freq=freq)
+    t_exact = time.perf_counter() - t0
+    dl = (eff["DE_freq_loss"] - eff["loss"][:, None]).double()
+    err = max((dl.abs().mean(0) - sw_freq.abs_dloss["DE_freq"].double()).abs().max().item(),
+              (dl.mean(0) - sw_freq.dloss["DE_freq"].double()).abs().max().item())
+    print(f"DE_freq by an exact third pass (per_token_effects, all neurons): {t_exact:.1f} s; "
+          f"max |DE_freq difference| = {err:.2e} (largest DE_freq {sw_freq.abs_dloss['DE_freq'].max():.3f})")
 
 
 if __name__ == "__main__":
