@@ -179,8 +179,9 @@ def test_sweep_resumes_from_checkpoints(gpt2: Setup, tmp_path: Path):
     assert_same_sweep(res, reference)
 
 
-def _kernel_problem(T=6, K=5, V=3001, far=False, seed=0):
-    gen = torch.Generator().manual_seed(seed)
+def _kernel_problem(T=6, K=5, V=3001, far=False, seed=0, gen: torch.Generator | None = None):
+    """(L, U, bias, A, B, target) drawn from ``gen`` (default: a generator seeded with ``seed``)."""
+    gen = gen if gen is not None else torch.Generator().manual_seed(seed)
     L = 2 * torch.randn(T, V, generator=gen)
     U = 2 * torch.randn(K, V, generator=gen)
     bias = torch.randn(V, generator=gen)

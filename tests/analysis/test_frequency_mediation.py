@@ -28,7 +28,6 @@ from confidence_neurons.analysis.kernel import (
     series_error_bound,
     series_orders,
     softmax_stats,
-    softmax_stats_pairs,
 )
 from confidence_neurons.analysis.mediation import (
     FREQ_SERIES_TOL,
@@ -42,6 +41,7 @@ from confidence_neurons.analysis.reference import brute_force_ablation, clean_to
 from confidence_neurons.data.unigrams import v_freq
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
 from confidence_neurons.models.loading import LoadedModel
+from tests.analysis.test_closed_form import _kernel_problem
 from tests.analysis.test_post_mlp_norm import _tiny_gemma
 from tests.tiny import ARCHITECTURES, VOCAB_SIZE, load_tiny, random_tokens
 
@@ -102,22 +102,18 @@ def test_series_orders_pick_the_cheapest_safe_order():
 # --- the kernel ---------------------------------------------------------------------------------
 
 def _tilt_problem(T=16, K=9, V=3001, post=False, seed=0):
+    """test_closed_form's kernel problem (far from the clean maximum in column 0: the recompute path),
+    with a vector w and a tilt G per pair spanning every order, up to |G| max|w| = 40."""
     gen = torch.Generator().manual_seed(seed)
-    L = 2 * torch.randn(T, V, generator=gen)
-    U = 2 * torch.randn(K, V, generator=gen)
-    bias = torch.randn(V, generator=gen)
-    A = 0.5 + torch.rand(T, K, generator=gen)
-    B = torch.randn(T, K, generator=gen)
-    B[:, 0] = 40.0  # far from the clean maximum: the kernel's recompute path
-    target = torch.randint(0, V, (T,), generator=gen)
+    problem = _kernel_problem(T, K, V, far=True, gen=gen)
     w = 4 * torch.rand(V, generator=gen) - 2
     sign = torch.where(torch.rand(T, K, generator=gen) < 0.5, -1.0, 1.0)
-    G = torch.logspace(-7, 1.3, T * K).view(T, K) * sign  # every order, up to |G| max|w| = 40
+    G = torch.logspace(-7, 1.3, T * K).view(T, K) * sign
     G[0, 1] = 0.0
     extra = {}
     if post:
         extra = {"P": torch.randn(T, V, generator=gen), "C": 0.1 * torch.randn(T, K, generator=gen)}
-    return (L, U, bias, A, B, target), w, G, extra
+    return problem, w, G, extra
 
 
 @pytest.mark.parametrize("post", [False, True])
@@ -140,18 +136,6 @@ def test_kernel_tilted_logsumexp_matches_definition(backend, post):
         assert err[series].max() < 2e-7, f"series: max error {err[series].max():.3g}"
         used = set(st.order.unique().tolist())
         assert used == {0, *range(1, NMOM + 1), EXACT_ORDER, FAR_ORDER}, f"orders used: {sorted(used)}"
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_kernel_pairs_equal_the_full_kernel(backend):
-    _need_c(backend)
-    problem, w, G, extra = _tilt_problem(post=True, seed=1)
-    full = softmax_stats(*problem, Q=w, D=G, backend="c" if c_kernel_available() else "torch", **extra)
-    ti, ki = torch.tensor([0, 3, 5, 5, 15]), torch.tensor([0, 2, 8, 1, 0])
-    pairs = softmax_stats_pairs(ti, ki, *problem, Q=w, D=G, backend=backend, **extra)
-    for name in ("loss", "entropy", "logsumexp", "max"):
-        torch.testing.assert_close(getattr(pairs, name), getattr(full, name)[ti, ki], atol=TOL, rtol=1e-6)
-    torch.testing.assert_close(pairs.top1_changed, full.top1_changed[ti, ki])
 
 
 def test_tilt_arguments_are_checked():

@@ -17,7 +17,6 @@
  * S + sum_m G^m/m! sum exp(y - shift) w^m (a few fused multiply-adds per logit instead of a second
  * exponential); order NMOM + 1 takes a second exponential; a negative order is left to the caller.
  * The caller picks each pair's order from a bound on the series' error.
- * ablation_softmax_stats_pairs computes the same for an explicit list of (t, k) pairs.
  * Built with -ffast-math (for the vectorised expf of glibc's libmvec), so no infinities are used:
  * -FLT_MAX stands for "no value yet".
  */
@@ -187,25 +186,5 @@ void ablation_softmax_stats(
             for (int k = k0; k < k1; k++)
                 finish(&p, t, k, shift[t], &r[(t - t0) * KB + (k - k0)], target[t], ref[t], &out,
                        (int64_t)t * K + k);
-    }
-}
-
-/* The same statistics for the pairs (ti[i], ki[i]), i < npairs; outputs are indexed by i. */
-void ablation_softmax_stats_pairs(
-    int npairs, const int64_t *ti, const int64_t *ki, int K, int V,
-    const float *L, const float *U, const float *P, const float *Q, const float *W, const float *bias,
-    const float *A, const float *B, const float *C, const float *D, const float *G, const int32_t *order,
-    float softcap, const float *shift, const int64_t *target, const int64_t *ref,
-    float *out_max, float *out_S, float *out_Sz, float *out_shift, float *out_yt, float *out_yref, float *out_R)
-{
-    Problem p = {L, U, P, Q, W, bias, A, B, C, D, G, order, softcap, K, V};
-    Out out = {out_max, out_S, out_Sz, out_shift, out_yt, out_yref, W ? out_R : 0};
-    #pragma omp parallel for schedule(dynamic)
-    for (int i = 0; i < npairs; i++) {
-        int t = (int)ti[i], k = (int)ki[i];
-        Acc r; acc_init(&r);
-        for (int v0 = 0; v0 < V; v0 += TILE)
-            tile(&p, t, k, v0, V - v0 < TILE ? V - v0 : TILE, shift[t], &r);
-        finish(&p, t, k, shift[t], &r, target[t], ref[t], &out, i);
     }
 }

@@ -7,7 +7,6 @@ from which loss, entropy and "did the top-1 prediction change" follow exactly. G
 a coefficient G per pair, also logsumexp(y + G w), of the logits moved along w (DE_freq, Eq. 7),
 in the same pass: by a series in G with an error below ``tol`` where
 that is cheaper, by a second exponential where not (``series_orders``).
-``softmax_stats_pairs`` computes the plain statistics for an explicit list of (t, k) pairs.
 The C kernel (``ablation_kernel.c``) never materialises the (T, K, d_vocab) logits; it is
 compiled once with the system C compiler into the user cache and loaded with ctypes. Where no
 compiler is available the torch twin is used (same numbers, far slower).
@@ -42,7 +41,7 @@ _SOURCE = Path(__file__).with_name("ablation_kernel.c")
 _FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
 NMOM = 4  # highest order of the kernel's series for S2 (its NMOM)
 EXACT_ORDER = NMOM + 1  # S2 by a second exponential
-FAR_ORDER = -1  # |G| max|w| too large for either: S2 left to a separate pass (softmax_stats_pairs)
+FAR_ORDER = -1  # |G| max|w| too large for either: the tilt comes from a separate pass with Q = w, D = G
 MAX_TILT = 10.0  # largest |G| max|w| the kernel's second exponential takes (no overflow in float32)
 
 
@@ -114,7 +113,6 @@ def _load_library() -> ctypes.CDLL | None:
             os.replace(tmp_lib, lib_path)
     lib = ctypes.CDLL(str(lib_path))
     lib.ablation_softmax_stats.restype = None
-    lib.ablation_softmax_stats_pairs.restype = None
     if lib.ablation_kernel_nmom() != NMOM:
         raise RuntimeError(f"the compiled kernel {lib_path} computes {lib.ablation_kernel_nmom()} moments, not {NMOM}")
     return lib
@@ -162,31 +160,6 @@ def series_orders(G: Float[Tensor, "T K"], w_max: float, tol: float) -> Int[Tens
     return order
 
 
-def _check_args(P, C, Q, D, w, G) -> None:
-    if (P is None) != (C is None) or (Q is None) != (D is None) or (w is None) != (G is None):
-        raise ValueError("P and C (and Q and D, and w and G) must be given together")
-    if w is not None and Q is not None:
-        raise ValueError("the tilt along w (w, G) is computed for logits without a D Q term")
-
-
-def _defaults(L, bias, shift, ref):
-    """shift (default: max of L + bias per token) and ref (default: its argmax)."""
-    if shift is None or ref is None:
-        base = L.float() + bias.float()
-        shift = base.max(-1).values if shift is None else shift
-        ref = base.argmax(-1) if ref is None else ref
-    return shift, ref
-
-
-def _library(backend: Backend, softcap, w):
-    if w is not None and softcap:
-        raise ValueError("the tilt along w (w, G) is computed for logits without soft-capping")
-    lib = _load_library() if backend in ("auto", "c") else None
-    if backend == "c" and lib is None:
-        raise RuntimeError("the C kernel is not available (no working C compiler); use backend='torch'")
-    return lib
-
-
 def softmax_stats(
     L: Float[Tensor, "T V"],
     U: Float[Tensor, "K V"],
@@ -213,12 +186,21 @@ def softmax_stats(
     ``shift`` (default: max of L + bias per token) only needs to be close to the logits' maximum;
     ``ref`` (default: argmax of L + bias) is the token whose top-1 status ``top1_changed`` reports.
     With ``w`` and ``G`` (only without Q and soft-capping) ``tilt`` holds
-    logsumexp(y + G w) - logsumexp(y) = log E_softmax(y)[exp(G w)], within ``tol`` of exact (``w_max``, default max |w|, enters the bound); pairs with
-    |G| w_max > MAX_TILT get a separate exact pass.
+    logsumexp(y + G w) - logsumexp(y) = log E_softmax(y)[exp(G w)], within ``tol`` of exact
+    (``w_max``, default max |w|, enters the bound); pairs with |G| w_max > MAX_TILT get a separate
+    exact pass.
     """
-    _check_args(P, C, Q, D, w, G)
-    shift, ref = _defaults(L, bias, shift, ref)
-    lib = _library(backend, softcap, w)
+    if (P is None) != (C is None) or (Q is None) != (D is None) or (w is None) != (G is None):
+        raise ValueError("P and C (and Q and D, and w and G) must be given together")
+    if w is not None and (Q is not None or softcap):
+        raise ValueError("the tilt along w (w, G) is computed for logits without a D Q term or soft-capping")
+    if shift is None or ref is None:
+        base = L.float() + bias.float()
+        shift = base.max(-1).values if shift is None else shift
+        ref = base.argmax(-1) if ref is None else ref
+    lib = _load_library() if backend in ("auto", "c") else None
+    if backend == "c" and lib is None:
+        raise RuntimeError("the C kernel is not available (no working C compiler); use backend='torch'")
     if lib is None:
         out = softmax_stats_torch(L, U, bias, A, B, target, ref=ref, P=P, C=C, Q=Q, D=D, w=w, G=G, softcap=softcap)
         if w is not None:
@@ -245,56 +227,13 @@ def softmax_stats(
     )
     if w is not None:
         out.tilt, out.order = R.double().log1p().float(), order
-        if (order == FAR_ORDER).any():
+        if (order == FAR_ORDER).any():  # rare: the logits y + G w themselves, on the rows and columns concerned
             ti, ki = (order == FAR_ORDER).nonzero(as_tuple=True)
-            far = softmax_stats_pairs(ti, ki, L, U, bias, A, B, target, shift=shift, ref=ref, P=P, C=C, Q=_prep(w),
-                                      D=G, backend=backend)
-            out.tilt[ti, ki] = far.logsumexp - out.logsumexp[ti, ki]
-    return out
-
-
-def softmax_stats_pairs(
-    t_idx: Int[Tensor, "n"],
-    k_idx: Int[Tensor, "n"],
-    L: Float[Tensor, "T V"],
-    U: Float[Tensor, "K V"],
-    bias: Float[Tensor, "V"],
-    A: Float[Tensor, "T K"],
-    B: Float[Tensor, "T K"],
-    target: Int[Tensor, "T"],
-    *,
-    shift: Float[Tensor, "T"] | None = None,
-    ref: Int[Tensor, "T"] | None = None,
-    P: Float[Tensor, "T V"] | None = None,
-    C: Float[Tensor, "T K"] | None = None,
-    Q: Float[Tensor, "V"] | None = None,
-    D: Float[Tensor, "T K"] | None = None,
-    softcap: float | None = None,
-    backend: Backend = "auto",
-) -> SoftmaxStats:
-    """``softmax_stats`` for the pairs (t_idx[i], k_idx[i]) only; every field has shape (n,)."""
-    _check_args(P, C, Q, D, None, None)
-    shift, ref = _defaults(L, bias, shift, ref)
-    lib = _library(backend, softcap, None)
-    t_idx, k_idx = (x.to("cpu", torch.int64).contiguous() for x in (t_idx, k_idx))
-    if lib is None or len(t_idx) == 0:
-        sub = lambda x: None if x is None else x[t_idx, k_idx][:, None]  # noqa: E731
-        st = softmax_stats_torch(L[t_idx], U[k_idx], bias, sub(A), sub(B), target[t_idx], ref=ref[t_idx],
-                                 P=None if P is None else P[t_idx], C=sub(C), Q=Q, D=sub(D), softcap=softcap,
-                                 diagonal=True)
-        return SoftmaxStats(*(getattr(st, f)[:, 0] for f in ("max", "S", "Sz", "shift", "y_target", "y_ref")))
-    L, U, bias, A, B, P, C, Q, D = (_prep(x) for x in (L, U, bias, A, B, P, C, Q, D))
-    target, ref = (x.to("cpu", torch.int64).contiguous() for x in (target, ref))
-    shift = _prep(shift)
-    n = len(t_idx)
-    out = SoftmaxStats(*(torch.empty(n) for _ in range(6)))
-    lib.ablation_softmax_stats_pairs(
-        ctypes.c_int(n), _ptr(t_idx), _ptr(k_idx), ctypes.c_int(U.shape[0]), ctypes.c_int(L.shape[1]),
-        _ptr(L), _ptr(U), _ptr(P), _ptr(Q), None, _ptr(bias),
-        _ptr(A), _ptr(B), _ptr(C), _ptr(D), None, None, ctypes.c_float(softcap or 0.0),
-        _ptr(shift), _ptr(target), _ptr(ref),
-        _ptr(out.max), _ptr(out.S), _ptr(out.Sz), _ptr(out.shift), _ptr(out.y_target), _ptr(out.y_ref), None,
-    )
+            (rows, ri), (cols, ci) = ti.unique(return_inverse=True), ki.unique(return_inverse=True)
+            sub = lambda x: None if x is None else x[rows][:, cols]  # noqa: E731
+            far = softmax_stats(L[rows], U[cols], bias, sub(A), sub(B), target[rows], shift=shift[rows], ref=ref[rows],
+                                P=None if P is None else P[rows], C=sub(C), Q=_prep(w), D=sub(G), backend=backend)
+            out.tilt[ti, ki] = far.logsumexp[ri, ci] - out.logsumexp[ti, ki]
     return out
 
 
@@ -311,29 +250,19 @@ def ablated_logits_torch(L, U, bias, A, B, *, P=None, C=None, Q=None, D=None, so
 
 
 def softmax_stats_torch(L, U, bias, A, B, target, *, ref=None, P=None, C=None, Q=None, D=None, w=None, G=None,
-                        softcap=None, diagonal: bool = False, max_elements: int = 2**24) -> SoftmaxStats:
+                        softcap=None, max_elements: int = 2**24) -> SoftmaxStats:
     """The torch twin of the kernel (exponentials relative to each pair's own maximum), chunked over
-    tokens so that memory stays bounded. With ``diagonal`` row i of L goes with row i of U only
-    (A, B, C, D are then (T, 1)), as in ``softmax_stats_pairs``. tilt is always exact."""
+    tokens so that memory stays bounded. tilt is always exact."""
     if ref is None:
         ref = (L + bias).argmax(-1)
     T, V = L.shape
-    K = 1 if diagonal else U.shape[0]
+    K = U.shape[0]
     rows = max(1, max_elements // max(1, K * V))
     parts = []
     for t0 in range(0, T, rows):
         sl = slice(t0, t0 + rows)
         sub = lambda x: None if x is None else x[sl]  # noqa: E731
-        if diagonal:  # pair i: row i of L, U, P and of the (T, 1) coefficients
-            z = A[sl] * L[sl] + B[sl] * U[sl] + bias
-            if P is not None:
-                z = z + C[sl] * P[sl]
-            if softcap:
-                z = softcap * torch.tanh(z / softcap)
-            y = (z if Q is None else z + D[sl] * Q)[:, None]
-        else:
-            y = ablated_logits_torch(L[sl], U, bias, A[sl], B[sl], P=sub(P), C=sub(C), Q=Q, D=sub(D),
-                                     softcap=softcap)
+        y = ablated_logits_torch(L[sl], U, bias, A[sl], B[sl], P=sub(P), C=sub(C), Q=Q, D=sub(D), softcap=softcap)
         m = y.max(-1).values
         d = y - m[..., None]
         e = d.exp()

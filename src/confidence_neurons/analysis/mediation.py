@@ -278,12 +278,10 @@ def ablated_stats(layer: FinalLayer, c: Chunk, base: CleanStats, target: Tensor,
         ablated_v = linear(A, B, C, freq.v) + bv  # (T, K)  l^{-i} . v_freq
         return (clean_v - ablated_v) / float(freq.v @ freq.v)
 
-    for v in variants(freq):
-        if v == "DE_freq" and freq_series:
-            continue  # done in the TE pass
+    common = dict(shift=base.shift, ref=base.argmax, softcap=layer.softcap, backend=backend)
+    for v in VARIANTS if freq_series else variants(freq):  # with freq_series DE_freq comes from the TE pass
         A, B, C = closed_form_coefficients(c, layer.d_model, layer.eps, "DE" if v == "DE" else "TE")
         extra = {} if C is None else {"P": c.post.LP, "C": C}
-        common = dict(shift=base.shift, ref=base.argmax, softcap=layer.softcap, backend=backend)
         if v == "DE_freq":
             extra |= {"Q": freq.v, "D": freq_coefficient(A, B, C)}
         elif v == "TE" and freq is not None and freq_series:
@@ -296,7 +294,6 @@ def ablated_stats(layer: FinalLayer, c: Chunk, base: CleanStats, target: Tensor,
             lse = te.logsumexp.double() + te.tilt.double() + D.double() * freq.center
             y_target = te.y_target.double() + D.double() * freq.v[target].double()[:, None]
             out["DE_freq"] = FreqLoss(lse - y_target, te.order)
-            te.tilt = te.order = None
         if v == "TE" and freq is not None:
             zp = linear(A, B, C, freq.p) + float(layer.b_U @ freq.p)
             out["TE_kl"] = freq.plogp - zp + out["TE"].logsumexp
