@@ -9,7 +9,7 @@ import pytest
 
 from confidence_neurons.figures import activity as A
 from confidence_neurons.figures.export import save_figure
-from tests.figures.test_entropy_figures import png_size
+from tests.figures.pngcheck import png_size
 
 
 def make_tokens(n=3000, seed=0) -> pd.DataFrame:

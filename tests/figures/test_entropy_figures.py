@@ -1,10 +1,8 @@
-"""Figures for the entropy-neuron scan (Fig. 1, Fig. 2a/c/d/e) and their export."""
+"""Figures for the entropy-neuron scan (Fig. 1, Fig. 2a/c/d/e) and their PNG export."""
 
 from __future__ import annotations
 
-import struct
 import time
-import zlib
 
 import numpy as np
 import pandas as pd
@@ -12,7 +10,8 @@ import plotly.graph_objects as go
 import pytest
 
 from confidence_neurons.figures import entropy as E
-from confidence_neurons.figures.export import PLOTLYJS_FILENAME, figure_to_png, save_figure
+from confidence_neurons.figures.export import figure_to_png, save_figure
+from tests.figures.pngcheck import png_size
 
 N, D_MODEL, K = 200, 48, 4
 FLAGGED = (7, 91, 150)
@@ -230,61 +229,7 @@ def test_zero_entropy_neurons_still_render(no_entropy, tmp_path):
     assert png_size(out["png"].read_bytes())[0] > 0
 
 
-# --------------------------------------------------------------------------- export
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    """Validate a PNG (magic, CRCs, decodable IDAT) and return (width, height)."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, size = 8, b"", None
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
-        assert zlib.crc32(kind + body) == crc, kind
-        if kind == b"IHDR":
-            size = struct.unpack(">II", body[:8])
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-        if kind == b"IEND":
-            break
-    assert size is not None and idat
-    raw = zlib.decompress(idat)
-    assert len(raw) >= size[1] * (1 + size[0])  # at least one byte per pixel and filter byte per row
-    return size
-
-
-def test_save_figure_writes_offline_html_and_png(neurons, tmp_path):
-    from PIL import Image  # pillow comes with matplotlib
-
-    fig = E.fig_rho_vs_ln_share(neurons, K)
-    t0 = time.perf_counter()
-    out = save_figure(fig, tmp_path / "figs", "fig2e")
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 5, elapsed
-    html = out["html"].read_text(encoding="utf-8")
-    assert out["html"] == tmp_path / "figs" / "fig2e.html" and len(html) > 1000
-    assert f'src="{PLOTLYJS_FILENAME}"' in html and "cdn.plot.ly" not in html
-    assert out["plotlyjs"].stat().st_size > 1_000_000
-    data = out["png"].read_bytes()
-    w, h = png_size(data)
-    assert (w, h) == (1800, 1120)  # 900x560 at scale 2
-    with Image.open(out["png"]) as im:
-        im.load()
-        assert im.size == (w, h)
-        # something was drawn: not a blank canvas
-        lo, hi = im.convert("L").getextrema()
-        assert hi - lo > 100
-    assert not list(tmp_path.glob("figs/*.tmp")) and not list(tmp_path.glob("figs/.*"))
-
-
-def test_save_figure_standalone_inlines_plotlyjs(neurons, tmp_path):
-    out = save_figure(E.fig_norm_vs_logitvar(neurons), tmp_path, "fig2a", standalone_html=True, png_scale=1)
-    html = out["html"].read_text(encoding="utf-8")
-    assert "plotlyjs" not in out and not (tmp_path / PLOTLYJS_FILENAME).exists()
-    assert html.count("* plotly.js v") == 1
-    assert png_size(out["png"].read_bytes()) == (900, 560)
+# --------------------------------------------------------------------------- PNG
 
 
 def test_png_for_every_figure_is_fast(neurons):
@@ -301,10 +246,3 @@ def test_png_for_every_figure_is_fast(neurons):
         data = figure_to_png(fig, scale=1)
         assert time.perf_counter() - t0 < 5
         assert png_size(data) == (900, 560)
-
-
-def test_png_export_refuses_unsupported_traces(tmp_path):
-    with pytest.raises(NotImplementedError):
-        figure_to_png(go.Figure(go.Heatmap(z=[[1, 2], [3, 4]])))
-    with pytest.raises(ValueError):
-        save_figure(go.Figure(), tmp_path, "../escape")

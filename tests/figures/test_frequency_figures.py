@@ -12,7 +12,7 @@ import pytest
 from confidence_neurons.figures import entropy as E
 from confidence_neurons.figures import frequency as F
 from confidence_neurons.figures.export import save_figure
-from tests.figures.test_entropy_figures import png_size
+from tests.figures.pngcheck import png_size
 
 N = 300
 FREQ = (5, 44, 120, 250)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from confidence_neurons.figures.entropy import _base_layout, _floats, _note
+from confidence_neurons.figures.style import base_layout, check_columns, flag, floats, hline, note, vline
 
 __all__ = [
     "ACTIVITY_TRACE",
@@ -39,7 +39,6 @@ __all__ = [
 ACTIVITY_TRACE = "tokens"
 MAX_ACTIVITY_POINTS = 20_000
 NO_TOKENS_TEXT = "no tokens to show (no clipped activations)"
-_ZERO_LINE = {"color": "rgba(60,60,60,0.6)", "width": 1.2, "dash": "dash"}
 _REQUIRED = ("seq", "pos", "token", "target", "clipped")
 
 _WHITESPACE = {" ": "·", "\n": "↵", "\t": "⇥", "\r": "␍", "\u00a0": "⍽"}
@@ -58,9 +57,7 @@ def visible_token(text: object) -> str:
 
 
 def _check(tokens: pd.DataFrame, func: str, cols: tuple[str, ...]) -> None:
-    missing = sorted(set(_REQUIRED + cols) - set(tokens.columns))
-    if missing:
-        raise KeyError(f"{func}: `tokens` lacks column(s) {missing}")
+    check_columns(tokens, _REQUIRED + cols, func, "tokens")
 
 
 def _select(tokens: pd.DataFrame, mask: np.ndarray, max_points: int, seed: int) -> pd.DataFrame:
@@ -70,10 +67,6 @@ def _select(tokens: pd.DataFrame, mask: np.ndarray, max_points: int, seed: int) 
     if rows.size > max_points:
         rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_points, replace=False))
     return tokens.iloc[rows]
-
-
-def _clipped(tokens: pd.DataFrame) -> np.ndarray:
-    return tokens["clipped"].fillna(False).to_numpy(dtype=bool)
 
 
 def _customdata(df: pd.DataFrame, extra: tuple[str, ...]) -> np.ndarray:
@@ -86,15 +79,8 @@ def _customdata(df: pd.DataFrame, extra: tuple[str, ...]) -> np.ndarray:
     custom[:, 1] = df["seq"].to_numpy()
     custom[:, 2] = df["pos"].to_numpy()
     for j, col in enumerate(extra, start=3):
-        custom[:, j] = _floats(df[col])
+        custom[:, j] = floats(df[col])
     return custom
-
-
-def _zero_lines(fig: go.Figure, *, x: bool, y: bool) -> None:
-    if x:
-        fig.add_shape(type="line", xref="x", yref="paper", x0=0, x1=0, y0=0, y1=1, line=_ZERO_LINE)
-    if y:
-        fig.add_shape(type="line", xref="paper", yref="y", x0=0, x1=1, y0=0, y1=0, line=_ZERO_LINE)
 
 
 def _count_text(shown: int, total: int) -> str:
@@ -117,17 +103,17 @@ def fig_loss_change_vs_initial(
     "hedging" neuron shows Δloss > 0 at high initial loss and < 0 at low loss.
     """
     _check(tokens, "fig_loss_change_vs_initial", ("initial_loss", "delta_loss", "reciprocal_rank"))
-    mask = _clipped(tokens)
+    mask = flag(tokens, "clipped")
     df = _select(tokens, mask, max_points, seed)
     custom = _customdata(df, ("reciprocal_rank",))
     fig = go.Figure(
         go.Scatter(
-            x=_floats(df["initial_loss"]),
-            y=_floats(df["delta_loss"]),
+            x=floats(df["initial_loss"]),
+            y=floats(df["delta_loss"]),
             mode="markers",
             name=ACTIVITY_TRACE,
             marker={
-                "color": _floats(df["reciprocal_rank"]),
+                "color": floats(df["reciprocal_rank"]),
                 "colorscale": "Viridis",
                 "cmin": 0.0,
                 "cmax": 1.0,
@@ -143,16 +129,16 @@ def fig_loss_change_vs_initial(
             ),
         )
     )
-    _base_layout(
+    base_layout(
         fig,
         f"Fig. 4a analogue: change in loss on clip mean-ablation of neuron {neuron_name} "
         f"vs initial loss ({_count_text(len(df), int(mask.sum()))})",
         "initial loss on the correct next token (nats)",
         "Δloss = loss without the neuron (clip mean-ablated) − loss with it (nats)",
     )
-    _zero_lines(fig, x=False, y=True)
+    hline(fig)
     if len(df) == 0:
-        _note(fig, NO_TOKENS_TEXT)
+        note(fig, NO_TOKENS_TEXT)
     return fig
 
 
@@ -173,16 +159,16 @@ def fig_kl_vs_entropy_change(
     lowers entropy (y < 0).
     """
     _check(tokens, "fig_kl_vs_entropy_change", ("delta_kl", "delta_entropy", "delta_loss", "reciprocal_rank"))
-    mask = _clipped(tokens) & (_floats(tokens["reciprocal_rank"]) == 1.0)
+    mask = flag(tokens, "clipped") & (floats(tokens["reciprocal_rank"]) == 1.0)
     df = _select(tokens, mask, max_points, seed)
-    colour = _floats(df["delta_loss"])
+    colour = floats(df["delta_loss"])
     finite = np.abs(colour[np.isfinite(colour)])
     bound = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
     custom = _customdata(df, ("delta_loss",))
     fig = go.Figure(
         go.Scatter(
-            x=_floats(df["delta_kl"]),
-            y=_floats(df["delta_entropy"]),
+            x=floats(df["delta_kl"]),
+            y=floats(df["delta_entropy"]),
             mode="markers",
             name=ACTIVITY_TRACE,
             marker={
@@ -203,14 +189,15 @@ def fig_kl_vs_entropy_change(
             ),
         )
     )
-    _base_layout(
+    base_layout(
         fig,
         f"Fig. 4c analogue: change in KL(P_freq ‖ P_model) vs change in entropy on correct tokens (RR = 1) "
         f"after clip mean-ablation of neuron {neuron_name} ({_count_text(len(df), int(mask.sum()))})",
         "ΔD_KL(P_freq ‖ P_model), ablated − clean (nats)",
         "ΔH(P_model), ablated − clean (nats)",
     )
-    _zero_lines(fig, x=True, y=True)
+    vline(fig)
+    hline(fig)
     if len(df) == 0:
-        _note(fig, "no clipped tokens with reciprocal rank 1")
+        note(fig, "no clipped tokens with reciprocal rank 1")
     return fig

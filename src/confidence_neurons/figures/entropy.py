@@ -1,4 +1,4 @@
-"""Plotly figures for the entropy-neuron scan (Stolfo et al. 2024, Fig. 1 and Fig. 2).
+"""Plotly figures for the entropy-neuron scan (Stolfo et al. 2024, Fig. 1 and Fig. 2a/c/d/e).
 
 Every function here is pure: it takes data (the per-neuron table produced by the
 scan, plus the unembedding spectrum where needed) and returns a
@@ -9,7 +9,7 @@ The per-neuron table ``neurons`` has one row per final-layer neuron with the
 columns ``layer, neuron, name, w_out_norm, logit_var, rho, mean_activation, TE,
 DE, ln_share, abs_delta_entropy, top1_change_frac, is_entropy_neuron``.
 
-Conventions shared by all figures (the tests rely on them):
+Conventions (from :mod:`confidence_neurons.figures.style`; the tests rely on them):
 
 * entropy neurons are drawn in their own trace named :data:`ENTROPY_TRACE`,
   coloured :data:`ENTROPY_COLOR` and labelled by their ``name``;
@@ -18,6 +18,9 @@ Conventions shared by all figures (the tests rely on them):
   annotation :data:`NO_ENTROPY_TEXT`;
 * every figure uses the ``plotly_white`` template and a title that names the
   paper figure it mirrors.
+
+Fig. 2c's boxes are drawn by :func:`~confidence_neurons.figures.effects.total_vs_direct_boxes`
+(shared with Fig. 3c) and re-exported here.
 """
 
 from __future__ import annotations
@@ -27,6 +30,24 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+
+from confidence_neurons.figures.style import (
+    ENTROPY_COLOR,
+    ENTROPY_EDGE_COLOR,
+    ENTROPY_TRACE,
+    NO_ENTROPY_TEXT,
+    OTHER_COLOR,
+    OTHER_TRACE,
+    base_layout,
+    check_columns,
+    flag,
+    floats,
+    hover_data,
+    label_positions,
+    legend_below,
+    note,
+)
+from confidence_neurons.figures.effects import total_vs_direct_boxes
 
 __all__ = [
     "ENTROPY_COLOR",
@@ -42,15 +63,8 @@ __all__ = [
     "total_vs_direct_boxes",
 ]
 
-ENTROPY_COLOR = "#d62728"  # red
-OTHER_COLOR = "#9e9e9e"  # grey
-RANDOM_COLOR = "#1f77b4"  # blue, for the random baseline in Fig. 2c
 SPECTRUM_COLOR = "#1f4e9c"  # thick blue line in Fig. 2d
 NULL_SPACE_FILL = "rgba(214, 39, 40, 0.10)"
-ENTROPY_TRACE = "entropy neurons"
-OTHER_TRACE = "other neurons"
-NO_ENTROPY_TEXT = "no entropy neurons under the current rule"
-TEMPLATE = "plotly_white"
 MAX_SPECTRUM_NEURONS = 8
 
 # Distinguishable colours for the per-neuron cosine lines of Fig. 2d.
@@ -77,80 +91,16 @@ _REQUIRED = {
 # --------------------------------------------------------------------------- helpers
 
 
-def _check_columns(neurons: pd.DataFrame, func: str) -> None:
-    needed = set(_REQUIRED[func]) | {"is_entropy_neuron"}
-    missing = sorted(needed - set(neurons.columns))
-    if missing:
-        raise KeyError(f"{func}: `neurons` lacks column(s) {missing}")
+def _check(neurons: pd.DataFrame, func: str) -> None:
+    check_columns(neurons, (*_REQUIRED[func], "is_entropy_neuron"), func)
 
 
 def _entropy_mask(neurons: pd.DataFrame) -> np.ndarray:
-    """Boolean numpy mask of flagged neurons (missing values count as False)."""
-    return neurons["is_entropy_neuron"].fillna(False).to_numpy(dtype=bool)
-
-
-def _floats(series: pd.Series) -> np.ndarray:
-    return pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
-
-
-def _hover_data(df: pd.DataFrame, fields: tuple[tuple[str, str], ...] = (("TE", "TE"), ("DE", "DE"), ("rho", "ρ"))
-                ) -> tuple[np.ndarray, str]:
-    """customdata (name, then each (column, label) of ``fields``) and a matching hover template;
-    a missing column shows as NaN."""
-    custom = np.empty((len(df), 1 + len(fields)), dtype=object)
-    custom[:, 0] = df["name"].astype(str).to_numpy()
-    for j, (col, _) in enumerate(fields, start=1):
-        custom[:, j] = _floats(df[col]) if col in df else np.full(len(df), np.nan)
-    template = "<b>%{customdata[0]}</b>" + "".join(
-        f"<br>{label} = %{{customdata[{j}]:.4g}}" for j, (_, label) in enumerate(fields, start=1))
-    return custom, template
-
-
-def _base_layout(fig: go.Figure, title: str, xtitle: str, ytitle: str, **extra) -> go.Figure:
-    settings = {
-        "template": TEMPLATE,
-        "title": {"text": title, "x": 0.02, "xanchor": "left"},
-        "xaxis_title": xtitle,
-        "yaxis_title": ytitle,
-        "legend": {"orientation": "v"},
-        "margin": {"l": 70, "r": 30, "t": 70, "b": 60},
-        "width": 900,
-        "height": 560,
-    }
-    settings.update(extra)
-    fig.update_layout(**settings)
-    return fig
+    return flag(neurons, "is_entropy_neuron")
 
 
 def _note_no_entropy(fig: go.Figure) -> None:
-    _note(fig, NO_ENTROPY_TEXT)
-
-
-def _note(fig: go.Figure, text: str) -> None:
-    """A boxed note at the top centre of the plot (e.g. "no ... neurons under the current rule")."""
-    fig.add_annotation(
-        text=text,
-        xref="paper",
-        yref="paper",
-        x=0.5,
-        y=0.98,
-        xanchor="center",
-        yanchor="top",
-        showarrow=False,
-        font={"size": 13, "color": "#555555"},
-        bgcolor="rgba(255,255,255,0.85)",
-        bordercolor="#bbbbbb",
-        borderwidth=1,
-    )
-
-
-def _label_positions(x: np.ndarray) -> list[str]:
-    """Alternate labels above/below the points, in x order, so neighbours overlap less."""
-    order = np.argsort(np.nan_to_num(x, nan=np.inf), kind="stable")
-    pos = [""] * len(x)
-    for rank, i in enumerate(order):
-        pos[i] = "top center" if rank % 2 == 0 else "bottom center"
-    return pos
+    note(fig, NO_ENTROPY_TEXT)
 
 
 def _scatter_pair(
@@ -162,11 +112,11 @@ def _scatter_pair(
     mask = _entropy_mask(neurons)
     other, ent = neurons[~mask], neurons[mask]
     traces = []
-    custom, hover = _hover_data(other)
+    custom, hover = hover_data(other)
     traces.append(
         go.Scatter(
-            x=_floats(other[xcol]),
-            y=_floats(other[ycol]),
+            x=floats(other[xcol]),
+            y=floats(other[ycol]),
             mode="markers",
             name=OTHER_TRACE,
             marker={"color": OTHER_COLOR, "size": 6, "opacity": 0.6},
@@ -174,17 +124,17 @@ def _scatter_pair(
             hovertemplate=hover + "<extra></extra>",
         )
     )
-    custom, hover = _hover_data(ent)
+    custom, hover = hover_data(ent)
     traces.append(
         go.Scatter(
-            x=_floats(ent[xcol]),
-            y=_floats(ent[ycol]),
+            x=floats(ent[xcol]),
+            y=floats(ent[ycol]),
             mode="markers+text",
             name=ENTROPY_TRACE,
             text=ent["name"].astype(str).tolist(),
-            textposition=_label_positions(_floats(ent[xcol])),
+            textposition=label_positions(floats(ent[xcol])),
             textfont={"color": ENTROPY_COLOR, "size": 11},
-            marker={"color": ENTROPY_COLOR, "size": 9, "line": {"color": "#7f0000", "width": 1}},
+            marker={"color": ENTROPY_COLOR, "size": 9, "line": {"color": ENTROPY_EDGE_COLOR, "width": 1}},
             customdata=custom,
             hovertemplate=hover + "<extra></extra>",
         )
@@ -202,9 +152,9 @@ def fig_entropy_vs_prediction(neurons: pd.DataFrame) -> go.Figure:
     y = ``abs_delta_entropy`` (mean |ΔH| in nats). Entropy neurons sit high and
     to the left: they move the entropy a lot while barely changing the prediction.
     """
-    _check_columns(neurons, "fig_entropy_vs_prediction")
+    _check(neurons, "fig_entropy_vs_prediction")
     fig = go.Figure(_scatter_pair(neurons, "top1_change_frac", "abs_delta_entropy"))
-    _base_layout(
+    base_layout(
         fig,
         "Fig. 1 analogue: entropy vs prediction change under mean ablation (final-layer neurons)",
         "share of tokens whose top-1 prediction changes (fraction, 0–1)",
@@ -221,9 +171,9 @@ def fig_norm_vs_logitvar(neurons: pd.DataFrame) -> go.Figure:
     Entropy neurons have a large output-weight norm but a small, nearly constant
     direct effect on the logits (low ``logit_var``).
     """
-    _check_columns(neurons, "fig_norm_vs_logitvar")
+    _check(neurons, "fig_norm_vs_logitvar")
     fig = go.Figure(_scatter_pair(neurons, "w_out_norm", "logit_var"))
-    _base_layout(
+    base_layout(
         fig,
         "Fig. 2a analogue: output-weight norm vs logit-attribution variance",
         "‖w_out‖ (L2 norm of the neuron's output weights)",
@@ -235,90 +185,15 @@ def fig_norm_vs_logitvar(neurons: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def total_vs_direct_boxes(
-    neurons: pd.DataFrame,
-    mask: np.ndarray,
-    *,
-    group: str,
-    direct_col: str,
-    direct_label: str,
-    title: str,
-    no_group_text: str,
-    total_col: str = "TE",
-    total_label: str = "TE (total effect)",
-    n_random: int = 100,
-    seed: int = 0,
-) -> go.Figure:
-    """Box plots of a total and a direct effect: a flagged group vs a random baseline.
-
-    Shared by Fig. 2c (entropy neurons, ``DE``) and Fig. 3c (token frequency
-    neurons, ``DE_freq``).  Two box traces (named ``total_label`` and
-    ``direct_label``) grouped by category: ``"<group> (n=...)"`` (all rows where
-    ``mask`` is true) and ``"random neurons (n=...)"`` (``n_random`` other rows drawn
-    without replacement with ``numpy.random.default_rng(seed)``, kept in table
-    order; all of them if fewer exist).  With an empty group the figure carries
-    the annotation ``no_group_text``.
-    """
-    if n_random < 0:
-        raise ValueError("n_random must be >= 0")
-    mask = np.asarray(mask, dtype=bool)
-    if mask.shape != (len(neurons),):
-        raise ValueError(f"mask must have shape ({len(neurons)},), got {mask.shape}")
-    flagged = neurons[mask]
-    others = np.flatnonzero(~mask)
-    rng = np.random.default_rng(seed)
-    if len(others) > n_random:
-        chosen = np.sort(rng.choice(others, size=n_random, replace=False))
-    else:
-        chosen = others
-    rand = neurons.iloc[chosen]
-    group_label = f"{group} (n={len(flagged)})"
-    rand_label = f"random neurons (n={len(rand)})"
-
-    names = flagged["name"].astype(str).tolist() + rand["name"].astype(str).tolist()
-    x = [group_label] * len(flagged) + [rand_label] * len(rand)
-    fig = go.Figure()
-    for col, color, label in (
-        (total_col, "#4c72b0", total_label),
-        (direct_col, "#dd8452", direct_label),
-    ):
-        y = np.concatenate([_floats(flagged[col]), _floats(rand[col])])
-        fig.add_trace(
-            go.Box(
-                x=x,
-                y=y,
-                name=label,
-                marker={"color": color, "size": 4},
-                line={"color": color},
-                boxpoints="all",
-                jitter=0.35,
-                pointpos=0,
-                text=names,
-                hovertemplate="%{text}<br>" + col + " = %{y:.4g}<extra></extra>",
-            )
-        )
-    _base_layout(
-        fig,
-        title,
-        "neuron group",
-        "effect of mean ablation on loss (nats)",
-        boxmode="group",
-    )
-    fig.update_xaxes(categoryorder="array", categoryarray=[group_label, rand_label])
-    if not mask.any():
-        _note(fig, no_group_text)
-    return fig
-
-
 def fig_total_vs_direct(neurons: pd.DataFrame, n_random: int = 100, seed: int = 0) -> go.Figure:
     """Fig. 2c analogue: total vs direct effect for entropy neurons and a random baseline.
 
-    Two box traces (named ``"TE (total effect)"`` and ``"DE (direct effect)"``) grouped by category: ``"entropy neurons"``
-    (all flagged neurons) and ``"random neurons"`` (``n_random`` non-entropy neurons
+    Two box traces (named ``"TE (total effect)"`` and ``"DE (direct effect)"``) grouped by category:
+    ``"entropy neurons"`` (all flagged neurons) and ``"random neurons"`` (``n_random`` non-entropy neurons
     drawn without replacement with ``numpy.random.default_rng(seed)``; all of them if
     fewer exist). The gap between TE and DE is the LayerNorm-mediated effect.
     """
-    _check_columns(neurons, "fig_total_vs_direct")
+    _check(neurons, "fig_total_vs_direct")
     return total_vs_direct_boxes(
         neurons,
         _entropy_mask(neurons),
@@ -346,7 +221,7 @@ def fig_spectrum(
     effective null space used for ρ) are shaded.  ``cos_sv`` rows follow the row
     order of ``neurons``; its columns follow ``singular_values``.
     """
-    _check_columns(neurons, "fig_spectrum")
+    _check(neurons, "fig_spectrum")
     sv = np.asarray(singular_values, dtype=float).reshape(-1)
     cos = np.asarray(cos_sv, dtype=float)
     d_model = sv.shape[0]
@@ -374,7 +249,7 @@ def fig_spectrum(
     mask = _entropy_mask(neurons)
     positions = np.flatnonzero(mask)
     if len(positions):
-        share = _floats(neurons["ln_share"])[positions]
+        share = floats(neurons["ln_share"])[positions]
         # Largest ln_share first, NaN last; stable so ties keep table order.
         order = np.argsort(np.where(np.isnan(share), -np.inf, -share), kind="stable")
         positions = positions[order][:MAX_SPECTRUM_NEURONS]
@@ -419,7 +294,7 @@ def fig_spectrum(
             font={"size": 11, "color": ENTROPY_COLOR},
         )
 
-    _base_layout(
+    base_layout(
         fig,
         "Fig. 2d analogue: singular values of W_U and |cos| of entropy neurons' w_out with its singular vectors",
         "singular vector index (descending singular value)",
@@ -434,7 +309,7 @@ def fig_spectrum(
             "dtick": 0.2,
             "showgrid": False,
         },
-        legend={"orientation": "h", "x": 0.0, "y": -0.18},
+        legend=legend_below(),
     )
     fig.update_layout(margin={"r": 80, "b": 110})
     if not mask.any():
@@ -449,10 +324,10 @@ def fig_rho_vs_ln_share(neurons: pd.DataFrame, k: int) -> go.Figure:
     y = ``ln_share`` = 1 − DE/TE, colour = ``abs_delta_entropy``.  Both traces share
     one colour axis; entropy neurons are outlined in red and labelled.
     """
-    _check_columns(neurons, "fig_rho_vs_ln_share")
+    _check(neurons, "fig_rho_vs_ln_share")
     mask = _entropy_mask(neurons)
     other, ent = neurons[~mask], neurons[mask]
-    colour = _floats(neurons["abs_delta_entropy"])
+    colour = floats(neurons["abs_delta_entropy"])
     finite = colour[np.isfinite(colour)]
     cmin = float(finite.min()) if finite.size else 0.0
     cmax = float(finite.max()) if finite.size else 1.0
@@ -460,15 +335,15 @@ def fig_rho_vs_ln_share(neurons: pd.DataFrame, k: int) -> go.Figure:
         cmax = cmin + 1.0
 
     fig = go.Figure()
-    custom, hover = _hover_data(other)
+    custom, hover = hover_data(other)
     fig.add_trace(
         go.Scatter(
-            x=_floats(other["rho"]),
-            y=_floats(other["ln_share"]),
+            x=floats(other["rho"]),
+            y=floats(other["ln_share"]),
             mode="markers",
             name=OTHER_TRACE,
             marker={
-                "color": _floats(other["abs_delta_entropy"]),
+                "color": floats(other["abs_delta_entropy"]),
                 "coloraxis": "coloraxis",
                 "size": 7,
                 "opacity": 0.8,
@@ -478,18 +353,18 @@ def fig_rho_vs_ln_share(neurons: pd.DataFrame, k: int) -> go.Figure:
             hovertemplate=hover + "<br>|ΔH| = %{marker.color:.4g}<extra></extra>",
         )
     )
-    custom, hover = _hover_data(ent)
+    custom, hover = hover_data(ent)
     fig.add_trace(
         go.Scatter(
-            x=_floats(ent["rho"]),
-            y=_floats(ent["ln_share"]),
+            x=floats(ent["rho"]),
+            y=floats(ent["ln_share"]),
             mode="markers+text",
             name=ENTROPY_TRACE,
             text=ent["name"].astype(str).tolist(),
-            textposition=_label_positions(_floats(ent["rho"])),
+            textposition=label_positions(floats(ent["rho"])),
             textfont={"color": ENTROPY_COLOR, "size": 11},
             marker={
-                "color": _floats(ent["abs_delta_entropy"]),
+                "color": floats(ent["abs_delta_entropy"]),
                 "coloraxis": "coloraxis",
                 "size": 11,
                 "line": {"color": ENTROPY_COLOR, "width": 2.5},
@@ -498,7 +373,7 @@ def fig_rho_vs_ln_share(neurons: pd.DataFrame, k: int) -> go.Figure:
             hovertemplate=hover + "<br>|ΔH| = %{marker.color:.4g}<extra></extra>",
         )
     )
-    _base_layout(
+    base_layout(
         fig,
         f"Fig. 2e analogue: null-space projection ρ (k={int(k)}) vs LayerNorm-mediated effect",
         f"ρ = ‖V₀ᵀ w_out‖ / ‖w_out‖ (fraction of norm in bottom-{int(k)} singular directions of W_U)",
@@ -509,7 +384,7 @@ def fig_rho_vs_ln_share(neurons: pd.DataFrame, k: int) -> go.Figure:
             "cmax": cmax,
             "colorbar": {"title": {"text": "|ΔH| (nats)"}},
         },
-        legend={"orientation": "h", "x": 0.0, "y": -0.18},
+        legend=legend_below(),
     )
     fig.update_layout(margin={"b": 110})
     if not mask.any():

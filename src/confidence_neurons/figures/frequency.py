@@ -22,9 +22,9 @@ Conventions (the tests rely on them):
   coloured :data:`FREQ_COLOR` (green) and labelled by ``name``; it holds exactly
   the flagged rows;
 * entropy neurons that are not also token frequency neurons are in the red
-  :data:`~confidence_neurons.figures.entropy.ENTROPY_TRACE`, labelled;
+  :data:`~confidence_neurons.figures.style.ENTROPY_TRACE`, labelled;
 * every other neuron is in the grey
-  :data:`~confidence_neurons.figures.entropy.OTHER_TRACE`;
+  :data:`~confidence_neurons.figures.style.OTHER_TRACE`;
 * with no token frequency neuron flagged the figure still renders and carries
   the annotation :data:`NO_FREQ_TEXT`;
 * ``plotly_white`` template and a title naming the paper figure.
@@ -36,17 +36,23 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from confidence_neurons.figures.entropy import (
+from confidence_neurons.figures.effects import total_vs_direct_boxes
+from confidence_neurons.figures.style import (
     ENTROPY_COLOR,
     ENTROPY_TRACE,
+    FREQ_COLOR,
     OTHER_COLOR,
     OTHER_TRACE,
-    _base_layout,
-    _floats,
-    _hover_data,
-    _label_positions,
-    _note,
-    total_vs_direct_boxes,
+    OUTLINE_COLOR,
+    base_layout,
+    check_columns,
+    flag,
+    floats,
+    hover_data,
+    label_positions,
+    legend_below,
+    note,
+    vline,
 )
 
 __all__ = [
@@ -62,7 +68,6 @@ __all__ = [
     "pearson_r",
 ]
 
-FREQ_COLOR = "#2ca02c"  # green
 FREQ_TRACE = "token frequency neurons"
 NO_FREQ_TEXT = "no token frequency neurons under the current rule"
 KL_TOKENS_TRACE = "tokens"
@@ -70,7 +75,6 @@ KL_BINNED_TRACE = "mean KL per entropy bin"
 MAX_SCATTER_POINTS = 20_000
 _TOKEN_COLOR = "#1f77b4"
 _BINNED_COLOR = "#111111"
-_ZERO_LINE = {"color": "rgba(60,60,60,0.6)", "width": 1.2, "dash": "dash"}
 XTITLE_3B = "1 − DE_freq/TE (share of the loss effect mediated by the token frequency direction)"
 
 _REQUIRED = {
@@ -82,23 +86,13 @@ _REQUIRED = {
 # --------------------------------------------------------------------------- helpers
 
 
-def _check_columns(neurons: pd.DataFrame, func: str) -> None:
-    needed = set(_REQUIRED[func]) | {"is_token_frequency_neuron"}
-    missing = sorted(needed - set(neurons.columns))
-    if missing:
-        raise KeyError(f"{func}: `neurons` lacks column(s) {missing}")
-
-
-def _flag(neurons: pd.DataFrame, col: str) -> np.ndarray:
-    """Boolean mask from a flag column; missing column or values count as False."""
-    if col not in neurons.columns:
-        return np.zeros(len(neurons), dtype=bool)
-    return neurons[col].fillna(False).to_numpy(dtype=bool)
+def _check(neurons: pd.DataFrame, func: str) -> None:
+    check_columns(neurons, (*_REQUIRED[func], "is_token_frequency_neuron"), func)
 
 
 def _hover(df: pd.DataFrame) -> tuple[np.ndarray, str]:
     """customdata (name, TE, DE_freq, freq_share, v_freq_cos) and its hover template."""
-    return _hover_data(df, (("TE", "TE"), ("DE_freq", "DE_freq"), ("freq_share", "1 − DE_freq/TE"),
+    return hover_data(df, (("TE", "TE"), ("DE_freq", "DE_freq"), ("freq_share", "1 − DE_freq/TE"),
                             ("v_freq_cos", "cos(W_U·w_out, v_freq)")))
 
 
@@ -172,17 +166,17 @@ def fig_kl_vs_entropy(
             )
         )
     r_text = "n/a" if np.isnan(r) else f"{r:.3f}"
-    _base_layout(
+    base_layout(
         fig,
         f"Fig. 3a analogue: entropy of P_model vs KL(P_freq ‖ P_model) per token "
         f"(Pearson r = {r_text}, n = {n:,} tokens)",
         "entropy H(P_model) of the next-token distribution (nats)",
         "D_KL(P_freq ‖ P_model): distance from the unigram distribution (nats)",
-        legend={"orientation": "h", "x": 0.0, "y": -0.18},
+        legend=legend_below(),
     )
     fig.update_layout(margin={"b": 110})
     if n == 0:
-        _note(fig, "no finite (entropy, KL) pairs")
+        note(fig, "no finite (entropy, KL) pairs")
     return fig
 
 
@@ -200,9 +194,9 @@ def fig_freq_share_vs_dkl(neurons: pd.DataFrame, *, outlier_iqr: float = 3.0) ->
     ``freq_share`` (and below every flagged neuron) stay in the traces but lie
     left of the x range, and the x-axis title counts them.
     """
-    _check_columns(neurons, "fig_freq_share_vs_dkl")
-    freq = _flag(neurons, "is_token_frequency_neuron")
-    ent = _flag(neurons, "is_entropy_neuron") & ~freq
+    _check(neurons, "fig_freq_share_vs_dkl")
+    freq = flag(neurons, "is_token_frequency_neuron")
+    ent = flag(neurons, "is_entropy_neuron") & ~freq
     groups = (
         (neurons[~freq & ~ent], OTHER_TRACE, OTHER_COLOR, False),
         (neurons[ent], ENTROPY_TRACE, ENTROPY_COLOR, True),
@@ -211,10 +205,10 @@ def fig_freq_share_vs_dkl(neurons: pd.DataFrame, *, outlier_iqr: float = 3.0) ->
     fig = go.Figure()
     for df, name, color, labelled in groups:
         custom, hover = _hover(df)
-        x = _floats(df["freq_share"])
+        x = floats(df["freq_share"])
         trace = {
             "x": x,
-            "y": _floats(df["abs_delta_kl"]),
+            "y": floats(df["abs_delta_kl"]),
             "name": name,
             "customdata": custom,
             "hovertemplate": hover + "<br>|ΔKL| = %{y:.4g}<extra></extra>",
@@ -223,23 +217,23 @@ def fig_freq_share_vs_dkl(neurons: pd.DataFrame, *, outlier_iqr: float = 3.0) ->
             trace.update(
                 mode="markers+text",
                 text=df["name"].astype(str).tolist(),
-                textposition=_label_positions(x),
+                textposition=label_positions(x),
                 textfont={"color": color, "size": 11},
-                marker={"color": color, "size": 9, "line": {"color": "#333333", "width": 1}},
+                marker={"color": color, "size": 9, "line": {"color": OUTLINE_COLOR, "width": 1}},
             )
         else:
             trace.update(mode="markers", marker={"color": color, "size": 6, "opacity": 0.6})
         fig.add_trace(go.Scatter(**trace))
 
-    _base_layout(
+    base_layout(
         fig,
         "Fig. 3b analogue: token-frequency-mediated effect vs change in KL(P_freq ‖ P_model) under mean ablation",
         XTITLE_3B,
         "mean |ΔD_KL(P_freq ‖ P_model)| on mean ablation (nats)",
     )
-    fig.add_shape(type="line", xref="x", yref="paper", x0=0, x1=0, y0=0, y1=1, line=_ZERO_LINE)
+    vline(fig)
 
-    x_all = _floats(neurons["freq_share"])
+    x_all = floats(neurons["freq_share"])
     finite = x_all[np.isfinite(x_all)]
     if finite.size:
         q25, q75 = np.quantile(finite, [0.25, 0.75])
@@ -258,7 +252,7 @@ def fig_freq_share_vs_dkl(neurons: pd.DataFrame, *, outlier_iqr: float = 3.0) ->
                 "typically TE ≈ 0, lie left of the axis)",
             )
     if not freq.any():
-        _note(fig, NO_FREQ_TEXT)
+        note(fig, NO_FREQ_TEXT)
     return fig
 
 
@@ -274,12 +268,12 @@ def fig_total_vs_freq_direct(neurons: pd.DataFrame, n_random: int = 100, seed: i
     ``"random neurons (n=...)"`` (``n_random`` unflagged neurons drawn without
     replacement with ``numpy.random.default_rng(seed)``).  The gap between TE and
     DE_freq is the effect mediated by the token frequency direction.  Same
-    layout as Fig. 2c (:func:`~confidence_neurons.figures.entropy.total_vs_direct_boxes`).
+    layout as Fig. 2c (:func:`~confidence_neurons.figures.effects.total_vs_direct_boxes`).
     """
-    _check_columns(neurons, "fig_total_vs_freq_direct")
+    _check(neurons, "fig_total_vs_freq_direct")
     return total_vs_direct_boxes(
         neurons,
-        _flag(neurons, "is_token_frequency_neuron"),
+        flag(neurons, "is_token_frequency_neuron"),
         group=FREQ_TRACE,
         direct_col="DE_freq",
         direct_label="DE_freq (direct effect)",
