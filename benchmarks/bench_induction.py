@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from confidence_neurons.induction.run import InductionConfig, induction
+from confidence_neurons.commands.induction import InductionConfig, induction
 from confidence_neurons.models.loading import load_model
-from confidence_neurons.scan import ScanConfig
 
 
 def main() -> None:
@@ -24,7 +23,7 @@ def main() -> None:
     t0 = time.perf_counter()
     model = load_model(args.model)
     t_load = time.perf_counter() - t0
-    config = InductionConfig(data=ScanConfig(model=args.model), neurons=tuple(args.neurons.split(",")))
+    config = InductionConfig(model=args.model, neurons=tuple(args.neurons.split(",")))
     t0 = time.perf_counter()
     result = induction(model, config, progress=False)
     total = time.perf_counter() - t0

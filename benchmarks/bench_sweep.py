@@ -19,7 +19,10 @@ import time
 
 import torch
 
-from confidence_neurons.analysis.mediation import VARIANTS, FreqDirection, per_token_effects, run_forward, sweep
+from confidence_neurons.analysis.effects import VARIANTS, per_token_effects
+from confidence_neurons.analysis.forward import run_forward
+from confidence_neurons.analysis.frequency import FreqDirection
+from confidence_neurons.analysis.sweep import sweep
 from confidence_neurons.analysis.reference import brute_force_ablation
 from confidence_neurons.data.corpus import sample_token_sequences
 from confidence_neurons.data.unigrams import count_unigrams, p_freq, v_freq
@@ -89,18 +92,18 @@ def main() -> None:
 
     sample = torch.randperm(d_mlp, generator=torch.Generator().manual_seed(0))[: args.authors_sample]
     t0 = time.perf_counter()
-    te, de = authors_method(layer, cache.resid, cache.acts, cache.target, sample, sw.mean_act)
+    te, de = authors_method(layer, cache.resid, cache.acts, cache.target, sample, sw.mean_activation)
     t_auth = (time.perf_counter() - t0) * d_mlp / len(sample)
-    err = max((te - sw.abs_dloss["TE"][sample].double()).abs().max().item(),
-              (de - sw.abs_dloss["DE"][sample].double()).abs().max().item())
+    err = max((te - sw.TE[sample].double()).abs().max().item(),
+              (de - sw.DE[sample].double()).abs().max().item())
     print(f"authors' method, {len(sample)} neurons, extrapolated to {d_mlp}: {t_auth:.0f} s "
           f"-> closed form is {t_auth / t_closed:.1f}x faster; max |TE/DE difference| = {err:.2e}")
 
     fsample = sample[: args.forward_sample].tolist()
-    brute_force_ablation(model, layer, tokens[:1], fsample[0], float(sw.mean_act[fsample[0]]))  # warm-up
+    brute_force_ablation(model, layer, tokens[:1], fsample[0], float(sw.mean_activation[fsample[0]]))  # warm-up
     t0 = time.perf_counter()
     for i in fsample:
-        model.bridge.run_with_hooks(tokens, fwd_hooks=[(layer.act_hook, _mean_ablation_hook(i, float(sw.mean_act[i])))])
+        model.bridge.run_with_hooks(tokens, fwd_hooks=[(layer.act_hook, _mean_ablation_hook(i, float(sw.mean_activation[i])))])
     t_fwd = (time.perf_counter() - t0) * d_mlp * len(VARIANTS) / len(fsample)
     print(f"one real forward per neuron and variant, timed on {len(fsample)} neurons, extrapolated: {t_fwd:.0f} s "
           f"-> closed form is {t_fwd / t_closed:.1f}x faster")
@@ -125,16 +128,16 @@ def main() -> None:
     print(f"sweep with DE_freq and |dKL| (TE, DE, DE_freq): {t_freq:.1f} s against {t_plain:.1f} s for TE and DE "
           f"alone: +{100 * (t_freq / t_plain - 1):.1f}% (fastest of {len(freq_times)}; all runs: "
           f"{', '.join(f'{t:.1f}' for t in freq_times)} s with, {', '.join(f'{t:.1f}' for t in plain_times)} s without); "
-          f"{100 * float(sw_freq.n_exact['DE_freq'].mean()):.2f}% of (token, neuron) pairs took exact exponentials, "
+          f"{100 * float(sw_freq.de_freq_exact_share.mean()):.2f}% of (token, neuron) pairs took exact exponentials, "
           f"the rest the series")
     t0 = time.perf_counter()
     eff = per_token_effects(layer, cache, list(range(d_mlp)), freq=freq)
     t_exact = time.perf_counter() - t0
-    dl = (eff["DE_freq_loss"] - eff["loss"][:, None]).double()
-    err = max((dl.abs().mean(0) - sw_freq.abs_dloss["DE_freq"].double()).abs().max().item(),
-              (dl.mean(0) - sw_freq.dloss["DE_freq"].double()).abs().max().item())
+    dl = (eff.DE_freq.loss - eff.loss[:, None]).double()
+    err = max((dl.abs().mean(0) - sw_freq.DE_freq.double()).abs().max().item(),
+              (dl.mean(0) - sw_freq.mean_delta_loss_DE_freq.double()).abs().max().item())
     print(f"DE_freq by an exact third pass (per_token_effects, all neurons): {t_exact:.1f} s; "
-          f"max |DE_freq difference| = {err:.2e} (largest DE_freq {sw_freq.abs_dloss['DE_freq'].max():.3f})")
+          f"max |DE_freq difference| = {err:.2e} (largest DE_freq {sw_freq.DE_freq.max():.3f})")
 
 
 if __name__ == "__main__":

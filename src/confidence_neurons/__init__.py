@@ -4,11 +4,25 @@
     model = cn.load_model()                      # embedded SmolLM2-135M, or a hub id / directory / GGUF
     result = cn.scan(model, cn.ScanConfig(n_seqs=8))
     result.neurons                               # pandas DataFrame, one row per final-layer neuron
+    cn.inspect_neuron(model, cn.InspectConfig(neuron="29.830"))
+    cn.load_run("runs/demo")                     # the typed result a finished run wrote
 """
 
-from confidence_neurons.analysis.selection import EntropyNeuronRule
-from confidence_neurons.models.loading import load_model
-from confidence_neurons.scan import ScanConfig, ScanResult, run_scan, scan
-
-__all__ = ["EntropyNeuronRule", "ScanConfig", "ScanResult", "load_model", "run_scan", "scan"]
 __version__ = "0.1.0"
+
+from confidence_neurons.analysis.selection import EntropyNeuronRule, TokenFrequencyNeuronRule
+from confidence_neurons.commands import load_run
+from confidence_neurons.commands.induction import InductionConfig, InductionResult, induction
+from confidence_neurons.commands.induction import run as run_induction
+from confidence_neurons.commands.inspect import InspectConfig, InspectResult, inspect_neuron
+from confidence_neurons.commands.inspect import run as run_inspect
+from confidence_neurons.commands.scan import ScanConfig, ScanResult, scan
+from confidence_neurons.commands.scan import run as run_scan
+from confidence_neurons.errors import ConfigError, ToolkitError
+from confidence_neurons.models.loading import load_model
+
+__all__ = [
+    "ConfigError", "EntropyNeuronRule", "InductionConfig", "InductionResult", "InspectConfig", "InspectResult",
+    "ScanConfig", "ScanResult", "TokenFrequencyNeuronRule", "ToolkitError", "induction", "inspect_neuron",
+    "load_model", "load_run", "run_induction", "run_inspect", "run_scan", "scan",
+]

@@ -1,50 +1,211 @@
-"""Run directories: one folder per run holding config.json, tables, figures and the report.
+"""Run directories: the one place that reads and writes a run's files.
 
-A run directory is only created once the inputs have been validated, so bad input leaves
-nothing behind. Re-running the same command on the same directory resumes it (finished sweep
-chunks are kept in ``checkpoints/``); a directory that holds a different run is refused.
+A run directory holds ``config.json`` (kind, settings, fingerprint, status, provenance), the
+token ids, tables (parquet, some also as csv), arrays (npy), figures (interactive HTML and PNG),
+``report.html`` and the sweep's checkpoints. Every file is written through :func:`atomic_write`
+(a uniquely named temporary file in the same folder, then a rename), so a run stopped at any
+point leaves whole files or none.
+
+A directory is only created once the inputs have been validated, so bad input leaves nothing
+behind. Opening a directory that holds an earlier attempt of the same run (same kind and
+fingerprint) resumes it; one that holds a different run, or files that are not a run, is refused.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 
-class RunDirError(ValueError):
-    pass
+from confidence_neurons.errors import ToolkitError
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_write_parquet(path: Path, table) -> None:
-    """A pandas DataFrame as parquet, written to a temporary file first so a stopped run leaves no half file."""
-    tmp = path.with_name(path.name + ".tmp")
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+CONFIG = "config.json"
+REPORT = "report.html"
+FIGURES = "figures"
+CHECKPOINTS = "checkpoints"
 
 
-def prepare_run_dir(path: Path, fingerprint: dict[str, Any]) -> bool:
-    """Create ``path`` for a run with this fingerprint; return True when resuming an earlier attempt."""
-    config = path / "config.json"
-    if path.exists() and any(path.iterdir()):
-        if not config.exists():
-            raise RunDirError(f"output directory {path} is not empty and holds no run; choose another --out")
-        earlier = json.loads(config.read_text()).get("fingerprint")
-        if earlier != fingerprint:
-            raise RunDirError(
-                f"output directory {path} already holds a different run; choose another --out or delete that directory"
-            )
-        return True
-    path.mkdir(parents=True, exist_ok=True)
-    return False
+class RunDirError(ToolkitError, ValueError):
+    """The output directory cannot take this run."""
 
 
-def write_config(path: Path, config: dict[str, Any]) -> None:
-    atomic_write_text(path / "config.json", json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+def atomic_write(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a uniquely named temporary file in the same folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
+
+
+@dataclass(frozen=True)
+class CheckpointStore:
+    """Finished pieces of a long computation, each stamped with the settings and data it was made from.
+
+    ``load`` returns a piece only when its stamp equals the one asked for, so a piece made by other
+    settings, data or an older format is recomputed rather than misread."""
+
+    folder: Path
+
+    def load(self, name: str, stamp: dict) -> dict[str, np.ndarray] | None:
+        path = self.folder / f"{name}.npz"
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as saved:
+            if "stamp" not in saved or json.loads(str(saved["stamp"])) != stamp:
+                return None
+            return {k: saved[k] for k in saved.files if k != "stamp"}
+
+    def save(self, name: str, stamp: dict, arrays: dict[str, np.ndarray]) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, stamp=np.asarray(json.dumps(stamp, sort_keys=True)), **arrays)
+        atomic_write(self.folder / f"{name}.npz", buf.getvalue())
+
+    def names(self) -> list[str]:
+        return sorted(p.stem for p in self.folder.glob("*.npz")) if self.folder.is_dir() else []
+
+
+class RunDir:
+    """One run's folder. ``RunDir.open`` creates or resumes it; ``RunDir(path)`` only reads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.resumed = False
+        self._record: dict[str, Any] = {}
+
+    @classmethod
+    def open(cls, path: Path, *, kind: str, fingerprint: dict[str, Any]) -> RunDir:
+        """Create ``path`` for a ``kind`` run with this fingerprint, or resume an earlier attempt of it."""
+        rd = cls(path)
+        if rd.path.exists() and not rd.path.is_dir():
+            raise RunDirError(f"--out {rd.path} is a file, not a directory; choose another --out")
+        if rd.path.is_dir() and any(rd.path.iterdir()):
+            if not (rd.path / CONFIG).is_file():
+                raise RunDirError(f"output directory {rd.path} is not empty and holds no run; choose another --out")
+            earlier = rd.read_config()
+            if earlier.get("fingerprint") != fingerprint or earlier.get("kind", kind) != kind:
+                raise RunDirError(f"output directory {rd.path} already holds a different run; "
+                                  "choose another --out or delete that directory")
+            rd.resumed = True
+        rd.path.mkdir(parents=True, exist_ok=True)
+        rd._record = {"kind": kind, "fingerprint": fingerprint}
+        return rd
+
+    # ------------------------------------------------------------------ config.json and status
+
+    def write_config(self, **record: Any) -> None:
+        """Merge ``record`` into config.json (kind, fingerprint, config, status, settings, provenance, ...)."""
+        self._record.update(record)
+        atomic_write(self.path / CONFIG, _json_bytes(self._record))
+
+    def set_status(self, status: str, **extra: Any) -> None:
+        self.write_config(status=status, **extra)
+
+    def read_config(self) -> dict[str, Any]:
+        path = self.path / CONFIG
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise RunDirError(f"{self.path} holds no run (no {CONFIG})") from None
+        except json.JSONDecodeError as exc:
+            raise RunDirError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+    # ------------------------------------------------------------------ data files
+
+    def table(self, name: str, df: pd.DataFrame, *, csv: bool = False) -> None:
+        """``name.parquet`` (and ``name.csv`` with ``csv``)."""
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        atomic_write(self.path / f"{name}.parquet", buf.getvalue())
+        if csv:
+            atomic_write(self.path / f"{name}.csv", df.to_csv(index=False).encode("utf-8"))
+
+    def csv(self, name: str, df: pd.DataFrame) -> None:
+        atomic_write(self.path / f"{name}.csv", df.to_csv(index=False).encode("utf-8"))
+
+    def array(self, name: str, array: np.ndarray) -> None:
+        atomic_write(self.path / f"{name}.npy", npy_bytes(array))
+
+    def json(self, name: str, obj: Any) -> None:
+        atomic_write(self.path / f"{name}.json", _json_bytes(obj))
+
+    def read_table(self, name: str) -> pd.DataFrame:
+        return pd.read_parquet(self.path / f"{name}.parquet")
+
+    def read_csv(self, name: str, **kwargs: Any) -> pd.DataFrame:
+        return pd.read_csv(self.path / f"{name}.csv", **kwargs)
+
+    def read_array(self, name: str) -> np.ndarray:
+        return np.load(self.path / f"{name}.npy", allow_pickle=False)
+
+    def read_json(self, name: str) -> Any:
+        return json.loads((self.path / f"{name}.json").read_text())
+
+    def has(self, name: str) -> bool:
+        return (self.path / name).exists()
+
+    def tables(self) -> list[str]:
+        return sorted(p.stem for p in self.path.glob("*.parquet"))
+
+    # ------------------------------------------------------------------ figures and report
+
+    def figure(self, stem: str, fig) -> None:
+        """``figures/stem.html`` (interactive, beside one shared plotly.min.js) and ``figures/stem.png``."""
+        from confidence_neurons.figures.export import PLOTLYJS_FILENAME, figure_html, plotlyjs_source
+        from confidence_neurons.figures.png import figure_to_png
+
+        if not stem or Path(stem).name != stem or stem in {".", ".."}:
+            raise ValueError(f"a figure's stem must be a plain file name, got {stem!r}")
+        folder = self.path / FIGURES
+        js = folder / PLOTLYJS_FILENAME
+        if not js.is_file():
+            atomic_write(js, plotlyjs_source().encode("utf-8"))
+        atomic_write(folder / f"{stem}.html", figure_html(fig).encode("utf-8"))
+        atomic_write(folder / f"{stem}.png", figure_to_png(fig))
+
+    def figures(self, figs: dict[str, Any]) -> None:
+        for stem, fig in figs.items():
+            self.figure(stem, fig)
+
+    def report(self, *, title: str, settings: dict, sections: list) -> Path:
+        """``report.html``: one self-contained page with the figures, tables and settings."""
+        from confidence_neurons.report.html import render_report
+
+        text = render_report(title=title, settings=settings, sections=sections)
+        return atomic_write(self.path / REPORT, text.encode("utf-8"))
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / REPORT
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @property
+    def checkpoints(self) -> CheckpointStore:
+        return CheckpointStore(self.path / CHECKPOINTS)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from confidence_neurons.analysis.activity import parse_neuron
-from confidence_neurons.analysis.mediation import per_token_effects, run_forward
+from confidence_neurons.analysis.effects import per_token_effects
+from confidence_neurons.analysis.forward import run_forward
 from confidence_neurons.cli import main
 from confidence_neurons.models.final_layer import final_layer
 from tests.cli.test_scan_cli import corpus, tiny_model  # noqa: F401  (fixtures)
@@ -32,10 +33,10 @@ def test_clip_changes_nothing_below_the_mean_and_equals_mean_ablation_above(setu
     assert above.any() and (~above).any(), "the test needs tokens on both sides of the mean"
     for v in ("TE", "DE"):
         for q in ("loss", "entropy"):
-            untouched = (clip[f"{v}_{q}"] - clip[q][:, None])[~above]
+            untouched = (getattr(clip.variant(v), q) - getattr(clip, q)[:, None])[~above]
             assert untouched.abs().max() < 1e-6
-            torch.testing.assert_close(clip[f"{v}_{q}"][above], full[f"{v}_{q}"][above])
-        assert (full[f"{v}_loss"] - full["loss"][:, None])[~above].abs().max() > 1e-4, "mean ablation must differ"
+            torch.testing.assert_close(getattr(clip.variant(v), q)[above], getattr(full.variant(v), q)[above])
+        assert (full.variant(v).loss - full.loss[:, None])[~above].abs().max() > 1e-4, "mean ablation must differ"
 
 
 def test_parse_neuron(setup):

@@ -16,14 +16,17 @@ import pytest
 import torch
 
 from confidence_neurons.analysis.kernel import c_kernel_available, softmax_stats, softmax_stats_torch
-from confidence_neurons.analysis.mediation import ForwardCache, per_token_effects, run_forward, sweep
+from confidence_neurons.analysis.effects import per_token_effects
+from confidence_neurons.analysis.forward import ForwardCache, run_forward
+from confidence_neurons.analysis.sweep import BASE_FIELDS, sweep
+from confidence_neurons.rundir import CheckpointStore
 from confidence_neurons.analysis.reference import brute_force_ablation, clean_token_stats
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
 from confidence_neurons.models.loading import LoadedModel
 from tests.tiny import ARCHITECTURES, load_tiny, random_tokens
 
 TOL = 1e-4
-FIELDS = ("abs_dloss", "dloss", "abs_dentropy", "top1_change")
+SUFFIX = {"TE": "", "DE": "_DE"}  # NeuronEffects field suffix per variant
 VARIANT_FREEZE = {"TE": False, "DE": True}
 
 
@@ -64,14 +67,14 @@ def test_closed_form_equals_brute_force(setup: Setup, mode: str):
     eff = per_token_effects(setup.layer, setup.cache, neurons, mode=mode)
     clean = clean_token_stats(setup.model, setup.tokens)
     for key in ("loss", "entropy"):
-        torch.testing.assert_close(eff[key].double(), clean[key], atol=TOL, rtol=0)
+        torch.testing.assert_close(getattr(eff, key).double(), clean[key], atol=TOL, rtol=0)
     for j, neuron in enumerate(neurons):
         brute = {v: brute_force_ablation(setup.model, setup.layer, setup.tokens, neuron, float(mean[neuron]),
                                          mode=mode, freeze_scale=freeze)
                  for v, freeze in VARIANT_FREEZE.items()}
         for v in VARIANT_FREEZE:
             for key in ("loss", "entropy"):
-                torch.testing.assert_close(eff[f"{v}_{key}"][:, j].double(), brute[v][key], atol=TOL, rtol=0,
+                torch.testing.assert_close(getattr(eff.variant(v), key)[:, j].double(), brute[v][key], atol=TOL, rtol=0,
                                            msg=lambda m: f"{setup.arch} {mode} {v} {key} neuron {neuron}: {m}")
         # The comparison means something only if the ablation moves the output, and freezing the scale matters.
         assert (brute["TE"]["loss"] - clean["loss"]).abs().max() > 1e-3
@@ -90,9 +93,9 @@ def test_ablation_that_changes_nothing_has_no_effect(setup: Setup):
     for e in (eff, eff_one):
         for v in VARIANT_FREEZE:
             for key in ("loss", "entropy"):
-                diff = (e[f"{v}_{key}"] - e[key][:, None]).abs().max().item()
+                diff = (getattr(e.variant(v), key) - getattr(e, key)[:, None]).abs().max().item()
                 assert diff < 1e-6, f"{v} {key} moved by {diff} under an empty ablation"
-            assert not e[f"{v}_top1_changed"].any()
+            assert not e.variant(v).top1_changed.any()
     brute = brute_force_ablation(setup.model, layer, setup.tokens, neurons[0], float(above[neurons[0]]),
                                  mode="clip", freeze_scale=False)
     clean = clean_token_stats(setup.model, setup.tokens)
@@ -109,26 +112,26 @@ def gpt2(tmp_path_factory) -> Setup:
 
 
 def assert_same_sweep(a, b):
-    torch.testing.assert_close(a.mean_act, b.mean_act, atol=0, rtol=0)
-    for f in FIELDS:
-        for v in VARIANT_FREEZE:
-            torch.testing.assert_close(getattr(a, f)[v], getattr(b, f)[v], atol=1e-9, rtol=1e-6,
-                                       msg=lambda m: f"{f}[{v}]: {m}")
+    torch.testing.assert_close(a.mean_activation, b.mean_activation, atol=0, rtol=0)
+    for f in BASE_FIELDS:
+        torch.testing.assert_close(getattr(a, f), getattr(b, f), atol=1e-9, rtol=1e-6, msg=lambda m: f"{f}: {m}")
 
 
 def test_sweep_agrees_with_per_token_effects(gpt2: Setup):
     layer, cache = gpt2.layer, gpt2.cache
     res = sweep(layer, cache, neuron_chunk=48, token_chunk=20, progress=False)
     eff = per_token_effects(layer, cache, list(range(layer.d_mlp)))
-    torch.testing.assert_close(res.mean_act, cache.acts.mean(0))
+    torch.testing.assert_close(res.mean_activation, cache.acts.mean(0))
     for v in VARIANT_FREEZE:
-        dloss = (eff[f"{v}_loss"] - eff["loss"][:, None]).double()
-        torch.testing.assert_close(res.abs_dloss[v].double(), dloss.abs().mean(0), atol=1e-6, rtol=1e-4)
-        torch.testing.assert_close(res.dloss[v].double(), dloss.mean(0), atol=1e-6, rtol=1e-4)
-        dent = (eff[f"{v}_entropy"] - eff["entropy"][:, None]).double().abs().mean(0)
-        torch.testing.assert_close(res.abs_dentropy[v].double(), dent, atol=1e-6, rtol=1e-4)
-        torch.testing.assert_close(res.top1_change[v].double(), eff[f"{v}_top1_changed"].double().mean(0))
-    assert res.abs_dloss["TE"].max() > 1e-3
+        dloss = (eff.variant(v).loss - eff.loss[:, None]).double()
+        torch.testing.assert_close(getattr(res, v).double(), dloss.abs().mean(0), atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(getattr(res, f"mean_delta_loss{SUFFIX[v]}").double(), dloss.mean(0), atol=1e-6,
+                                   rtol=1e-4)
+        dent = (eff.variant(v).entropy - eff.entropy[:, None]).double().abs().mean(0)
+        torch.testing.assert_close(getattr(res, f"abs_delta_entropy{SUFFIX[v]}").double(), dent, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(getattr(res, f"top1_change_frac{SUFFIX[v]}").double(),
+                                   eff.variant(v).top1_changed.double().mean(0))
+    assert res.TE.max() > 1e-3
 
 
 def test_sweep_resumes_from_checkpoints(gpt2: Setup, tmp_path: Path):
@@ -146,7 +149,7 @@ def test_sweep_resumes_from_checkpoints(gpt2: Setup, tmp_path: Path):
             if fail_after is not None and len(done) >= fail_after:
                 raise KeyboardInterrupt("interrupted by the test")
 
-        res = sweep(layer, cache, mode=mode, neuron_chunk=chunk, checkpoint_dir=directory, progress=False,
+        res = sweep(layer, cache, mode=mode, neuron_chunk=chunk, checkpoints=CheckpointStore(directory), progress=False,
                     on_chunk=on_chunk)
         return res, done
 

@@ -29,14 +29,11 @@ from confidence_neurons.analysis.kernel import (
     series_orders,
     softmax_stats,
 )
-from confidence_neurons.analysis.mediation import (
-    FREQ_SERIES_TOL,
-    ForwardCache,
-    FreqDirection,
-    per_token_effects,
-    run_forward,
-    sweep,
-)
+from confidence_neurons.analysis.effects import FREQ_SERIES_TOL, per_token_effects
+from confidence_neurons.analysis.forward import ForwardCache, run_forward
+from confidence_neurons.analysis.frequency import FreqDirection
+from confidence_neurons.analysis.sweep import sweep
+from confidence_neurons.rundir import CheckpointStore
 from confidence_neurons.analysis.reference import brute_force_ablation, clean_token_stats
 from confidence_neurons.data.unigrams import v_freq
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
@@ -181,13 +178,13 @@ def test_de_freq_and_kl_equal_brute_force(setup: Setup):
     mean = cache.acts.mean(0)
     eff = per_token_effects(layer, cache, neurons, freq=freq)
     clean = clean_token_stats(setup.model, setup.tokens, p_freq=freq.p)
-    torch.testing.assert_close(eff["kl"].double(), clean["kl"], atol=TOL, rtol=0)
+    torch.testing.assert_close(eff.kl.double(), clean["kl"], atol=TOL, rtol=0)
     for j, neuron in enumerate(neurons):
         te = brute_force_ablation(setup.model, layer, setup.tokens, neuron, float(mean[neuron]), p_freq=freq.p)
         de_freq = brute_force_ablation(setup.model, layer, setup.tokens, neuron, float(mean[neuron]), v_freq=freq.v)
         msg = f"{setup.name} neuron {neuron}"
-        torch.testing.assert_close(eff["TE_kl"][:, j].double(), te["kl"], atol=TOL, rtol=0, msg=lambda m: f"{msg} KL: {m}")
-        torch.testing.assert_close(eff["DE_freq_loss"][:, j].double(), de_freq["loss"], atol=TOL, rtol=0,
+        torch.testing.assert_close(eff.kl_TE[:, j].double(), te["kl"], atol=TOL, rtol=0, msg=lambda m: f"{msg} KL: {m}")
+        torch.testing.assert_close(eff.DE_freq.loss[:, j].double(), de_freq["loss"], atol=TOL, rtol=0,
                                    msg=lambda m: f"{msg} DE_freq: {m}")
         # Meaningful only if holding the v_freq component changes the loss.
         assert (de_freq["loss"] - te["loss"]).abs().max() > 1e-3, msg
@@ -201,21 +198,21 @@ def test_sweep_de_freq_equals_the_exact_pass(arch, tmp_path):
     s = _setup(arch, model, seed=5)
     freq = zipf_freq(s.layer.d_vocab, seed=5, exponent=2.0)
     eff = per_token_effects(s.layer, s.cache, list(range(s.layer.d_mlp)), freq=freq)
-    dloss = (eff["DE_freq_loss"] - eff["loss"][:, None]).double()
-    dkl = (eff["TE_kl"] - eff["kl"][:, None]).double().abs().mean(0)
+    dloss = (eff.DE_freq.loss - eff.loss[:, None]).double()
+    dkl = (eff.kl_TE - eff.kl[:, None]).double().abs().mean(0)
     exact_share = {}
     for tol in (FREQ_SERIES_TOL, 1e-12, 0.0):  # 0: every pair by exact exponentials
         res = sweep(s.layer, s.cache, freq=freq, neuron_chunk=24, token_chunk=20, progress=False, freq_tol=tol)
         msg = lambda m: f"tol {tol}: {m}"  # noqa: E731
-        torch.testing.assert_close(res.abs_dloss["DE_freq"].double(), dloss.abs().mean(0), atol=1e-6, rtol=1e-4,
+        torch.testing.assert_close(res.DE_freq.double(), dloss.abs().mean(0), atol=1e-6, rtol=1e-4,
                                    msg=msg)
-        torch.testing.assert_close(res.dloss["DE_freq"].double(), dloss.mean(0), atol=1e-6, rtol=1e-4, msg=msg)
-        torch.testing.assert_close(res.abs_dkl["TE"].double(), dkl, atol=1e-6, rtol=1e-4, msg=msg)
-        exact_share[tol] = float(res.n_exact["DE_freq"].mean())
-    assert res.abs_dloss["DE_freq"].max() > 1e-3
+        torch.testing.assert_close(res.mean_delta_loss_DE_freq.double(), dloss.mean(0), atol=1e-6, rtol=1e-4, msg=msg)
+        torch.testing.assert_close(res.abs_delta_kl.double(), dkl, atol=1e-6, rtol=1e-4, msg=msg)
+        exact_share[tol] = float(res.de_freq_exact_share.mean())
+    assert res.DE_freq.max() > 1e-3
     twin = sweep(s.layer, s.cache, freq=freq, neuron_chunk=24, token_chunk=20, progress=False, backend="torch")
-    torch.testing.assert_close(twin.abs_dloss["DE_freq"].double(), dloss.abs().mean(0), atol=1e-6, rtol=1e-4)
-    assert float(twin.n_exact["DE_freq"].mean()) > 0.95, "the torch twin takes every pair exactly"
+    torch.testing.assert_close(twin.DE_freq.double(), dloss.abs().mean(0), atol=1e-6, rtol=1e-4)
+    assert float(twin.de_freq_exact_share.mean()) > 0.95, "the torch twin takes every pair exactly"
     if c_kernel_available():  # the torch twin is always exact
         assert exact_share[FREQ_SERIES_TOL] < 0.5, "the series should serve most pairs"
         assert 0 < exact_share[1e-12] < 1 and exact_share[0.0] > 0.95, exact_share
@@ -229,14 +226,14 @@ def test_sweep_with_freq_resumes_from_checkpoints(tmp_path):
         raise KeyboardInterrupt("interrupted by the test")
 
     ckpt = tmp_path / "ckpt"
-    sweep(s.layer, s.cache, neuron_chunk=32, checkpoint_dir=ckpt, progress=False)  # a run without P_freq
+    sweep(s.layer, s.cache, neuron_chunk=32, checkpoints=CheckpointStore(ckpt), progress=False)  # a run without P_freq
     with pytest.raises(KeyboardInterrupt):
-        sweep(s.layer, s.cache, freq=s.freq, neuron_chunk=32, checkpoint_dir=ckpt, progress=False,
+        sweep(s.layer, s.cache, freq=s.freq, neuron_chunk=32, checkpoints=CheckpointStore(ckpt), progress=False,
               on_chunk=fail_after_first)
     done: list[int] = []
-    res = sweep(s.layer, s.cache, freq=s.freq, neuron_chunk=32, checkpoint_dir=ckpt, progress=False,
+    res = sweep(s.layer, s.cache, freq=s.freq, neuron_chunk=32, checkpoints=CheckpointStore(ckpt), progress=False,
                 on_chunk=lambda k0, n: done.append(k0))
     assert done == list(range(32, s.layer.d_mlp, 32)), "only the first chunk is read back"
-    for f in ("abs_dloss", "dloss"):
-        torch.testing.assert_close(getattr(res, f)["DE_freq"], getattr(reference, f)["DE_freq"], atol=0, rtol=0)
-    torch.testing.assert_close(res.abs_dkl["TE"], reference.abs_dkl["TE"], atol=0, rtol=0)
+    for f in ("DE_freq", "mean_delta_loss_DE_freq"):
+        torch.testing.assert_close(getattr(res, f), getattr(reference, f), atol=0, rtol=0)
+    torch.testing.assert_close(res.abs_delta_kl, reference.abs_delta_kl, atol=0, rtol=0)

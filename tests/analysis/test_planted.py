@@ -25,7 +25,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from confidence_neurons.analysis.mediation import ForwardCache, SweepResult, per_token_effects, run_forward, sweep
+from confidence_neurons.analysis.effects import per_token_effects
+from confidence_neurons.analysis.forward import ForwardCache, run_forward
+from confidence_neurons.analysis.sweep import NeuronEffects, sweep
 from confidence_neurons.analysis.weights import WeightStats, weight_stats
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
 from tests.tiny import load_tiny, random_tokens
@@ -82,11 +84,11 @@ class Planted:
     layer: FinalLayer
     cache: ForwardCache
     ws: WeightStats
-    sw: SweepResult
+    sw: NeuronEffects
 
     @property
     def ln_share(self) -> torch.Tensor:
-        return 1 - self.sw.abs_dloss["DE"] / self.sw.abs_dloss["TE"]
+        return 1 - self.sw.DE / self.sw.TE
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
@@ -121,18 +123,18 @@ def test_planted_entropy_neuron_is_in_the_null_space(planted: Planted):
 
 
 def test_planted_entropy_neuron_acts_through_the_norm(planted: Planted):
-    te, de, share = planted.sw.abs_dloss["TE"], planted.sw.abs_dloss["DE"], planted.ln_share
+    te, de, share = planted.sw.TE, planted.sw.DE, planted.ln_share
     median_te = te.median()
     assert te[NEURON_A] > 0.02 and te[NEURON_A] > 3 * median_te, f"TE of A {te[NEURON_A]:.3g} is negligible"
     assert de[NEURON_A] < 1e-4 * te[NEURON_A]
     assert share[NEURON_A] > 0.9
-    assert planted.sw.abs_dentropy["TE"][NEURON_A] > 3 * planted.sw.abs_dentropy["TE"].median()
+    assert planted.sw.abs_delta_entropy[NEURON_A] > 3 * planted.sw.abs_delta_entropy.median()
     assert te[NEURON_B] > 3 * median_te, "B must be a strong neuron for the contrast to mean anything"
     assert share[NEURON_B] < 0.5
     # Per token: freezing the scale removes all of A's effect.
     eff = per_token_effects(planted.layer, planted.cache, [NEURON_A])
-    assert (eff["DE_loss"][:, 0] - eff["loss"]).abs().max() < 1e-5
-    assert (eff["TE_loss"][:, 0] - eff["loss"]).abs().max() > 0.1
+    assert (eff.DE.loss[:, 0] - eff.loss).abs().max() < 1e-5
+    assert (eff.TE.loss[:, 0] - eff.loss).abs().max() > 0.1
 
 
 def test_entropy_neuron_rule_flags_only_the_planted_neuron(planted: Planted):
@@ -141,7 +143,7 @@ def test_entropy_neuron_rule_flags_only_the_planted_neuron(planted: Planted):
     from confidence_neurons.analysis.selection import EntropyNeuronRule, select_entropy_neurons
 
     table = pd.DataFrame({"rho": planted.ws.rho.numpy(), "ln_share": planted.ln_share.numpy(),
-                          "TE": planted.sw.abs_dloss["TE"].numpy()})
+                          "TE": planted.sw.TE.numpy()})
     flagged = select_entropy_neurons(table, EntropyNeuronRule())
     assert bool(flagged[NEURON_A]) and not bool(flagged[NEURON_B])
     assert flagged.index[flagged].tolist() == [NEURON_A]

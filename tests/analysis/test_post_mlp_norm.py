@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from confidence_neurons.analysis.mediation import per_token_effects, run_forward
+from confidence_neurons.analysis.effects import per_token_effects
+from confidence_neurons.analysis.forward import run_forward
 from confidence_neurons.analysis.reference import brute_force_ablation
 from confidence_neurons.models.final_layer import final_layer
 from confidence_neurons.models.loading import load_model
@@ -48,9 +49,9 @@ def test_closed_form_through_the_post_mlp_norm(version, softcap, tmp_path):
             for variant, freeze in (("TE", False), ("DE", True)):
                 brute = brute_force_ablation(model, layer, tokens, neuron, float(mean[neuron]), mode=mode,
                                              freeze_scale=freeze)
-                assert (brute["loss"] - closed[f"{variant}_loss"][:, j]).abs().max() < TOL
-                assert (brute["entropy"] - closed[f"{variant}_entropy"][:, j]).abs().max() < TOL
-        assert (closed["TE_loss"] - closed["loss"][:, None]).abs().max() > 0.05, "the ablations must do something"
+                assert (brute["loss"] - closed.variant(variant).loss[:, j]).abs().max() < TOL
+                assert (brute["entropy"] - closed.variant(variant).entropy[:, j]).abs().max() < TOL
+        assert (closed.TE.loss - closed.loss[:, None]).abs().max() > 0.05, "the ablations must do something"
 
 
 def test_without_the_post_norm_term_the_closed_form_would_be_wrong(tmp_path):
@@ -64,13 +65,14 @@ def test_without_the_post_norm_term_the_closed_form_would_be_wrong(tmp_path):
     neuron = int(cache.acts.std(0).argmax())
     brute = brute_force_ablation(model, layer, tokens, neuron, float(cache.acts.mean(0)[neuron]))
     naive = per_token_effects(replace(layer, post_mlp_norm=None), replace(cache, mlp_out=None), [neuron])
-    assert (brute["loss"] - naive["TE_loss"][:, 0]).abs().max() > 10 * TOL
+    assert (brute["loss"] - naive.TE.loss[:, 0]).abs().max() > 10 * TOL
 
 
 def test_scan_of_a_soft_capped_model_skips_only_the_frequency_part(tmp_path):
     import numpy as np
 
-    from confidence_neurons.scan import ScanConfig, scan
+    from confidence_neurons.commands.scan import ScanConfig, scan, write
+    from confidence_neurons.rundir import RunDir
 
     model = _tiny_gemma(2, 30.0, tmp_path / "m")
     corpus = tmp_path / "corpus.txt"
@@ -80,7 +82,6 @@ def test_scan_of_a_soft_capped_model_skips_only_the_frequency_part(tmp_path):
     assert np.isfinite(t["TE"]).all() and np.isfinite(t["DE"]).all()
     assert t["DE_freq"].isna().all() and not t["is_token_frequency_neuron"].any()
     assert result.settings["token_frequency_analysis"] is False and result.settings["post_mlp_norm"] is True
-    from confidence_neurons.outputs import write_scan_outputs
-
-    (tmp_path / "run").mkdir()
-    assert write_scan_outputs(result, tmp_path / "run").is_file()
+    rd = RunDir.open(tmp_path / "run", kind="scan", fingerprint=result.config.fingerprint())
+    write(rd, result)
+    assert rd.report_path.is_file() and (tmp_path / "run" / "figures" / "fig3b_freq_share_vs_dkl.png").is_file()

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from confidence_neurons.cli import main
-from confidence_neurons.scan import NEURON_COLUMNS
+from confidence_neurons.analysis.table import NEURON_COLUMNS
 from tests.tiny import N_SPECIAL, VOCAB_SIZE, make_tiny_dir
 
 RUN_FILES = ["config.json", "tokens.npy", "neurons.parquet", "neurons.csv", "spectrum.csv", "cos_sv.npy",

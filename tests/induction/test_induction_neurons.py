@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from confidence_neurons.analysis.mediation import ForwardCache, per_token_effects, run_forward
+from confidence_neurons.analysis.effects import per_token_effects
+from confidence_neurons.analysis.forward import ForwardCache, run_forward
 from confidence_neurons.analysis.reference import brute_force_ablation, clean_token_stats
 from confidence_neurons.induction.neurons import (
     acts_by_position,
@@ -171,7 +172,7 @@ def test_natural_induction_effects_at_repeat_positions(setup: Setup):
     assert (df.loc[~df["clipped"], ["delta_entropy", "delta_loss"]] == 0).all().all()
     eff = per_token_effects(setup.layer, setup.cache, [neuron], mode="clip", mean_act=reference)
     flat = [s * 16 + p for s, p in zip(df["seq"], df["position"])]
-    np.testing.assert_allclose(df["delta_entropy"], (eff["TE_entropy"][flat, 0] - eff["entropy"][flat]).numpy(),
+    np.testing.assert_allclose(df["delta_entropy"], (eff.TE.entropy[flat, 0] - eff.entropy[flat]).numpy(),
                                atol=1e-5)
     acts = setup.cache.acts.double()
     first = [s * 16 + p for s in range(5) for p in (1, 2, 3, 4)]

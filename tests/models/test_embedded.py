@@ -27,7 +27,7 @@ def gguf():
 def test_embedded_bridge_matches_transformers(gguf):
     from transformers import AutoModelForCausalLM
 
-    from confidence_neurons.analysis.mediation import run_forward
+    from confidence_neurons.analysis.forward import run_forward
     from confidence_neurons.models.final_layer import final_layer
     from confidence_neurons.models.loading import load_model
 

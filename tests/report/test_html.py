@@ -10,7 +10,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from confidence_neurons.report.html import ReportSection, format_cell, write_report
+from confidence_neurons.report.html import ReportSection, format_cell
+from confidence_neurons.rundir import RunDir
 
 SETTINGS = {
     "model": "gpt2-small",
@@ -20,6 +21,11 @@ SETTINGS = {
     "entropy_neuron_rule": "ln_share > 0.5 and rho > 0.3",
     "seed": 0,
 }
+
+
+def write_report(run_dir, **kwargs):
+    """The report as a run directory writes it."""
+    return RunDir(run_dir).report(**kwargs)
 
 
 def small_fig(title: str) -> go.Figure:

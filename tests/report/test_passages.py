@@ -7,11 +7,17 @@ import re
 import plotly.graph_objects as go
 import pytest
 
-from confidence_neurons.report.html import ReportSection, write_report
+from confidence_neurons.report.html import ReportSection
+from confidence_neurons.rundir import RunDir
 from confidence_neurons.report.passages import passages_html
 
 TOKENS = ["The", " patient", " needs", " Mes", "otherapy", " <script>alert(1)</script>", "\n", " & more"]
 N = len(TOKENS)
+
+
+def write_report(run_dir, **kwargs):
+    """The report as a run directory writes it."""
+    return RunDir(run_dir).report(**kwargs)
 
 
 def make_passage(**over) -> dict:

@@ -14,7 +14,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from confidence_neurons.analysis.mediation import ForwardCache, FreqDirection, per_token_effects
+from confidence_neurons.analysis.effects import per_token_effects
+from confidence_neurons.analysis.forward import ForwardCache
+from confidence_neurons.analysis.frequency import FreqDirection
+from confidence_neurons.errors import ConfigError
 from confidence_neurons.models.final_layer import FinalLayer
 
 
@@ -23,11 +26,11 @@ def parse_neuron(spec: str, layer: FinalLayer) -> int:
     try:
         layer_idx, neuron = (int(part) for part in spec.split("."))
     except ValueError:
-        raise ValueError(f"--neuron {spec!r} is not of the form LAYER.INDEX (e.g. {layer.layer}.42)") from None
+        raise ConfigError(f"{spec!r} is not of the form LAYER.INDEX (e.g. {layer.layer}.42)", field="neuron") from None
     if layer_idx != layer.layer:
-        raise ValueError(f"neuron {spec} is not in the last layer: this model's final MLP is layer {layer.layer}")
+        raise ConfigError(f"neuron {spec} is not in the last layer: this model's final MLP is layer {layer.layer}", field="neuron")
     if not 0 <= neuron < layer.d_mlp:
-        raise ValueError(f"neuron index {neuron} is outside the last layer, which has {layer.d_mlp} neurons (0-{layer.d_mlp - 1})")
+        raise ConfigError(f"neuron index {neuron} is outside the last layer, which has {layer.d_mlp} neurons (0-{layer.d_mlp - 1})", field="neuron")
     return neuron
 
 
@@ -73,13 +76,13 @@ def neuron_activity(layer: FinalLayer, cache: ForwardCache, tokens: Tensor, neur
     table = pd.DataFrame({
         "seq": np.repeat(np.arange(n_seqs), per_seq), "pos": np.tile(np.arange(per_seq), n_seqs),
         "token": decode(tokens[:, :-1].reshape(-1)), "target": decode(cache.target),
-        "activation": acts.numpy(), "initial_loss": eff["loss"].numpy(),
-        "delta_loss": (eff["TE_loss"][:, 0] - eff["loss"]).numpy(),
-        "delta_entropy": (eff["TE_entropy"][:, 0] - eff["entropy"]).numpy(),
-        "delta_kl": (eff["TE_kl"][:, 0] - eff["kl"]).numpy(),
+        "activation": acts.numpy(), "initial_loss": eff.loss.numpy(),
+        "delta_loss": (eff.TE.loss[:, 0] - eff.loss).numpy(),
+        "delta_entropy": (eff.TE.entropy[:, 0] - eff.entropy).numpy(),
+        "delta_kl": (eff.kl_TE[:, 0] - eff.kl).numpy(),
         "reciprocal_rank": (1.0 / clean_ranks(layer, cache).double()).numpy(),
         "clipped": (acts > mean[neuron]).numpy(),
-        "ablated_loss": eff["TE_loss"][:, 0].numpy(),
+        "ablated_loss": eff.TE.loss[:, 0].numpy(),
     })
     return NeuronActivity(neuron, f"{layer.layer}.{neuron}", float(mean[neuron]), table)
 

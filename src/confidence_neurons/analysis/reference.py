@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from confidence_neurons.analysis.mediation import AblationMode
+from confidence_neurons.analysis.closed_form import AblationMode
 from confidence_neurons.models.final_layer import FinalLayer
 from confidence_neurons.models.loading import LoadedModel
 

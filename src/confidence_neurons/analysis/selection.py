@@ -16,22 +16,27 @@ embedded SmolLM2-135M the two neurons with the highest rho (29.830, 29.1022, rho
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import pandas as pd
+
+from confidence_neurons.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class EntropyNeuronRule:
-    min_rho: float = 0.25  # share of |w_out| in the bottom-k singular directions of W_U
-    min_ln_share: float = 0.3  # 1 - DE/TE: share of the total effect that goes through the norm's scale
-    min_te_ratio: float = 2.0  # TE relative to the layer's median TE, so that tiny effects don't count
+    min_rho: float = field(default=0.25, metadata={
+        "help": "entropy-neuron rule: minimum rho, the share of |w_out| in W_U's bottom-k singular directions"})
+    min_ln_share: float = field(default=0.3, metadata={
+        "help": "entropy-neuron rule: minimum 1 - DE/TE, the share of the effect through the norm's scale"})
+    min_te_ratio: float = field(default=2.0, metadata={
+        "help": "entropy-neuron rule: minimum TE as a multiple of the layer's median TE"})
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_rho <= 1:
-            raise ValueError(f"min_rho = {self.min_rho} must lie in [0, 1]")
+            raise ConfigError(f"min_rho = {self.min_rho} must lie in [0, 1]", field="min_rho")
         if self.min_te_ratio < 0:
-            raise ValueError(f"min_te_ratio = {self.min_te_ratio} must be >= 0")
+            raise ConfigError(f"min_te_ratio = {self.min_te_ratio} must be >= 0", field="min_te_ratio")
 
     def describe(self) -> str:
         return (f"rho >= {self.min_rho} and 1 - DE/TE >= {self.min_ln_share} "
@@ -58,13 +63,16 @@ class TokenFrequencyNeuronRule:
     left to their own family (``exclude_entropy_neurons``).
     """
 
-    min_freq_share: float = 0.5
-    min_te_ratio: float = 2.0
-    exclude_entropy_neurons: bool = True
+    min_freq_share: float = field(default=0.5, metadata={
+        "help": "token-frequency-neuron rule: minimum 1 - DE_freq/TE", "flag": "--min-freq-share"})
+    min_te_ratio: float = field(default=2.0, metadata={
+        "help": "token-frequency-neuron rule: minimum TE as a multiple of the layer's median TE"})
+    exclude_entropy_neurons: bool = field(default=True, metadata={
+        "help": "token-frequency-neuron rule: leave entropy neurons to their own family"})
 
     def __post_init__(self) -> None:
         if self.min_te_ratio < 0:
-            raise ValueError(f"min_te_ratio = {self.min_te_ratio} must be >= 0")
+            raise ConfigError(f"min_te_ratio = {self.min_te_ratio} must be >= 0", field="min_te_ratio")
 
     def describe(self) -> str:
         tail = " and not an entropy neuron" if self.exclude_entropy_neurons else ""

