@@ -182,12 +182,13 @@ class RunDir:
 
         if not stem or Path(stem).name != stem or stem in {".", ".."}:
             raise ValueError(f"a figure's stem must be a plain file name, got {stem!r}")
+        html, png = figure_html(fig).encode("utf-8"), figure_to_png(fig)  # both drawn before either is written
         folder = self.path / FIGURES
         js = folder / PLOTLYJS_FILENAME
         if not js.is_file():
             atomic_write(js, plotlyjs_source().encode("utf-8"))
-        atomic_write(folder / f"{stem}.html", figure_html(fig).encode("utf-8"))
-        atomic_write(folder / f"{stem}.png", figure_to_png(fig))
+        atomic_write(folder / f"{stem}.html", html)
+        atomic_write(folder / f"{stem}.png", png)
 
     def figures(self, figs: dict[str, Any]) -> None:
         for stem, fig in figs.items():

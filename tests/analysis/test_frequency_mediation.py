@@ -29,6 +29,7 @@ from confidence_neurons.analysis.kernel import (
     series_orders,
     softmax_stats,
 )
+from confidence_neurons.analysis.closed_form import ablated_values, chunks, de_freq_shift, de_logits, te_logits
 from confidence_neurons.analysis.effects import FREQ_SERIES_TOL, per_token_effects
 from confidence_neurons.analysis.forward import ForwardCache, run_forward
 from confidence_neurons.analysis.frequency import FreqDirection
@@ -237,3 +238,24 @@ def test_sweep_with_freq_resumes_from_checkpoints(tmp_path):
     for f in ("DE_freq", "mean_delta_loss_DE_freq"):
         torch.testing.assert_close(getattr(res, f), getattr(reference, f), atol=0, rtol=0)
     torch.testing.assert_close(res.abs_delta_kl, reference.abs_delta_kl, atol=0, rtol=0)
+
+
+def test_named_eq5_eq6_eq7_logits_equal_brute_force(setup: Setup):
+    """te_logits, de_logits and the TE logits plus de_freq_shift x v_freq, formed in full, give the
+    per-token losses of hooked forwards (free scale, frozen scale, Eq. 7 on the real logits)."""
+    layer, cache, freq = setup.layer, setup.cache, setup.freq
+    neurons = cache.acts.std(0).argsort(descending=True)[:2].tolist()
+    mean = cache.acts.mean(0)
+    idx = torch.tensor(neurons)
+    new = ablated_values(cache.acts[:, idx], mean[idx], "mean")
+    ((_, c),) = list(chunks(layer, cache, idx, new, token_chunk=cache.n_tokens))
+    te = te_logits(c, layer)
+    named = {"TE": te.materialize(c, layer), "DE": de_logits(c, layer).materialize(c, layer)}
+    named["DE_freq"] = named["TE"] + de_freq_shift(c, layer, te, freq)[..., None] * freq.v
+    for j, neuron in enumerate(neurons):
+        kwargs = {"TE": {}, "DE": {"freeze_scale": True}, "DE_freq": {"v_freq": freq.v}}
+        for variant, logits in named.items():
+            brute = brute_force_ablation(setup.model, layer, setup.tokens, neuron, float(mean[neuron]), **kwargs[variant])
+            loss = -logits[:, j].double().log_softmax(-1).gather(-1, cache.target[:, None])[:, 0]
+            torch.testing.assert_close(loss, brute["loss"], atol=TOL, rtol=0,
+                                       msg=lambda m: f"{setup.name} {variant} neuron {neuron}: {m}")

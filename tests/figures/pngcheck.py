@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import struct
 import zlib
+from pathlib import Path
+
+from confidence_neurons.figures.export import figure_html
+from confidence_neurons.figures.png import figure_to_png
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -26,3 +30,12 @@ def png_size(data: bytes) -> tuple[int, int]:
     raw = zlib.decompress(idat)
     assert len(raw) >= size[1] * (1 + size[0])  # at least one byte per pixel and filter byte per row
     return size
+
+
+def save_figure(fig, directory: Path, stem: str, *, png_scale: float = 2.0) -> dict[str, Path]:
+    """Write a figure's HTML page and PNG into ``directory`` (as a run directory would) and return their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out = {"html": directory / f"{stem}.html", "png": directory / f"{stem}.png"}
+    out["html"].write_text(figure_html(fig), encoding="utf-8")
+    out["png"].write_bytes(figure_to_png(fig, scale=png_scale))
+    return out

@@ -8,8 +8,7 @@ import plotly.graph_objects as go
 import pytest
 
 from confidence_neurons.figures import activity as A
-from confidence_neurons.figures.export import save_figure
-from tests.figures.pngcheck import png_size
+from tests.figures.pngcheck import png_size, save_figure
 
 
 def make_tokens(n=3000, seed=0) -> pd.DataFrame:

@@ -10,8 +10,8 @@ import plotly.graph_objects as go
 import pytest
 
 from confidence_neurons.figures import entropy as E
-from confidence_neurons.figures.export import figure_to_png, save_figure
-from tests.figures.pngcheck import png_size
+from confidence_neurons.figures.export import figure_to_png
+from tests.figures.pngcheck import png_size, save_figure
 
 N, D_MODEL, K = 200, 48, 4
 FLAGGED = (7, 91, 150)

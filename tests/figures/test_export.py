@@ -1,4 +1,4 @@
-"""Saving figures: offline HTML (shared or inlined plotly.js) and PNG, written atomically."""
+"""Figures as offline HTML (shared or inlined plotly.js) and PNG, and as a run directory writes them."""
 
 from __future__ import annotations
 
@@ -9,15 +9,9 @@ import plotly.graph_objects as go
 import pytest
 
 from confidence_neurons.figures import entropy as E
-from confidence_neurons.figures.export import (
-    PLOTLYJS_FILENAME,
-    atomic_write_bytes,
-    figure_html,
-    figure_to_png,
-    plotlyjs_source,
-    save_figure,
-)
+from confidence_neurons.figures.export import PLOTLYJS_FILENAME, figure_html, figure_to_png, plotlyjs_source
 from confidence_neurons.figures.png import figure_to_png as png_figure_to_png
+from confidence_neurons.rundir import RunDir, atomic_write
 from tests.figures.pngcheck import png_size
 from tests.figures.test_entropy_figures import K, make_neurons
 
@@ -62,49 +56,41 @@ def test_figure_to_png_is_reexported():
 # --------------------------------------------------------------------------- files
 
 
-def test_atomic_write_bytes_replaces_without_leftovers(tmp_path):
+def test_atomic_write_replaces_without_leftovers(tmp_path):
     target = tmp_path / "sub" / "a.bin"
-    assert atomic_write_bytes(target, b"first") == target
-    atomic_write_bytes(target, b"second")
+    assert atomic_write(target, b"first") == target
+    atomic_write(target, b"second")
     assert target.read_bytes() == b"second"
     assert [p.name for p in target.parent.iterdir()] == ["a.bin"]
 
 
-def test_save_figure_writes_offline_html_and_png(neurons, tmp_path):
+def test_run_dir_writes_offline_html_and_png(neurons, tmp_path):
     from PIL import Image  # pillow comes with matplotlib
 
     fig = E.fig_rho_vs_ln_share(neurons, K)
     t0 = time.perf_counter()
-    out = save_figure(fig, tmp_path / "figs", "fig2e")
+    RunDir(tmp_path).figure("fig2e", fig)
     elapsed = time.perf_counter() - t0
     assert elapsed < 5, elapsed
-    html = out["html"].read_text(encoding="utf-8")
-    assert out["html"] == tmp_path / "figs" / "fig2e.html" and len(html) > 1000
+    figs = tmp_path / "figures"
+    html = (figs / "fig2e.html").read_text(encoding="utf-8")
+    assert len(html) > 1000
     assert f'src="{PLOTLYJS_FILENAME}"' in html and "cdn.plot.ly" not in html
-    assert out["plotlyjs"] == tmp_path / "figs" / PLOTLYJS_FILENAME
-    assert out["plotlyjs"].read_text(encoding="utf-8") == plotlyjs_source()
-    data = out["png"].read_bytes()
+    assert (figs / PLOTLYJS_FILENAME).read_text(encoding="utf-8") == plotlyjs_source()
+    data = (figs / "fig2e.png").read_bytes()
     w, h = png_size(data)
     assert (w, h) == (1800, 1120)  # 900x560 at scale 2
-    with Image.open(out["png"]) as im:
+    with Image.open(figs / "fig2e.png") as im:
         im.load()
         assert im.size == (w, h)
-        # something was drawn: not a blank canvas
         lo, hi = im.convert("L").getextrema()
-        assert hi - lo > 100
-    assert not list(tmp_path.glob("figs/*.tmp")) and not list(tmp_path.glob("figs/.*"))
+        assert hi - lo > 100  # something was drawn: not a blank canvas
+    assert sorted(p.name for p in figs.iterdir()) == ["fig2e.html", "fig2e.png", PLOTLYJS_FILENAME]
 
 
-def test_save_figure_standalone_inlines_plotlyjs(neurons, tmp_path):
-    out = save_figure(E.fig_norm_vs_logitvar(neurons), tmp_path, "fig2a", standalone_html=True, png_scale=1)
-    html = out["html"].read_text(encoding="utf-8")
-    assert "plotlyjs" not in out and not (tmp_path / PLOTLYJS_FILENAME).exists()
-    assert html.count("* plotly.js v") == 1
-    assert png_size(out["png"].read_bytes()) == (900, 560)
-
-
-def test_save_figure_refuses_folders_in_the_stem_and_unsupported_figures(tmp_path):
+def test_run_dir_refuses_folders_in_the_stem_and_unsupported_figures(tmp_path):
     with pytest.raises(ValueError):
-        save_figure(go.Figure(), tmp_path, "../escape")
+        RunDir(tmp_path).figure("../escape", go.Figure())
     with pytest.raises(NotImplementedError):
-        save_figure(go.Figure(go.Heatmap(z=[[1, 2], [3, 4]])), tmp_path, "heatmap")
+        RunDir(tmp_path).figure("heatmap", go.Figure(go.Heatmap(z=[[1, 2], [3, 4]])))
+    assert not (tmp_path / "figures").exists(), "a figure that cannot be drawn leaves no file"

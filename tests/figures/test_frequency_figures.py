@@ -11,8 +11,7 @@ import pytest
 
 from confidence_neurons.figures import entropy as E
 from confidence_neurons.figures import frequency as F
-from confidence_neurons.figures.export import save_figure
-from tests.figures.pngcheck import png_size
+from tests.figures.pngcheck import png_size, save_figure
 
 N = 300
 FREQ = (5, 44, 120, 250)

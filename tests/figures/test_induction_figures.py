@@ -16,7 +16,6 @@ import torch
 
 from confidence_neurons.analysis.forward import run_forward
 from confidence_neurons.figures import induction as I
-from confidence_neurons.figures.export import save_figure
 from confidence_neurons.figures.style import ENTROPY_COLOR, ENTROPY_TRACE, FREQ_COLOR, OTHER_TRACE
 from confidence_neurons.induction.heads import (
     baseline_combinations,
@@ -38,7 +37,7 @@ from confidence_neurons.induction.neurons import (
 )
 from confidence_neurons.induction.sequences import corrupt_first_copy
 from confidence_neurons.models.final_layer import final_layer
-from tests.figures.pngcheck import png_size
+from tests.figures.pngcheck import png_size, save_figure
 from tests.tiny import BOS_ID, load_tiny, random_tokens
 
 HALF = 8

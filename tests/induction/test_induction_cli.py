@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from confidence_neurons.cli import main
+from confidence_neurons.commands import load_run
 from tests.tiny import make_tiny_dir
 
 WINDOW = 63  # body of a 64-token natural-induction window after BOS
@@ -51,6 +52,10 @@ def test_induction_end_to_end(setup, tmp_path, capsys):
         assert title in report, title
     printed = capsys.readouterr().out
     assert "induction heads:" in printed and "report:" in printed
+    loaded = load_run(out)  # the typed result, read back, rebuilds every figure the run drew
+    assert loaded.names == ["1.3", "1.7"] and loaded.curves.activation_mean.shape == (2, 32)  # P = seq_len - 1
+    assert {f"{stem}.png" for stem in loaded.figures()} == {p.name for p in (out / "figures").glob("*.png")}
+    assert "Induction case study" in loaded._repr_html_()
 
 
 def test_induction_needs_neurons_or_a_scan(setup, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Save Plotly figures as offline HTML and as PNG, with no browser and no network.
+"""Plotly figures as offline HTML and as PNG bytes, with no browser and no network.
 
 HTML
 ----
@@ -20,54 +20,20 @@ Drawn with matplotlib by :func:`confidence_neurons.figures.png.figure_to_png`
 (re-exported here), which supports only the Plotly subset listed in
 :mod:`confidence_neurons.figures.png`.
 
-:func:`save_figure` writes both files of one figure into a folder.
+Files are written by the run directory (:meth:`confidence_neurons.rundir.RunDir.figure`); nothing here
+touches the disk.
 """
 
 from __future__ import annotations
-
-import os
-import tempfile
-from pathlib import Path
 
 import plotly.graph_objects as go
 
 from confidence_neurons.figures.png import figure_to_png
 
-__all__ = [
-    "PLOTLYJS_FILENAME",
-    "atomic_write_bytes",
-    "figure_html",
-    "figure_to_png",
-    "plotlyjs_source",
-    "save_figure",
-]
+__all__ = ["PLOTLYJS_FILENAME", "figure_html", "figure_to_png", "plotlyjs_source"]
 
 PLOTLYJS_FILENAME = "plotly.min.js"
 _CONFIG = {"displaylogo": False}
-
-
-# --------------------------------------------------------------------------- file helpers
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 def plotlyjs_source() -> str:
@@ -75,18 +41,6 @@ def plotlyjs_source() -> str:
     from plotly.offline import get_plotlyjs
 
     return get_plotlyjs()
-
-
-def _ensure_plotlyjs(directory: Path) -> Path:
-    """Write ``plotly.min.js`` into ``directory`` unless an identical copy is there."""
-    target = directory / PLOTLYJS_FILENAME
-    data = plotlyjs_source().encode("utf-8")
-    try:
-        if target.stat().st_size == len(data) and target.read_bytes() == data:
-            return target
-    except FileNotFoundError:
-        pass
-    return atomic_write_bytes(target, data)
 
 
 def figure_html(fig: go.Figure, *, standalone: bool = False) -> str:
@@ -102,32 +56,3 @@ def figure_html(fig: go.Figure, *, standalone: bool = False) -> str:
     if f'src="{PLOTLYJS_FILENAME}"' not in html:  # plotly changed its "directory" output
         raise RuntimeError("plotly did not reference the shared plotly.min.js as expected")
     return html
-
-
-def save_figure(
-    fig: go.Figure,
-    directory: Path,
-    stem: str,
-    *,
-    standalone_html: bool = False,
-    png_scale: float = 2.0,
-) -> dict[str, Path]:
-    """Write ``directory/stem.html`` (interactive, offline) and ``directory/stem.png``.
-
-    Returns ``{"html": ..., "png": ...}`` and, unless ``standalone_html``, also
-    ``{"plotlyjs": directory/plotly.min.js}`` — the shared bundle the HTML loads by
-    relative path (see the module docstring for why).  Both files are written
-    atomically.  ``png_scale`` multiplies the pixel size (layout width/height,
-    default 900x560) of the PNG.
-    """
-    if not stem or Path(stem).name != stem or stem in {".", ".."}:
-        raise ValueError(f"stem must be a plain file name without folders, got {stem!r}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Path] = {}
-    html = figure_html(fig, standalone=standalone_html)
-    if not standalone_html:
-        out["plotlyjs"] = _ensure_plotlyjs(directory)
-    out["html"] = atomic_write_bytes(directory / f"{stem}.html", html.encode("utf-8"))
-    out["png"] = atomic_write_bytes(directory / f"{stem}.png", figure_to_png(fig, scale=png_scale))
-    return out

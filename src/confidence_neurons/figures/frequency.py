@@ -2,7 +2,7 @@
 
 Like :mod:`confidence_neurons.figures.entropy`, every function is pure: data in,
 :class:`plotly.graph_objects.Figure` out, no I/O (save with
-:func:`confidence_neurons.figures.export.save_figure`).
+:meth:`confidence_neurons.rundir.RunDir.figure`).
 
 The per-neuron table ``neurons`` is the scan's table with the token frequency
 columns: ``name, TE, DE_freq, freq_share, abs_delta_kl, is_token_frequency_neuron``
