@@ -1,15 +1,20 @@
 # make demo: set up .venv and scan the embedded default model; make test: set up and run the tests.
-PYTHON ?= python3
-VENV   := .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# The venv gets the exact tested versions from requirements/constraints.txt (pyproject.toml only
+# declares compatible ranges); torch is pinned there to 2.13.0, so no CUDA build is downloaded
+# where the CPU wheel of 2.13.0 is on offer.
+PYTHON      ?= python3
+VENV        := .venv
+BIN         := $(VENV)/bin
+STAMP       := $(VENV)/.installed
+CONSTRAINTS := requirements/constraints.txt
+LINTED      := src tests benchmarks
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint bench constraints clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[test]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -19,8 +24,20 @@ test: $(STAMP)
 	$(BIN)/python -m confidence_neurons.models.embedded
 	$(BIN)/python -m pytest -q -rs
 
+# Not yet a step of `test`: the tree is formatted and fixed once first, then `test` depends on it.
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sweep.py
+
+# Rewrite the constraints from what .venv holds now (after changing dependencies in pyproject.toml:
+# install the new set into .venv, run the tests, then `make constraints` and commit the file).
+constraints:
+	{ sed -n '/^#/p' $(CONSTRAINTS); \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^#' | sed 's/+cpu$$//' | sort -f; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 clean:
 	rm -rf $(VENV) runs
