@@ -20,11 +20,11 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 demo: $(STAMP)
 	$(BIN)/confidence-neurons scan --n-seqs 6 --out runs/demo
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m confidence_neurons.models.embedded
 	$(BIN)/python -m pytest -q -rs
 
-# Not yet a step of `test`: the tree is formatted and fixed once first, then `test` depends on it.
+# ruff: lint with import sorting and public docstrings, and the formatter (configured in pyproject.toml); part of `test`.
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)

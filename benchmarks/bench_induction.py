@@ -18,7 +18,9 @@ from confidence_neurons.models.loading import load_model
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
-    ap.add_argument("--neurons", default="29.830,29.1022", help="final-layer neurons (default: SmolLM2's entropy neurons)")
+    ap.add_argument(
+        "--neurons", default="29.830,29.1022", help="final-layer neurons (default: SmolLM2's entropy neurons)"
+    )
     args = ap.parse_args()
     t0 = time.perf_counter()
     model = load_model(args.model)

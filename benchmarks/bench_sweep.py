@@ -22,8 +22,8 @@ import torch
 from confidence_neurons.analysis.effects import VARIANTS, per_token_effects
 from confidence_neurons.analysis.forward import run_forward
 from confidence_neurons.analysis.frequency import FreqDirection
-from confidence_neurons.analysis.sweep import sweep
 from confidence_neurons.analysis.reference import brute_force_ablation
+from confidence_neurons.analysis.sweep import sweep
 from confidence_neurons.data.corpus import sample_token_sequences
 from confidence_neurons.data.unigrams import count_unigrams, p_freq, v_freq
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
@@ -70,49 +70,65 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--authors-sample", type=int, default=16, help="neurons timed with the authors' method")
     ap.add_argument("--forward-sample", type=int, default=2, help="neurons timed with real forwards")
-    ap.add_argument("--repeats", type=int, default=1,
-                    help="sweeps with and without DE_freq, interleaved, for its overhead (the fastest of each counts)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="sweeps with and without DE_freq, interleaved, for its overhead (the fastest of each counts)",
+    )
     args = ap.parse_args()
 
     model = load_model(args.model)
     layer = final_layer(model)
-    tokens = sample_token_sequences(model.tokenizer, None, n_seqs=args.n_seqs, seq_len=args.seq_len,
-                                    bos_id=model.bos_id).tokens
+    tokens = sample_token_sequences(
+        model.tokenizer, None, n_seqs=args.n_seqs, seq_len=args.seq_len, bos_id=model.bos_id
+    ).tokens
     cache = run_forward(model, layer, tokens, progress=False)
     n, d_mlp, V = cache.n_tokens, layer.d_mlp, layer.d_vocab
-    print(f"model {model.name}: d_model {layer.d_model}, d_mlp {d_mlp}, d_vocab {V}; {n} tokens; "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"model {model.name}: d_model {layer.d_model}, d_mlp {d_mlp}, d_vocab {V}; {n} tokens; "
+        f"{torch.get_num_threads()} threads"
+    )
 
     t0 = time.perf_counter()
     sw = sweep(layer, cache, progress=False)
     t_closed = time.perf_counter() - t0
     evals = n * d_mlp * V * len(VARIANTS)
-    print(f"closed-form sweep, all {d_mlp} neurons x {len(VARIANTS)} variants: {t_closed:.1f} s "
-          f"({evals / t_closed / 1e9:.2f} G logit evaluations/s)")
+    print(
+        f"closed-form sweep, all {d_mlp} neurons x {len(VARIANTS)} variants: {t_closed:.1f} s "
+        f"({evals / t_closed / 1e9:.2f} G logit evaluations/s)"
+    )
 
     sample = torch.randperm(d_mlp, generator=torch.Generator().manual_seed(0))[: args.authors_sample]
     t0 = time.perf_counter()
     te, de = authors_method(layer, cache.resid, cache.acts, cache.target, sample, sw.mean_activation)
     t_auth = (time.perf_counter() - t0) * d_mlp / len(sample)
-    err = max((te - sw.TE[sample].double()).abs().max().item(),
-              (de - sw.DE[sample].double()).abs().max().item())
-    print(f"authors' method, {len(sample)} neurons, extrapolated to {d_mlp}: {t_auth:.0f} s "
-          f"-> closed form is {t_auth / t_closed:.1f}x faster; max |TE/DE difference| = {err:.2e}")
+    err = max((te - sw.TE[sample].double()).abs().max().item(), (de - sw.DE[sample].double()).abs().max().item())
+    print(
+        f"authors' method, {len(sample)} neurons, extrapolated to {d_mlp}: {t_auth:.0f} s "
+        f"-> closed form is {t_auth / t_closed:.1f}x faster; max |TE/DE difference| = {err:.2e}"
+    )
 
     fsample = sample[: args.forward_sample].tolist()
     brute_force_ablation(model, layer, tokens[:1], fsample[0], float(sw.mean_activation[fsample[0]]))  # warm-up
     t0 = time.perf_counter()
     for i in fsample:
-        model.bridge.run_with_hooks(tokens, fwd_hooks=[(layer.act_hook, _mean_ablation_hook(i, float(sw.mean_activation[i])))])
+        model.bridge.run_with_hooks(
+            tokens, fwd_hooks=[(layer.act_hook, _mean_ablation_hook(i, float(sw.mean_activation[i])))]
+        )
     t_fwd = (time.perf_counter() - t0) * d_mlp * len(VARIANTS) / len(fsample)
-    print(f"one real forward per neuron and variant, timed on {len(fsample)} neurons, extrapolated: {t_fwd:.0f} s "
-          f"-> closed form is {t_fwd / t_closed:.1f}x faster")
+    print(
+        f"one real forward per neuron and variant, timed on {len(fsample)} neurons, extrapolated: {t_fwd:.0f} s "
+        f"-> closed form is {t_fwd / t_closed:.1f}x faster"
+    )
 
     t0 = time.perf_counter()
     counts = count_unigrams(model.tokenizer, None, vocab_size=min(len(model.tokenizer), V), progress=False)
     t_count = time.perf_counter() - t0
-    print(f"unigram counter, built-in corpus: {counts.meta['n_tokens']:,} tokens in {t_count:.2f} s "
-          f"({counts.meta['n_tokens'] / t_count:,.0f} tokens/s)")
+    print(
+        f"unigram counter, built-in corpus: {counts.meta['n_tokens']:,} tokens in {t_count:.2f} s "
+        f"({counts.meta['n_tokens'] / t_count:,.0f} tokens/s)"
+    )
     p = p_freq(counts, V)
     freq = FreqDirection(p, v_freq(p))
     plain_times, freq_times = [t_closed], []
@@ -125,19 +141,25 @@ def main() -> None:
         sw_freq = sweep(layer, cache, freq=freq, progress=False)
         freq_times.append(time.perf_counter() - t0)
     t_plain, t_freq = min(plain_times), min(freq_times)
-    print(f"sweep with DE_freq and |dKL| (TE, DE, DE_freq): {t_freq:.1f} s against {t_plain:.1f} s for TE and DE "
-          f"alone: +{100 * (t_freq / t_plain - 1):.1f}% (fastest of {len(freq_times)}; all runs: "
-          f"{', '.join(f'{t:.1f}' for t in freq_times)} s with, {', '.join(f'{t:.1f}' for t in plain_times)} s without); "
-          f"{100 * float(sw_freq.de_freq_exact_share.mean()):.2f}% of (token, neuron) pairs took exact exponentials, "
-          f"the rest the series")
+    print(
+        f"sweep with DE_freq and |dKL| (TE, DE, DE_freq): {t_freq:.1f} s against {t_plain:.1f} s for TE and DE "
+        f"alone: +{100 * (t_freq / t_plain - 1):.1f}% (fastest of {len(freq_times)}; all runs: "
+        f"{', '.join(f'{t:.1f}' for t in freq_times)} s with, {', '.join(f'{t:.1f}' for t in plain_times)} s without); "
+        f"{100 * float(sw_freq.de_freq_exact_share.mean()):.2f}% of (token, neuron) pairs took exact exponentials, "
+        f"the rest the series"
+    )
     t0 = time.perf_counter()
     eff = per_token_effects(layer, cache, list(range(d_mlp)), freq=freq)
     t_exact = time.perf_counter() - t0
     dl = (eff.DE_freq.loss - eff.loss[:, None]).double()
-    err = max((dl.abs().mean(0) - sw_freq.DE_freq.double()).abs().max().item(),
-              (dl.mean(0) - sw_freq.mean_delta_loss_DE_freq.double()).abs().max().item())
-    print(f"DE_freq by an exact third pass (per_token_effects, all neurons): {t_exact:.1f} s; "
-          f"max |DE_freq difference| = {err:.2e} (largest DE_freq {sw_freq.DE_freq.max():.3f})")
+    err = max(
+        (dl.abs().mean(0) - sw_freq.DE_freq.double()).abs().max().item(),
+        (dl.mean(0) - sw_freq.mean_delta_loss_DE_freq.double()).abs().max().item(),
+    )
+    print(
+        f"DE_freq by an exact third pass (per_token_effects, all neurons): {t_exact:.1f} s; "
+        f"max |DE_freq difference| = {err:.2e} (largest DE_freq {sw_freq.DE_freq.max():.3f})"
+    )
 
 
 if __name__ == "__main__":

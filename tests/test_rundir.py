@@ -38,8 +38,13 @@ def test_config_records_merge_and_status(tmp_path):
     rd.write_config(config={"seed": 0}, status="running")
     rd.set_status("complete", settings={"k": 3})
     record = json.loads((tmp_path / "config.json").read_text())
-    assert record == {"kind": "scan", "fingerprint": FP, "config": {"seed": 0}, "status": "complete",
-                      "settings": {"k": 3}}
+    assert record == {
+        "kind": "scan",
+        "fingerprint": FP,
+        "config": {"seed": 0},
+        "status": "complete",
+        "settings": {"k": 3},
+    }
     assert RunDir(tmp_path).read_config() == record
 
 
@@ -53,8 +58,12 @@ def test_tables_arrays_json_round_trip_with_no_temporary_files(tmp_path):
     pd.testing.assert_frame_equal(rd.read_csv("neurons", dtype={"name": str}), df)
     np.testing.assert_array_equal(rd.read_array("tokens"), np.arange(6).reshape(2, 3))
     assert rd.read_json("passages") == [{"a": 1}]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["neurons.csv", "neurons.parquet", "passages.json",
-                                                          "tokens.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "neurons.csv",
+        "neurons.parquet",
+        "passages.json",
+        "tokens.npy",
+    ]
 
 
 def test_checkpoints_are_read_back_only_under_the_same_stamp(tmp_path):

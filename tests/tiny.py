@@ -12,8 +12,9 @@ centring of Appendix C do real work in every test.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -40,8 +41,9 @@ def tiny_tokenizer(vocab_size: int = VOCAB_SIZE):
     vocab.update({f"w{i}": N_SPECIAL + i for i in range(vocab_size - N_SPECIAL)})
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   model_max_length=10**6)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", model_max_length=10**6
+    )
     assert len(fast) == vocab_size
     return fast
 
@@ -52,24 +54,61 @@ def tiny_config(arch: Arch, **overrides):
 
     common = dict(vocab_size=VOCAB_SIZE, bos_token_id=BOS_ID, eos_token_id=EOS_ID)
     if arch == "gpt2":
-        cfg = dict(n_positions=64, n_embd=D_MODEL, n_layer=2, n_head=4, n_inner=128,
-                   resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        cfg = dict(
+            n_positions=64,
+            n_embd=D_MODEL,
+            n_layer=2,
+            n_head=4,
+            n_inner=128,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
         return GPT2Config(**{**common, **cfg, **overrides})
     if arch == "neox":
-        cfg = dict(hidden_size=D_MODEL, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                   max_position_embeddings=64, rotary_pct=0.5, tie_word_embeddings=False)
+        cfg = dict(
+            hidden_size=D_MODEL,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=64,
+            rotary_pct=0.5,
+            tie_word_embeddings=False,
+        )
         return GPTNeoXConfig(**{**common, **cfg, **overrides})
     if arch == "llama":
-        cfg = dict(hidden_size=D_MODEL, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+        cfg = dict(
+            hidden_size=D_MODEL,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            tie_word_embeddings=False,
+        )
         return LlamaConfig(**{**common, **cfg, **overrides})
     if arch == "gemma":
-        cfg = dict(hidden_size=D_MODEL, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
+        cfg = dict(
+            hidden_size=D_MODEL,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=64,
+        )
         return GemmaConfig(**{**common, **cfg, **overrides})
     if arch == "phi":
-        cfg = dict(hidden_size=D_MODEL, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                   max_position_embeddings=64, partial_rotary_factor=0.5, resid_pdrop=0.0, embd_pdrop=0.0)
+        cfg = dict(
+            hidden_size=D_MODEL,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+            partial_rotary_factor=0.5,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+        )
         return PhiConfig(**{**common, **cfg, **overrides})
     raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {ARCHITECTURES}")
 
@@ -114,8 +153,9 @@ def save_tiny(model, directory: Path) -> Path:
     return directory
 
 
-def make_tiny_dir(arch: Arch, directory: Path, *, seed: int = 0,
-                  edit: Callable[[object], None] | None = None, **overrides) -> Path:
+def make_tiny_dir(
+    arch: Arch, directory: Path, *, seed: int = 0, edit: Callable[[object], None] | None = None, **overrides
+) -> Path:
     """Build a tiny ``arch`` model, apply ``edit(hf_model)`` (under no_grad) if given, save it."""
     model = build_tiny_hf(arch, seed=seed, **overrides)
     if edit is not None:
@@ -124,16 +164,16 @@ def make_tiny_dir(arch: Arch, directory: Path, *, seed: int = 0,
     return save_tiny(model, directory)
 
 
-def load_tiny(arch: Arch, directory: Path, *, seed: int = 0,
-              edit: Callable[[object], None] | None = None, **overrides):
+def load_tiny(arch: Arch, directory: Path, *, seed: int = 0, edit: Callable[[object], None] | None = None, **overrides):
     """A ``LoadedModel`` of a tiny ``arch`` model, through ``load_model`` on a saved directory."""
     from confidence_neurons.models.loading import load_model
 
     return load_model(str(make_tiny_dir(arch, directory, seed=seed, edit=edit, **overrides)))
 
 
-def random_tokens(n_seqs: int, seq_len: int, *, vocab_size: int = VOCAB_SIZE, bos_id: int = BOS_ID,
-                  seed: int = 0) -> Tensor:
+def random_tokens(
+    n_seqs: int, seq_len: int, *, vocab_size: int = VOCAB_SIZE, bos_id: int = BOS_ID, seed: int = 0
+) -> Tensor:
     """(n_seqs, seq_len) ordinary tokens drawn uniformly from a fixed seed, BOS first."""
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randint(N_SPECIAL, vocab_size, (n_seqs, seq_len), generator=gen)

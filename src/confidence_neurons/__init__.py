@@ -1,11 +1,11 @@
 """confidence-neurons: find and explain the neurons by which language models regulate their confidence.
 
-    import confidence_neurons as cn
-    model = cn.load_model()                      # embedded SmolLM2-135M, or a hub id / directory / GGUF
-    result = cn.scan(model, cn.ScanConfig(n_seqs=8))
-    result.neurons                               # pandas DataFrame, one row per final-layer neuron
-    cn.inspect_neuron(model, cn.InspectConfig(neuron="29.830"))
-    cn.load_run("runs/demo")                     # the typed result a finished run wrote
+import confidence_neurons as cn
+model = cn.load_model()                      # embedded SmolLM2-135M, or a hub id / directory / GGUF
+result = cn.scan(model, cn.ScanConfig(n_seqs=8))
+result.neurons                               # pandas DataFrame, one row per final-layer neuron
+cn.inspect_neuron(model, cn.InspectConfig(neuron="29.830"))
+cn.load_run("runs/demo")                     # the typed result a finished run wrote
 """
 
 __version__ = "0.1.0"
@@ -22,7 +22,22 @@ from confidence_neurons.errors import ConfigError, ToolkitError
 from confidence_neurons.models.loading import load_model
 
 __all__ = [
-    "ConfigError", "EntropyNeuronRule", "InductionConfig", "InductionResult", "InspectConfig", "InspectResult",
-    "ScanConfig", "ScanResult", "TokenFrequencyNeuronRule", "ToolkitError", "induction", "inspect_neuron",
-    "load_model", "load_run", "run_induction", "run_inspect", "run_scan", "scan",
+    "ConfigError",
+    "EntropyNeuronRule",
+    "InductionConfig",
+    "InductionResult",
+    "InspectConfig",
+    "InspectResult",
+    "ScanConfig",
+    "ScanResult",
+    "TokenFrequencyNeuronRule",
+    "ToolkitError",
+    "induction",
+    "inspect_neuron",
+    "load_model",
+    "load_run",
+    "run_induction",
+    "run_inspect",
+    "run_scan",
+    "scan",
 ]

@@ -12,9 +12,10 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from confidence_neurons.commands import flags as F
 from confidence_neurons.commands.induction import InductionConfig
@@ -28,17 +29,24 @@ from confidence_neurons.provenance import toolkit_version
 
 @dataclass(frozen=True)
 class Command:
+    """A subcommand: its config dataclass, its help, and whether it writes a run directory."""
+
     config: type
     help: str
     run_dir: bool = True  # writes a run directory (--out DIR, --config FILE, rerun)
 
 
 COMMANDS = {
-    "scan": Command(ScanConfig, "find entropy and token frequency neurons in the final layer "
-                    "(weights, TE/DE/DE_freq, figures, report)"),
+    "scan": Command(
+        ScanConfig,
+        "find entropy and token frequency neurons in the final layer (weights, TE/DE/DE_freq, figures, report)",
+    ),
     "inspect": Command(InspectConfig, "clip-mean-ablate one final-layer neuron and show its effect token by token"),
-    "induction": Command(InductionConfig, "the induction case study (Sec. 6, App. H, I): neurons on repeated text, "
-                         "induction heads, BOS and mean attention-output ablation, direct feature attribution"),
+    "induction": Command(
+        InductionConfig,
+        "the induction case study (Sec. 6, App. H, I): neurons on repeated text, "
+        "induction heads, BOS and mean attention-output ablation, direct feature attribution",
+    ),
     "unigrams": Command(UnigramsConfig, "count the model's tokens over a corpus (P_freq for Sec. 4)", run_dir=False),
 }
 
@@ -53,10 +61,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, dict[str, str]]]:
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
         field_flags[name] = F.add_options(p, cmd.config)
         if cmd.run_dir:
-            p.add_argument("--out", type=Path, help="run directory (default: runs/<command>-<model>-<settings hash>); "
-                           "rerun the same command to resume")
-            p.add_argument("--config", type=Path, metavar="FILE",
-                           help="settings from a JSON file: a run's config.json or its 'config' block; flags override")
+            p.add_argument(
+                "--out",
+                type=Path,
+                help="run directory (default: runs/<command>-<model>-<settings hash>); "
+                "rerun the same command to resume",
+            )
+            p.add_argument(
+                "--config",
+                type=Path,
+                metavar="FILE",
+                help="settings from a JSON file: a run's config.json or its 'config' block; flags override",
+            )
         p.add_argument("--quiet", action="store_true", help="no progress bars")
     rerun = sub.add_parser("rerun", help="repeat a finished or stopped run from its config.json")
     rerun.add_argument("run_dir", type=Path, help="the run directory to repeat")
@@ -83,20 +99,26 @@ def _print_scan(result) -> None:
 
     fmt = lambda v: f"{v:.4g}"  # noqa: E731
     s = result.settings
-    print(f"\n{len(result.entropy_neurons)} entropy neurons in layer {s['final_layer']} "
-          f"({s['entropy_neuron_rule']}); top neurons:")
+    print(
+        f"\n{len(result.entropy_neurons)} entropy neurons in layer {s['final_layer']} "
+        f"({s['entropy_neuron_rule']}); top neurons:"
+    )
     print(top_neurons(result.neurons, 10).to_string(index=False, float_format=fmt))
-    print(f"\n{len(result.token_frequency_neurons)} token frequency neurons ({s['token_frequency_neuron_rule']}; "
-          f"P_freq from {s['unigrams'].get('source')}); top neurons:")
+    print(
+        f"\n{len(result.token_frequency_neurons)} token frequency neurons ({s['token_frequency_neuron_rule']}; "
+        f"P_freq from {s['unigrams'].get('source')}); top neurons:"
+    )
     print(top_token_frequency_neurons(result.neurons, 10).to_string(index=False, float_format=fmt))
 
 
 def _print_inspect(result) -> None:
     a = result.activity
     clipped = a.tokens[a.tokens["clipped"]]
-    print(f"neuron {a.name}: clipped at {len(clipped)} tokens; mean change of loss "
-          f"{clipped['delta_loss'].mean():+.4f}, entropy {clipped['delta_entropy'].mean():+.4f}, "
-          f"KL {clipped['delta_kl'].mean():+.4f}")
+    print(
+        f"neuron {a.name}: clipped at {len(clipped)} tokens; mean change of loss "
+        f"{clipped['delta_loss'].mean():+.4f}, entropy {clipped['delta_entropy'].mean():+.4f}, "
+        f"KL {clipped['delta_kl'].mean():+.4f}"
+    )
 
 
 def _print_induction(result) -> None:
@@ -104,8 +126,10 @@ def _print_induction(result) -> None:
     print("induction heads: " + ", ".join(result.settings["induction_heads"]))
     summary = result.tables["clipped_summary"]
     for _, row in summary[summary["group"] == "selected"].iterrows():
-        print(f"  neuron {names[int(row['neuron'])]}: clipping in the second copy changes entropy by "
-              f"{row['rel_delta_entropy_pct']:+.1f}% (per position down to {row['min_rel_delta_entropy_pct']:+.1f}%)")
+        print(
+            f"  neuron {names[int(row['neuron'])]}: clipping in the second copy changes entropy by "
+            f"{row['rel_delta_entropy_pct']:+.1f}% (per position down to {row['min_rel_delta_entropy_pct']:+.1f}%)"
+        )
     print("timings (s): " + ", ".join(f"{k} {v}" for k, v in result.timings.items()))
 
 
@@ -115,11 +139,16 @@ def _run(kind: str, config: Any, out: Path | None, quiet: bool) -> None:
     if kind == "unigrams":
         counts = unigrams.run(config, progress=not quiet)
         meta = counts.meta
-        print(f"{meta['n_tokens']:,} tokens from {meta['n_documents']:,} documents "
-              f"({meta.get('tokens_per_second', 0):,.0f} tokens/s) -> {config.out}")
+        print(
+            f"{meta['n_tokens']:,} tokens from {meta['n_documents']:,} documents "
+            f"({meta.get('tokens_per_second', 0):,.0f} tokens/s) -> {config.out}"
+        )
         return
-    modules: dict[str, tuple[Any, Callable]] = {"scan": (scan, _print_scan), "inspect": (inspect, _print_inspect),
-                                                "induction": (induction, _print_induction)}
+    modules: dict[str, tuple[Any, Callable]] = {
+        "scan": (scan, _print_scan),
+        "inspect": (inspect, _print_inspect),
+        "induction": (induction, _print_induction),
+    }
     module, summarise = modules[kind]
     result = module.run(config, out, progress=not quiet)
     summarise(result)
@@ -138,10 +167,12 @@ def _config(kind: str, args: argparse.Namespace) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code (0, 2 for bad input, 130 for Ctrl-C)."""
     parser, field_flags = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     if args.quiet:
         from transformers.utils import logging as hf_logging
 

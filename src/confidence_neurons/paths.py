@@ -7,7 +7,10 @@ from pathlib import Path
 
 
 def cache_dir() -> Path:
-    """``$CONFIDENCE_NEURONS_CACHE``, else ``$XDG_CACHE_HOME/confidence-neurons``, else ``~/.cache/confidence-neurons``."""
+    """Where downloads and builds are kept.
+
+    ``$CONFIDENCE_NEURONS_CACHE``, else ``$XDG_CACHE_HOME/confidence-neurons``, else ``~/.cache/confidence-neurons``.
+    """
     if env := os.environ.get("CONFIDENCE_NEURONS_CACHE"):
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

@@ -31,14 +31,19 @@ def git_commit() -> str | None:
         head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return head.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
 
 
 def library_versions() -> dict[str, str]:
+    """Python and the versions of the libraries that can change the numbers."""
     out = {"python": platform.python_version()}
     for name in NUMERIC_LIBRARIES:
         try:
@@ -49,11 +54,16 @@ def library_versions() -> dict[str, str]:
 
 
 def hardware() -> dict:
+    """The processor, core count, torch threads and GPUs a run used."""
     import torch
 
-    info = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-            "system": f"{platform.system()} {platform.release()}", "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
+    info = {
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "system": f"{platform.system()} {platform.release()}",
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
@@ -61,5 +71,9 @@ def hardware() -> dict:
 
 def provenance() -> dict:
     """Toolkit version and commit, library versions and hardware, for config.json."""
-    return {"toolkit": toolkit_version(), "git_commit": git_commit(), "versions": library_versions(),
-            "hardware": hardware()}
+    return {
+        "toolkit": toolkit_version(),
+        "git_commit": git_commit(),
+        "versions": library_versions(),
+        "hardware": hardware(),
+    }

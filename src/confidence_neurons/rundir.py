@@ -55,6 +55,7 @@ def atomic_write(path: Path, data: bytes) -> Path:
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
+    """An array as .npy bytes (no pickles)."""
     buf = io.BytesIO()
     np.save(buf, np.asarray(array), allow_pickle=False)
     return buf.getvalue()
@@ -69,7 +70,8 @@ class CheckpointStore:
     """Finished pieces of a long computation, each stamped with the settings and data it was made from.
 
     ``load`` returns a piece only when its stamp equals the one asked for, so a piece made by other
-    settings, data or an older format is recomputed rather than misread."""
+    settings, data or an older format is recomputed rather than misread.
+    """
 
     folder: Path
 
@@ -110,8 +112,10 @@ class RunDir:
                 raise RunDirError(f"output directory {rd.path} is not empty and holds no run; choose another --out")
             earlier = rd.read_config()
             if earlier.get("fingerprint") != fingerprint or earlier.get("kind", kind) != kind:
-                raise RunDirError(f"output directory {rd.path} already holds a different run; "
-                                  "choose another --out or delete that directory")
+                raise RunDirError(
+                    f"output directory {rd.path} already holds a different run; "
+                    "choose another --out or delete that directory"
+                )
             rd.resumed = True
         rd.path.mkdir(parents=True, exist_ok=True)
         rd._record = {"kind": kind, "fingerprint": fingerprint}

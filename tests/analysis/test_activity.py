@@ -52,13 +52,36 @@ def test_parse_neuron(setup):
 
 def test_inspect_cli_end_to_end(tiny_model, corpus, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "inspect"
-    argv = ["inspect", "--model", str(tiny_model), "--dataset", str(corpus), "--n-seqs", "4", "--seq-len", "32",
-            "--neuron", "1.7", "--out", str(out), "--quiet"]
+    argv = [
+        "inspect",
+        "--model",
+        str(tiny_model),
+        "--dataset",
+        str(corpus),
+        "--n-seqs",
+        "4",
+        "--seq-len",
+        "32",
+        "--neuron",
+        "1.7",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(argv) == 0
     t = pd.read_parquet(out / "token_effects.parquet")
     assert len(t) == 4 * 31
-    assert set(t.columns) >= {"token", "target", "activation", "initial_loss", "delta_loss", "delta_entropy",
-                              "delta_kl", "reciprocal_rank", "clipped"}
+    assert set(t.columns) >= {
+        "token",
+        "target",
+        "activation",
+        "initial_loss",
+        "delta_loss",
+        "delta_entropy",
+        "delta_kl",
+        "reciprocal_rank",
+        "clipped",
+    }
     assert (t.loc[~t["clipped"], "delta_loss"].abs() < 1e-5).all()
     assert ((t["reciprocal_rank"] > 0) & (t["reciprocal_rank"] <= 1)).all()
     for stem in ("fig4a_loss_change_vs_initial", "fig4c_kl_vs_entropy_change"):
@@ -70,7 +93,22 @@ def test_inspect_cli_end_to_end(tiny_model, corpus, tmp_path, capsys):  # noqa: 
 
 def test_inspect_rejects_a_neuron_outside_the_last_layer(tiny_model, corpus, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "inspect"
-    assert main(["inspect", "--model", str(tiny_model), "--dataset", str(corpus), "--neuron", "1.4096",
-                 "--out", str(out), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "inspect",
+                "--model",
+                str(tiny_model),
+                "--dataset",
+                str(corpus),
+                "--neuron",
+                "1.4096",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "outside the last layer" in capsys.readouterr().err
     assert not out.exists()

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from confidence_neurons.analysis.kernel import c_kernel_available, softmax_stats, softmax_stats_torch
 from confidence_neurons.analysis.effects import per_token_effects
 from confidence_neurons.analysis.forward import ForwardCache, run_forward
-from confidence_neurons.analysis.sweep import BASE_FIELDS, sweep
-from confidence_neurons.rundir import CheckpointStore
+from confidence_neurons.analysis.kernel import c_kernel_available, softmax_stats, softmax_stats_torch
 from confidence_neurons.analysis.reference import brute_force_ablation, clean_token_stats
+from confidence_neurons.analysis.sweep import BASE_FIELDS, sweep
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
 from confidence_neurons.models.loading import LoadedModel
+from confidence_neurons.rundir import CheckpointStore
 from tests.tiny import ARCHITECTURES, load_tiny, random_tokens
 
 TOL = 1e-4
@@ -69,13 +69,21 @@ def test_closed_form_equals_brute_force(setup: Setup, mode: str):
     for key in ("loss", "entropy"):
         torch.testing.assert_close(getattr(eff, key).double(), clean[key], atol=TOL, rtol=0)
     for j, neuron in enumerate(neurons):
-        brute = {v: brute_force_ablation(setup.model, setup.layer, setup.tokens, neuron, float(mean[neuron]),
-                                         mode=mode, freeze_scale=freeze)
-                 for v, freeze in VARIANT_FREEZE.items()}
+        brute = {
+            v: brute_force_ablation(
+                setup.model, setup.layer, setup.tokens, neuron, float(mean[neuron]), mode=mode, freeze_scale=freeze
+            )
+            for v, freeze in VARIANT_FREEZE.items()
+        }
         for v in VARIANT_FREEZE:
             for key in ("loss", "entropy"):
-                torch.testing.assert_close(getattr(eff.variant(v), key)[:, j].double(), brute[v][key], atol=TOL, rtol=0,
-                                           msg=lambda m: f"{setup.arch} {mode} {v} {key} neuron {neuron}: {m}")
+                torch.testing.assert_close(
+                    getattr(eff.variant(v), key)[:, j].double(),
+                    brute[v][key],
+                    atol=TOL,
+                    rtol=0,
+                    msg=lambda m: f"{setup.arch} {mode} {v} {key} neuron {neuron}: {m}",
+                )
         # The comparison means something only if the ablation moves the output, and freezing the scale matters.
         assert (brute["TE"]["loss"] - clean["loss"]).abs().max() > 1e-3
         assert (brute["TE"]["loss"] - brute["DE"]["loss"]).abs().max() > 1e-5
@@ -96,8 +104,9 @@ def test_ablation_that_changes_nothing_has_no_effect(setup: Setup):
                 diff = (getattr(e.variant(v), key) - getattr(e, key)[:, None]).abs().max().item()
                 assert diff < 1e-6, f"{v} {key} moved by {diff} under an empty ablation"
             assert not e.variant(v).top1_changed.any()
-    brute = brute_force_ablation(setup.model, layer, setup.tokens, neurons[0], float(above[neurons[0]]),
-                                 mode="clip", freeze_scale=False)
+    brute = brute_force_ablation(
+        setup.model, layer, setup.tokens, neurons[0], float(above[neurons[0]]), mode="clip", freeze_scale=False
+    )
     clean = clean_token_stats(setup.model, setup.tokens)
     for key in ("loss", "entropy"):
         assert (brute[key] - clean[key]).abs().max() < 1e-6
@@ -125,12 +134,14 @@ def test_sweep_agrees_with_per_token_effects(gpt2: Setup):
     for v in VARIANT_FREEZE:
         dloss = (eff.variant(v).loss - eff.loss[:, None]).double()
         torch.testing.assert_close(getattr(res, v).double(), dloss.abs().mean(0), atol=1e-6, rtol=1e-4)
-        torch.testing.assert_close(getattr(res, f"mean_delta_loss{SUFFIX[v]}").double(), dloss.mean(0), atol=1e-6,
-                                   rtol=1e-4)
+        torch.testing.assert_close(
+            getattr(res, f"mean_delta_loss{SUFFIX[v]}").double(), dloss.mean(0), atol=1e-6, rtol=1e-4
+        )
         dent = (eff.variant(v).entropy - eff.entropy[:, None]).double().abs().mean(0)
         torch.testing.assert_close(getattr(res, f"abs_delta_entropy{SUFFIX[v]}").double(), dent, atol=1e-6, rtol=1e-4)
-        torch.testing.assert_close(getattr(res, f"top1_change_frac{SUFFIX[v]}").double(),
-                                   eff.variant(v).top1_changed.double().mean(0))
+        torch.testing.assert_close(
+            getattr(res, f"top1_change_frac{SUFFIX[v]}").double(), eff.variant(v).top1_changed.double().mean(0)
+        )
     assert res.TE.max() > 1e-3
 
 
@@ -149,8 +160,15 @@ def test_sweep_resumes_from_checkpoints(gpt2: Setup, tmp_path: Path):
             if fail_after is not None and len(done) >= fail_after:
                 raise KeyboardInterrupt("interrupted by the test")
 
-        res = sweep(layer, cache, mode=mode, neuron_chunk=chunk, checkpoints=CheckpointStore(directory), progress=False,
-                    on_chunk=on_chunk)
+        res = sweep(
+            layer,
+            cache,
+            mode=mode,
+            neuron_chunk=chunk,
+            checkpoints=CheckpointStore(directory),
+            progress=False,
+            on_chunk=on_chunk,
+        )
         return res, done
 
     full = tmp_path / "full"
@@ -246,8 +264,13 @@ def test_c_kernel_agrees_with_torch_twin():
             c = softmax_stats(*problem, softcap=softcap, backend="c")
             t = softmax_stats(*problem, softcap=softcap, backend="torch")
             for name in ("loss", "entropy", "logsumexp", "max", "y_target"):
-                torch.testing.assert_close(getattr(c, name), getattr(t, name), atol=TOL, rtol=1e-5,
-                                           msg=lambda m: f"softcap={softcap} far={far} {name}: {m}")
+                torch.testing.assert_close(
+                    getattr(c, name),
+                    getattr(t, name),
+                    atol=TOL,
+                    rtol=1e-5,
+                    msg=lambda m: f"softcap={softcap} far={far} {name}: {m}",
+                )
 
 
 @pytest.mark.parametrize(("backend", "softcap"), [(b, s) for b in BACKENDS for s in SOFTCAPS])
@@ -255,8 +278,7 @@ def test_kernel_top1_changed(backend, softcap):
     """top1_changed is False for an empty ablation (A = 1, B = 0) and right wherever float32 can tell."""
     _need_c(backend)
     L, U, bias, A, B, target = _kernel_problem(T=32, K=8)
-    empty = softmax_stats(L, U, bias, torch.ones_like(A), torch.zeros_like(B), target, softcap=softcap,
-                          backend=backend)
+    empty = softmax_stats(L, U, bias, torch.ones_like(A), torch.zeros_like(B), target, softcap=softcap, backend=backend)
     assert not empty.top1_changed.any(), f"{int(empty.top1_changed.sum())} spurious top-1 changes"
     for far in (False, True):
         problem = _kernel_problem(far=far)

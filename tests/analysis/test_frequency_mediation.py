@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 
+from confidence_neurons.analysis.closed_form import ablated_values, chunks, de_freq_shift, de_logits, te_logits
+from confidence_neurons.analysis.effects import FREQ_SERIES_TOL, per_token_effects
+from confidence_neurons.analysis.forward import ForwardCache, run_forward
+from confidence_neurons.analysis.frequency import FreqDirection
 from confidence_neurons.analysis.kernel import (
     EXACT_ORDER,
     FAR_ORDER,
@@ -29,19 +32,15 @@ from confidence_neurons.analysis.kernel import (
     series_orders,
     softmax_stats,
 )
-from confidence_neurons.analysis.closed_form import ablated_values, chunks, de_freq_shift, de_logits, te_logits
-from confidence_neurons.analysis.effects import FREQ_SERIES_TOL, per_token_effects
-from confidence_neurons.analysis.forward import ForwardCache, run_forward
-from confidence_neurons.analysis.frequency import FreqDirection
-from confidence_neurons.analysis.sweep import sweep
-from confidence_neurons.rundir import CheckpointStore
 from confidence_neurons.analysis.reference import brute_force_ablation, clean_token_stats
+from confidence_neurons.analysis.sweep import sweep
 from confidence_neurons.data.unigrams import v_freq
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
 from confidence_neurons.models.loading import LoadedModel
+from confidence_neurons.rundir import CheckpointStore
 from tests.analysis.test_closed_form import _kernel_problem
 from tests.analysis.test_post_mlp_norm import _tiny_gemma
-from tests.tiny import ARCHITECTURES, VOCAB_SIZE, load_tiny, random_tokens
+from tests.tiny import ARCHITECTURES, load_tiny, random_tokens
 
 TOL = 1e-4
 BACKENDS = ["c", "torch"]
@@ -62,9 +61,11 @@ def _need_c(backend: str) -> None:
 
 # --- the series and its bound -------------------------------------------------------------------
 
+
 def test_series_error_bound_holds():
     """|log E_p[exp(G w)] - log(series cut after G^n)| <= series_error_bound(|G| max|w|, n), in float64,
-    over distributions from flat to peaked, and the bound is within a few orders of the real error."""
+    over distributions from flat to peaked, and the bound is within a few orders of the real error.
+    """
     gen = torch.Generator().manual_seed(0)
     V = 500
     w = 4 * torch.rand(V, generator=gen, dtype=torch.float64) - 2
@@ -99,9 +100,11 @@ def test_series_orders_pick_the_cheapest_safe_order():
 
 # --- the kernel ---------------------------------------------------------------------------------
 
+
 def _tilt_problem(T=16, K=9, V=3001, post=False, seed=0):
     """test_closed_form's kernel problem (far from the clean maximum in column 0: the recompute path),
-    with a vector w and a tilt G per pair spanning every order, up to |G| max|w| = 40."""
+    with a vector w and a tilt G per pair spanning every order, up to |G| max|w| = 40.
+    """
     gen = torch.Generator().manual_seed(seed)
     problem = _kernel_problem(T, K, V, far=True, gen=gen)
     w = 4 * torch.rand(V, generator=gen) - 2
@@ -146,6 +149,7 @@ def test_tilt_arguments_are_checked():
 
 # --- closed form against real forward passes ---------------------------------------------------
 
+
 @dataclass
 class Setup:
     name: str
@@ -159,8 +163,14 @@ class Setup:
 def _setup(name: str, model: LoadedModel, seed: int = 2) -> Setup:
     layer = final_layer(model)
     tokens = random_tokens(4, 16, seed=seed)
-    return Setup(name, model, layer, tokens, run_forward(model, layer, tokens, progress=False),
-                 zipf_freq(layer.d_vocab, seed=seed))
+    return Setup(
+        name,
+        model,
+        layer,
+        tokens,
+        run_forward(model, layer, tokens, progress=False),
+        zipf_freq(layer.d_vocab, seed=seed),
+    )
 
 
 @pytest.fixture(scope="module", params=[*ARCHITECTURES, "gemma3-post-norm"])
@@ -173,7 +183,8 @@ def setup(request, tmp_path_factory) -> Setup:
 
 def test_de_freq_and_kl_equal_brute_force(setup: Setup):
     """per_token_effects' DE_freq loss and KL(P_freq || P_model), clean and ablated, against a hooked
-    forward pass with Eq. 7 applied to its real logits."""
+    forward pass with Eq. 7 applied to its real logits.
+    """
     layer, cache, freq = setup.layer, setup.cache, setup.freq
     neurons = cache.acts.std(0).argsort(descending=True)[:2].tolist()
     mean = cache.acts.mean(0)
@@ -185,8 +196,9 @@ def test_de_freq_and_kl_equal_brute_force(setup: Setup):
         de_freq = brute_force_ablation(setup.model, layer, setup.tokens, neuron, float(mean[neuron]), v_freq=freq.v)
         msg = f"{setup.name} neuron {neuron}"
         torch.testing.assert_close(eff.kl_TE[:, j].double(), te["kl"], atol=TOL, rtol=0, msg=lambda m: f"{msg} KL: {m}")
-        torch.testing.assert_close(eff.DE_freq.loss[:, j].double(), de_freq["loss"], atol=TOL, rtol=0,
-                                   msg=lambda m: f"{msg} DE_freq: {m}")
+        torch.testing.assert_close(
+            eff.DE_freq.loss[:, j].double(), de_freq["loss"], atol=TOL, rtol=0, msg=lambda m: f"{msg} DE_freq: {m}"
+        )
         # Meaningful only if holding the v_freq component changes the loss.
         assert (de_freq["loss"] - te["loss"]).abs().max() > 1e-3, msg
 
@@ -194,7 +206,8 @@ def test_de_freq_and_kl_equal_brute_force(setup: Setup):
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3-post-norm"])
 def test_sweep_de_freq_equals_the_exact_pass(arch, tmp_path):
     """The sweep's DE_freq (series or second exponential inside the TE pass) equals the exact third
-    pass of per_token_effects, for every neuron; on data where the series and the exact path both run."""
+    pass of per_token_effects, for every neuron; on data where the series and the exact path both run.
+    """
     model = _tiny_gemma(3, None, tmp_path) if arch == "gemma3-post-norm" else load_tiny(arch, tmp_path)
     s = _setup(arch, model, seed=5)
     freq = zipf_freq(s.layer.d_vocab, seed=5, exponent=2.0)
@@ -205,8 +218,7 @@ def test_sweep_de_freq_equals_the_exact_pass(arch, tmp_path):
     for tol in (FREQ_SERIES_TOL, 1e-12, 0.0):  # 0: every pair by exact exponentials
         res = sweep(s.layer, s.cache, freq=freq, neuron_chunk=24, token_chunk=20, progress=False, freq_tol=tol)
         msg = lambda m: f"tol {tol}: {m}"  # noqa: E731
-        torch.testing.assert_close(res.DE_freq.double(), dloss.abs().mean(0), atol=1e-6, rtol=1e-4,
-                                   msg=msg)
+        torch.testing.assert_close(res.DE_freq.double(), dloss.abs().mean(0), atol=1e-6, rtol=1e-4, msg=msg)
         torch.testing.assert_close(res.mean_delta_loss_DE_freq.double(), dloss.mean(0), atol=1e-6, rtol=1e-4, msg=msg)
         torch.testing.assert_close(res.abs_delta_kl.double(), dkl, atol=1e-6, rtol=1e-4, msg=msg)
         exact_share[tol] = float(res.de_freq_exact_share.mean())
@@ -229,11 +241,25 @@ def test_sweep_with_freq_resumes_from_checkpoints(tmp_path):
     ckpt = tmp_path / "ckpt"
     sweep(s.layer, s.cache, neuron_chunk=32, checkpoints=CheckpointStore(ckpt), progress=False)  # a run without P_freq
     with pytest.raises(KeyboardInterrupt):
-        sweep(s.layer, s.cache, freq=s.freq, neuron_chunk=32, checkpoints=CheckpointStore(ckpt), progress=False,
-              on_chunk=fail_after_first)
+        sweep(
+            s.layer,
+            s.cache,
+            freq=s.freq,
+            neuron_chunk=32,
+            checkpoints=CheckpointStore(ckpt),
+            progress=False,
+            on_chunk=fail_after_first,
+        )
     done: list[int] = []
-    res = sweep(s.layer, s.cache, freq=s.freq, neuron_chunk=32, checkpoints=CheckpointStore(ckpt), progress=False,
-                on_chunk=lambda k0, n: done.append(k0))
+    res = sweep(
+        s.layer,
+        s.cache,
+        freq=s.freq,
+        neuron_chunk=32,
+        checkpoints=CheckpointStore(ckpt),
+        progress=False,
+        on_chunk=lambda k0, n: done.append(k0),
+    )
     assert done == list(range(32, s.layer.d_mlp, 32)), "only the first chunk is read back"
     for f in ("DE_freq", "mean_delta_loss_DE_freq"):
         torch.testing.assert_close(getattr(res, f), getattr(reference, f), atol=0, rtol=0)
@@ -242,7 +268,8 @@ def test_sweep_with_freq_resumes_from_checkpoints(tmp_path):
 
 def test_named_eq5_eq6_eq7_logits_equal_brute_force(setup: Setup):
     """te_logits, de_logits and the TE logits plus de_freq_shift x v_freq, formed in full, give the
-    per-token losses of hooked forwards (free scale, frozen scale, Eq. 7 on the real logits)."""
+    per-token losses of hooked forwards (free scale, frozen scale, Eq. 7 on the real logits).
+    """
     layer, cache, freq = setup.layer, setup.cache, setup.freq
     neurons = cache.acts.std(0).argsort(descending=True)[:2].tolist()
     mean = cache.acts.mean(0)
@@ -255,7 +282,10 @@ def test_named_eq5_eq6_eq7_logits_equal_brute_force(setup: Setup):
     for j, neuron in enumerate(neurons):
         kwargs = {"TE": {}, "DE": {"freeze_scale": True}, "DE_freq": {"v_freq": freq.v}}
         for variant, logits in named.items():
-            brute = brute_force_ablation(setup.model, layer, setup.tokens, neuron, float(mean[neuron]), **kwargs[variant])
+            brute = brute_force_ablation(
+                setup.model, layer, setup.tokens, neuron, float(mean[neuron]), **kwargs[variant]
+            )
             loss = -logits[:, j].double().log_softmax(-1).gather(-1, cache.target[:, None])[:, 0]
-            torch.testing.assert_close(loss, brute["loss"], atol=TOL, rtol=0,
-                                       msg=lambda m: f"{setup.name} {variant} neuron {neuron}: {m}")
+            torch.testing.assert_close(
+                loss, brute["loss"], atol=TOL, rtol=0, msg=lambda m: f"{setup.name} {variant} neuron {neuron}: {m}"
+            )

@@ -74,7 +74,8 @@ def plant(model) -> None:
 
 def null_k(layer: FinalLayer) -> int:
     """Size of W_U's exact null space after the plant, in the residual directions the final norm
-    lets through (weight_stats leaves out the all-ones direction on LayerNorm models)."""
+    lets through (weight_stats leaves out the all-ones direction on LayerNorm models).
+    """
     return 1
 
 
@@ -103,7 +104,7 @@ def planted(request, tmp_path_factory) -> Planted:
 def test_plant_survives_processing(planted: Planted):
     assert planted.layer.norm == {"gpt2": "LN", "llama": "RMS"}[planted.arch]
     sv, k = planted.ws.singular_values, null_k(planted.layer)
-    assert sv[-k:].max() < 1e-5 * sv[0], f"W_U has no exact {k}-dimensional null space: {sv[-k - 1:]}"
+    assert sv[-k:].max() < 1e-5 * sv[0], f"W_U has no exact {k}-dimensional null space: {sv[-k - 1 :]}"
     assert sv[-k - 1] > 0.1 * sv[0], "the plant made W_U more degenerate than intended"
     w_A = planted.layer.W_out[NEURON_A]
     assert w_A.norm() == pytest.approx(C_A, rel=1e-4)
@@ -142,8 +143,9 @@ def test_entropy_neuron_rule_flags_only_the_planted_neuron(planted: Planted):
 
     from confidence_neurons.analysis.selection import EntropyNeuronRule, select_entropy_neurons
 
-    table = pd.DataFrame({"rho": planted.ws.rho.numpy(), "ln_share": planted.ln_share.numpy(),
-                          "TE": planted.sw.TE.numpy()})
+    table = pd.DataFrame(
+        {"rho": planted.ws.rho.numpy(), "ln_share": planted.ln_share.numpy(), "TE": planted.sw.TE.numpy()}
+    )
     flagged = select_entropy_neurons(table, EntropyNeuronRule())
     assert bool(flagged[NEURON_A]) and not bool(flagged[NEURON_B])
     assert flagged.index[flagged].tolist() == [NEURON_A]

@@ -13,12 +13,12 @@ import torch
 
 from confidence_neurons.analysis.forward import run_forward
 from confidence_neurons.analysis.frequency import FreqDirection
-from confidence_neurons.analysis.sweep import sweep
 from confidence_neurons.analysis.selection import EntropyNeuronRule, TokenFrequencyNeuronRule
+from confidence_neurons.analysis.sweep import sweep
+from confidence_neurons.analysis.table import neuron_table
 from confidence_neurons.analysis.weights import weight_stats
 from confidence_neurons.data.unigrams import v_freq
 from confidence_neurons.models.final_layer import final_layer
-from confidence_neurons.analysis.table import neuron_table
 from tests.analysis.test_planted import NEURON_A, NEURON_B, plant
 from tests.tiny import load_tiny, random_tokens
 

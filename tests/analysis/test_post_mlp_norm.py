@@ -1,5 +1,6 @@
 """Gemma 2 and 3 normalise the MLP output before the residual: the closed form carries that norm
-through the ablation exactly (and DE freezes only the final norm's scale)."""
+through the ablation exactly (and DE freezes only the final norm's scale).
+"""
 
 from __future__ import annotations
 
@@ -19,9 +20,17 @@ TOL = 1e-4
 def _tiny_gemma(version: int, softcap: float | None, directory):
     from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
 
-    common = dict(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=128,
-                  final_logit_softcapping=softcap)
+    common = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=128,
+        final_logit_softcapping=softcap,
+    )
     if version == 2:
         model = Gemma2ForCausalLM(Gemma2Config(**common))
     else:
@@ -47,8 +56,9 @@ def test_closed_form_through_the_post_mlp_norm(version, softcap, tmp_path):
         closed = per_token_effects(layer, cache, neurons, mode=mode, mean_act=mean)
         for j, neuron in enumerate(neurons):
             for variant, freeze in (("TE", False), ("DE", True)):
-                brute = brute_force_ablation(model, layer, tokens, neuron, float(mean[neuron]), mode=mode,
-                                             freeze_scale=freeze)
+                brute = brute_force_ablation(
+                    model, layer, tokens, neuron, float(mean[neuron]), mode=mode, freeze_scale=freeze
+                )
                 assert (brute["loss"] - closed.variant(variant).loss[:, j]).abs().max() < TOL
                 assert (brute["entropy"] - closed.variant(variant).entropy[:, j]).abs().max() < TOL
         assert (closed.TE.loss - closed.loss[:, None]).abs().max() > 0.05, "the ablations must do something"

@@ -10,14 +10,32 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from confidence_neurons.cli import main
 from confidence_neurons.analysis.table import NEURON_COLUMNS
+from confidence_neurons.cli import main
 from tests.tiny import N_SPECIAL, VOCAB_SIZE, make_tiny_dir
 
-RUN_FILES = ["config.json", "tokens.npy", "neurons.parquet", "neurons.csv", "spectrum.csv", "cos_sv.npy",
-             "token_metrics.parquet", "unigrams.npy", "unigrams.json", "report.html"]
-FIGURES = ["fig1_entropy_vs_prediction", "fig2a_norm_vs_logitvar", "fig2c_total_vs_direct", "fig2d_spectrum",
-           "fig2e_rho_vs_ln_share", "fig3a_kl_vs_entropy", "fig3b_freq_share_vs_dkl", "fig3c_total_vs_freq_direct"]
+RUN_FILES = [
+    "config.json",
+    "tokens.npy",
+    "neurons.parquet",
+    "neurons.csv",
+    "spectrum.csv",
+    "cos_sv.npy",
+    "token_metrics.parquet",
+    "unigrams.npy",
+    "unigrams.json",
+    "report.html",
+]
+FIGURES = [
+    "fig1_entropy_vs_prediction",
+    "fig2a_norm_vs_logitvar",
+    "fig2c_total_vs_direct",
+    "fig2d_spectrum",
+    "fig2e_rho_vs_ln_share",
+    "fig3a_kl_vs_entropy",
+    "fig3b_freq_share_vs_dkl",
+    "fig3c_total_vs_freq_direct",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +56,25 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def _scan(model: Path, corpus: Path, out: Path, *extra: str) -> int:
-    return main(["scan", "--model", str(model), "--dataset", str(corpus), "--n-seqs", "4", "--seq-len", "32",
-                 "--neuron-chunk", "32", "--out", str(out), "--quiet", *extra])
+    return main(
+        [
+            "scan",
+            "--model",
+            str(model),
+            "--dataset",
+            str(corpus),
+            "--n-seqs",
+            "4",
+            "--seq-len",
+            "32",
+            "--neuron-chunk",
+            "32",
+            "--out",
+            str(out),
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 def test_scan_writes_every_file(tiny_model, corpus, tmp_path, capsys):
@@ -62,7 +97,7 @@ def test_scan_writes_every_file(tiny_model, corpus, tmp_path, capsys):
     assert tokens.shape == (4, 32) and (tokens[:, 0] == 1).all()  # BOS first
     assert len(pd.read_parquet(out / "token_metrics.parquet")) == 4 * 31
     report = (out / "report.html").read_text()
-    assert "Entropy neurons" in report and "src=\"http" not in report
+    assert "Entropy neurons" in report and 'src="http' not in report
     printed = capsys.readouterr().out
     assert "entropy neurons in layer 1" in printed and str((out / "report.html").resolve()) in printed
 
@@ -81,17 +116,32 @@ def test_rerun_resumes_and_another_run_is_refused(tiny_model, corpus, tmp_path, 
     assert "already holds a different run" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--model", "/nonexistent/model-dir"], "neither an existing path nor a Hugging Face model id"),
-    (["--k", "0"], "k = 0 is out of range"),
-    (["--k", "31"], "k = 31 is out of range"),
-    (["--n-seqs", "500"], "the corpus has only"),
-    (["--unigrams", "MISSING.npy"], "count file MISSING.npy does not exist"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "/nonexistent/model-dir"], "neither an existing path nor a Hugging Face model id"),
+        (["--k", "0"], "k = 0 is out of range"),
+        (["--k", "31"], "k = 31 is out of range"),
+        (["--n-seqs", "500"], "the corpus has only"),
+        (["--unigrams", "MISSING.npy"], "count file MISSING.npy does not exist"),
+    ],
+)
 def test_bad_input_is_one_sentence_and_leaves_nothing(tiny_model, corpus, tmp_path, capsys, args, message):
     out = tmp_path / "run"
-    argv = ["scan", "--model", str(tiny_model), "--dataset", str(corpus), "--n-seqs", "2", "--seq-len", "16",
-            "--out", str(out), "--quiet"]
+    argv = [
+        "scan",
+        "--model",
+        str(tiny_model),
+        "--dataset",
+        str(corpus),
+        "--n-seqs",
+        "2",
+        "--seq-len",
+        "16",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     argv += args
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -101,8 +151,21 @@ def test_bad_input_is_one_sentence_and_leaves_nothing(tiny_model, corpus, tmp_pa
 
 def test_a_path_that_is_not_a_model(tmp_path, corpus, capsys):
     (tmp_path / "notamodel").mkdir()
-    assert main(["scan", "--model", str(tmp_path / "notamodel"), "--dataset", str(corpus), "--quiet",
-                 "--out", str(tmp_path / "run")]) == 2
+    assert (
+        main(
+            [
+                "scan",
+                "--model",
+                str(tmp_path / "notamodel"),
+                "--dataset",
+                str(corpus),
+                "--quiet",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 2
+    )
     assert "is not a model" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
@@ -112,8 +175,21 @@ def test_unreachable_hub_model_says_what_to_do(tmp_path, corpus, capsys, monkeyp
     import huggingface_hub.constants as hub_constants
 
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
-    assert main(["scan", "--model", "someone/not-cached-model", "--dataset", str(corpus), "--quiet",
-                 "--out", str(tmp_path / "run")]) == 2
+    assert (
+        main(
+            [
+                "scan",
+                "--model",
+                "someone/not-cached-model",
+                "--dataset",
+                str(corpus),
+                "--quiet",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "pass a local model directory or a GGUF file" in err
     assert not (tmp_path / "run").exists()

@@ -30,7 +30,9 @@ def test_each_command_has_exactly_its_own_flags():
     assert {"--neurons", "--scan", "--n-induction-seqs", "--half-len"} <= induction
     assert "--n-seqs" not in induction and "--unigrams" not in induction
     assert {"--out", "--config", "--quiet"} <= scan & inspect & induction
-    assert {"--model", "--dataset", "--max-tokens", "--out"} <= _flags("unigrams") and "--seed" not in _flags("unigrams")
+    assert {"--model", "--dataset", "--max-tokens", "--out"} <= _flags("unigrams") and "--seed" not in _flags(
+        "unigrams"
+    )
 
 
 def test_help_shows_the_dataclass_defaults():
@@ -47,8 +49,11 @@ def test_every_field_is_a_flag_and_round_trips_through_a_dict(cls):
     flags = F.add_options(parser, cls)
     top = {f.name for f in dataclasses.fields(cls)}
     assert {path.split(".")[0] for path in flags if "." in path or path in top} == top
-    required = {f.name: "x.npy" if f.name == "out" else "29.830" for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    required = {
+        f.name: "x.npy" if f.name == "out" else "29.830"
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
     extra = {} if cls is not InductionConfig else {"neurons": ("1.2",)}
     config = cls(**required, **extra)
     assert cls.from_dict(config.to_dict()) == config

@@ -42,11 +42,16 @@ def test_load_run_refuses_what_is_not_a_finished_run(tmp_path, scan_run):
 
 def test_rerun_and_config_file_repeat_a_run(scan_run, tmp_path, capsys):
     assert main(["rerun", str(scan_run), "--out", str(tmp_path / "again"), "--quiet"]) == 0
-    pd.testing.assert_frame_equal(pd.read_parquet(scan_run / "neurons.parquet"),
-                                  pd.read_parquet(tmp_path / "again" / "neurons.parquet"))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(scan_run / "neurons.parquet"), pd.read_parquet(tmp_path / "again" / "neurons.parquet")
+    )
     # --config takes a run's config.json; a flag overrides it
-    assert main(["scan", "--config", str(scan_run / "config.json"), "--seed", "1", "--out", str(tmp_path / "s1"),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            ["scan", "--config", str(scan_run / "config.json"), "--seed", "1", "--out", str(tmp_path / "s1"), "--quiet"]
+        )
+        == 0
+    )
     config = json.loads((tmp_path / "s1" / "config.json").read_text())["config"]
     original = json.loads((scan_run / "config.json").read_text())["config"]
     assert config == {**original, "seed": 1}

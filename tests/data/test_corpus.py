@@ -1,4 +1,5 @@
 """Tests for confidence_neurons.data.corpus (offline, with a small real byte-level BPE tokenizer)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,12 @@ def _make_tokenizer(with_bos: bool = True):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(SENTENCES * 5, trainer=trainer)
     kwargs = {"bos_token": "<|endoftext|>"} if with_bos else {}
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", model_max_length=10**9, **kwargs)
@@ -64,13 +69,13 @@ def _assert_windows_match(sample: TokenSample, tokenizer, dataset, **kw) -> None
     skip = 1 if sample.source["prepend_bos"] else 0
     body_len = sample.tokens.shape[1] - skip
     for row, (d, off) in zip(sample.tokens.tolist(), sample.source["starts"]):
-        expected = _ids(tokenizer, docs[d])[off:off + body_len]
+        expected = _ids(tokenizer, docs[d])[off : off + body_len]
         assert row[skip:] == expected
 
 
 def _is_contiguous_in(row: list[int], doc_ids: list[int]) -> bool:
     n = len(row)
-    return any(doc_ids[i:i + n] == row for i in range(len(doc_ids) - n + 1))
+    return any(doc_ids[i : i + n] == row for i in range(len(doc_ids) - n + 1))
 
 
 def test_default_corpus_shape_bos_and_description(tokenizer):

@@ -1,4 +1,5 @@
 """Tests for confidence_neurons.data.unigrams (offline word-level tokenizer; the paper's published count files)."""
+
 from __future__ import annotations
 
 import json
@@ -62,6 +63,7 @@ def jsonl(tmp_path) -> Path:
 
 # --------------------------------------------------------------------------------------------- counting
 
+
 def test_tokenizer_is_what_the_expectations_assume(tokenizer):
     assert len(tokenizer) == len(WORDS)
     assert tokenizer("the zebra", add_special_tokens=False)["input_ids"] == [1, 0]
@@ -112,8 +114,8 @@ def test_vocab_size_too_small_raises(tokenizer, jsonl):
 def test_larger_vocab_size_pads_with_zeros(tokenizer, jsonl):
     uc = count_unigrams(tokenizer, str(jsonl), text_field="body", vocab_size=20, progress=False)
     assert uc.counts.shape == (20,)
-    np.testing.assert_array_equal(uc.counts[:len(WORDS)], _expected(DOCS))
-    assert not uc.counts[len(WORDS):].any()
+    np.testing.assert_array_equal(uc.counts[: len(WORDS)], _expected(DOCS))
+    assert not uc.counts[len(WORDS) :].any()
 
 
 def test_builtin_corpus(tokenizer):
@@ -132,6 +134,7 @@ def test_bad_dataset_is_a_corpus_error(tokenizer, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- save / load
+
 
 def test_save_load_round_trip(tokenizer, jsonl, tmp_path):
     uc = count_unigrams(tokenizer, str(jsonl), text_field="body", progress=False)
@@ -162,6 +165,7 @@ def test_save_refuses_non_npy_path(tmp_path):
 
 # --------------------------------------------------------------------------------------------- bad inputs
 
+
 def _write(tmp_path, arr, name="bad.npy") -> Path:
     path = tmp_path / name
     np.save(path, arr)
@@ -170,7 +174,9 @@ def _write(tmp_path, arr, name="bad.npy") -> Path:
 
 def test_too_long_raises(tmp_path):
     path = _write(tmp_path, np.ones(120, dtype=np.int64))
-    with pytest.raises(UnigramError, match="has 120 entries but the model's vocabulary has only 100.*another tokenizer"):
+    with pytest.raises(
+        UnigramError, match="has 120 entries but the model's vocabulary has only 100.*another tokenizer"
+    ):
         load_counts(path, 100)
 
 
@@ -241,6 +247,7 @@ def test_not_npy_and_unreadable_raise(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- p_freq / v_freq
+
 
 def test_p_and_v_on_a_small_example():
     uc = UnigramCounts(np.array([0, 1, 2, 5], dtype=np.int64), {})

@@ -28,8 +28,8 @@ from confidence_neurons.induction.heads import (
     prefix_matching_scores,
 )
 from confidence_neurons.induction.neurons import (
-    acts_by_position,
     activation_change,
+    acts_by_position,
     clipped_ablation_curves,
     curves_from_cache,
     natural_induction_effects,
@@ -77,8 +77,7 @@ def data(tmp_path_factory) -> Data:
     cache = run_forward(model, layer, tokens, progress=False)
     curves = curves_from_cache(layer, cache, NEURONS)
     draws = random_neuron_draws(layer.d_mlp, 3, 2, exclude=NEURONS, seed=1)
-    clipped = clipped_ablation_curves(layer, cache, tuple(tokens.shape), NEURONS, half_len=HALF,
-                                      random_neurons=draws)
+    clipped = clipped_ablation_curves(layer, cache, tuple(tokens.shape), NEURONS, half_len=HALF, random_neurons=draws)
     change = activation_change(acts_by_position(cache), HALF)
 
     prefix = prefix_matching_scores(model, tokens)
@@ -88,13 +87,17 @@ def data(tmp_path_factory) -> Data:
     rows = []
     sets = [("none", "clean", [])]
     sets += [(head_set_label(hs), "induction", bos_ablation_hooks(hs)) for hs in head_combinations(induction, 2)]
-    sets += [(head_set_label(hs), "baseline", bos_ablation_hooks(hs))
-             for hs in baseline_combinations(baseline, n_pairs=1, n_triples=1)]
+    sets += [
+        (head_set_label(hs), "baseline", bos_ablation_hooks(hs))
+        for hs in baseline_combinations(baseline, n_pairs=1, n_triples=1)
+    ]
     for label, kind, hooks in sets:
         acts = neuron_activations_under(model, tokens, NEURONS, hooks).numpy()  # (n_neurons, seq_len)
         for name, row in zip(NAMES, acts):
-            rows += [{"neuron": name, "head_set": label, "kind": kind, "position": p, "activation": float(a)}
-                     for p, a in enumerate(row)]
+            rows += [
+                {"neuron": name, "head_set": label, "kind": kind, "position": p, "activation": float(a)}
+                for p, a in enumerate(row)
+            ]
     heads_df = pd.DataFrame(rows)
 
     corrupted = corrupt_first_copy(tokens, random_tokens(N_SEQS, HALF + 1, seed=9)[:, 1:])
@@ -108,10 +111,23 @@ def data(tmp_path_factory) -> Data:
     nat[:, 2 : 2 + NGRAM] = gram
     nat[:, 12 : 12 + NGRAM] = gram
     nat_cache = run_forward(model, layer, nat, progress=False)
-    natural = natural_induction_effects(layer, nat_cache, [(2, 12)] * 4, NEURONS,
-                                        reference_mean=nat_cache.acts.mean(0), n=NGRAM)
-    return Data(curves, clipped, change, prefix.numpy(), bos.numpy(), induction, baseline, heads_df,
-                labels, diff, natural, layer.d_mlp)
+    natural = natural_induction_effects(
+        layer, nat_cache, [(2, 12)] * 4, NEURONS, reference_mean=nat_cache.acts.mean(0), n=NGRAM
+    )
+    return Data(
+        curves,
+        clipped,
+        change,
+        prefix.numpy(),
+        bos.numpy(),
+        induction,
+        baseline,
+        heads_df,
+        labels,
+        diff,
+        natural,
+        layer.d_mlp,
+    )
 
 
 def trace(fig: go.Figure, name: str):
@@ -255,8 +271,9 @@ def test_fig11_red_trace_holds_exactly_the_entropy_neurons(data: Data):
 
 def test_fig11_natural_setting_and_no_entropy_neurons(data: Data):
     n = data.d_mlp
-    fig = I.fig_activation_change(data.change, np.zeros(n), np.zeros(n, bool), [str(i) for i in range(n)],
-                                  setting="natural")
+    fig = I.fig_activation_change(
+        data.change, np.zeros(n), np.zeros(n, bool), [str(i) for i in range(n)], setting="natural"
+    )
     assert "natural" in fig.layout.title.text
     assert len(trace(fig, ENTROPY_TRACE).x) == 0
     assert has_note(fig, "no entropy neurons under the current rule")
@@ -367,12 +384,13 @@ def test_fig9_natural_induction(data: Data):
     fig = I.fig_natural_induction(eff, NAMES)
     check_common(fig, "Fig. 9a analogue:")
     assert list(fig.layout.xaxis.ticktext) == [f"A{k}" for k in range(NGRAM)] + ["B"] + [
-        f"A{k}" for k in range(NGRAM)] + ["X"]
+        f"A{k}" for k in range(NGRAM)
+    ] + ["X"]
     xs, _, _ = I.natural_x_layout(NGRAM)
     for name, neuron in zip(NAMES, NEURONS):
         t = trace(fig, name)
         rows = eff[eff["neuron"] == neuron]
-        for (occ, label, off) in (("first", "A0", 0), ("first", "B", NGRAM), ("second", "X", NGRAM)):
+        for occ, label, off in (("first", "A0", 0), ("first", "B", NGRAM), ("second", "X", NGRAM)):
             want = rows[(rows["occurrence"] == occ) & (rows["label"] == label)]["activation"].mean()
             i = list(t.x).index(xs[(occ, off)])
             assert t.y[i] == pytest.approx(want)

@@ -63,9 +63,20 @@ def test_scatter_markers_positions_colour_and_size():
 
 
 def test_scatter_marker_outline_opacity_and_per_point_size():
-    mfig = convert(go.Scatter(x=[0, 1], y=[0, 1], mode="markers", opacity=0.5,
-                              marker={"color": "rgba(0, 0, 255, 1)", "size": [4, 8], "opacity": 0.8,
-                                      "line": {"color": "#7f0000", "width": 2}}))
+    mfig = convert(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="markers",
+            opacity=0.5,
+            marker={
+                "color": "rgba(0, 0, 255, 1)",
+                "size": [4, 8],
+                "opacity": 0.8,
+                "line": {"color": "#7f0000", "width": 2},
+            },
+        )
+    )
     (points,) = main_axes(mfig).collections
     np.testing.assert_allclose(points.get_sizes(), [(4 * PT) ** 2, (8 * PT) ** 2])
     np.testing.assert_allclose(points.get_edgecolors()[0][:3], to_rgba("#7f0000")[:3])
@@ -74,9 +85,21 @@ def test_scatter_marker_outline_opacity_and_per_point_size():
 
 
 def test_numeric_marker_colours_on_own_colour_scale_with_colorbar():
-    mfig = convert(go.Scatter(x=[0, 1, 2], y=[0, 1, 2], mode="markers",
-                              marker={"color": [0.2, 0.5, 0.8], "colorscale": "Viridis", "cmin": 0, "cmax": 1,
-                                      "showscale": True, "colorbar": {"title": {"text": "RR"}}}))
+    mfig = convert(
+        go.Scatter(
+            x=[0, 1, 2],
+            y=[0, 1, 2],
+            mode="markers",
+            marker={
+                "color": [0.2, 0.5, 0.8],
+                "colorscale": "Viridis",
+                "cmin": 0,
+                "cmax": 1,
+                "showscale": True,
+                "colorbar": {"title": {"text": "RR"}},
+            },
+        )
+    )
     (points,) = main_axes(mfig).collections
     np.testing.assert_allclose(points.get_array(), [0.2, 0.5, 0.8])
     assert (points.norm.vmin, points.norm.vmax) == (0, 1)
@@ -125,9 +148,17 @@ def test_default_mode_and_colorway():
 
 
 def test_text_labels_follow_textposition():
-    mfig = convert(go.Scatter(x=[1, 2, 3], y=[1, 2, 3], mode="markers+text", text=["up", "down", ""],
-                              textposition=["top center", "bottom left", "middle right"],
-                              textfont={"color": "#d62728", "size": 12}, marker={"size": 8}))
+    mfig = convert(
+        go.Scatter(
+            x=[1, 2, 3],
+            y=[1, 2, 3],
+            mode="markers+text",
+            text=["up", "down", ""],
+            textposition=["top center", "bottom left", "middle right"],
+            textfont={"color": "#d62728", "size": 12},
+            marker={"size": 8},
+        )
+    )
     labels = {a.get_text(): a for a in main_axes(mfig).texts}
     assert set(labels) == {"up", "down", ""}
     up, down, right = labels["up"], labels["down"], labels[""]
@@ -170,8 +201,11 @@ def box_patches(ax) -> list[tuple[float, float, float]]:
 def test_boxes_categorical_x_grouped_side_by_side():
     y = [1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0]
     x = ["group"] * 5 + ["random"] * 5
-    mfig = convert(go.Box(x=x, y=y, name="TE", boxpoints=False), go.Box(x=x, y=[v * 2 for v in y], name="DE",
-                                                                       boxpoints=False), boxmode="group")
+    mfig = convert(
+        go.Box(x=x, y=y, name="TE", boxpoints=False),
+        go.Box(x=x, y=[v * 2 for v in y], name="DE", boxpoints=False),
+        boxmode="group",
+    )
     ax = main_axes(mfig)
     boxes = box_patches(ax)
     assert [b[0] for b in boxes] == [-0.175, 0.175, 0.825, 1.175]  # two traces side by side in each category
@@ -183,12 +217,23 @@ def test_boxes_categorical_x_grouped_side_by_side():
     assert sorted({b[0] for b in box_patches(main_axes(overlaid))}) == [0.0, 1.0]
 
 
-@pytest.mark.parametrize("boxpoints, n_points, fliers", [("all", 6, []), ("outliers", 0, [100.0]),
-                                                        ("suspectedoutliers", 0, [100.0]), (False, 0, None)])
+@pytest.mark.parametrize(
+    "boxpoints, n_points, fliers",
+    [("all", 6, []), ("outliers", 0, [100.0]), ("suspectedoutliers", 0, [100.0]), (False, 0, None)],
+)
 def test_box_points_all_outliers_or_none(boxpoints, n_points, fliers):
     y = [1.0, 2.0, 3.0, 4.0, 5.0, 100.0]
-    mfig = convert(go.Box(x=["a"] * 6, y=y, name="b", boxpoints=boxpoints, jitter=0.3, pointpos=0,
-                          marker={"color": "#4c72b0", "size": 4}))
+    mfig = convert(
+        go.Box(
+            x=["a"] * 6,
+            y=y,
+            name="b",
+            boxpoints=boxpoints,
+            jitter=0.3,
+            pointpos=0,
+            marker={"color": "#4c72b0", "size": 4},
+        )
+    )
     ax = main_axes(mfig)
     drawn = sum(len(c.get_offsets()) for c in ax.collections)
     assert drawn == n_points
@@ -208,17 +253,22 @@ def test_box_points_all_outliers_or_none(boxpoints, n_points, fliers):
 
 
 def test_log_axes_and_log_ranges():
-    mfig = convert(go.Scatter(x=[1, 10, 100], y=[0.01, 0.1, 1], mode="markers"),
-                   xaxis={"type": "log", "range": [0, 2]}, yaxis={"type": "log"})
+    mfig = convert(
+        go.Scatter(x=[1, 10, 100], y=[0.01, 0.1, 1], mode="markers"),
+        xaxis={"type": "log", "range": [0, 2]},
+        yaxis={"type": "log"},
+    )
     ax = main_axes(mfig)
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     np.testing.assert_allclose(ax.get_xlim(), (1, 100))  # plotly gives log ranges as log10
 
 
 def test_axis_titles_ranges_and_grid():
-    mfig = convert(go.Scatter(x=[0, 1], y=[0, 1], mode="lines"),
-                   xaxis={"title": {"text": "position <i>p</i>"}, "range": [-1, 5], "showgrid": False},
-                   yaxis={"title": {"text": "activation"}, "range": [0, 2]})
+    mfig = convert(
+        go.Scatter(x=[0, 1], y=[0, 1], mode="lines"),
+        xaxis={"title": {"text": "position <i>p</i>"}, "range": [-1, 5], "showgrid": False},
+        yaxis={"title": {"text": "activation"}, "range": [0, 2]},
+    )
     ax = main_axes(mfig)
     assert ax.get_xlabel() == "position p" and ax.get_ylabel() == "activation"
     assert ax.get_xlim() == (-1, 5) and ax.get_ylim() == (0, 2)
@@ -236,8 +286,10 @@ def test_category_order_array():
 
 @pytest.mark.parametrize("angle, rotation, ha", [(-60, 60, "right"), (45, 315, "left")])
 def test_tickvals_ticktext_and_tickangle(angle, rotation, ha):
-    mfig = convert(go.Scatter(x=[0, 1, 2], y=[0, 1, 2], mode="markers"),
-                   xaxis={"tickvals": [0, 2], "ticktext": ["L0", "mlp<br>2"], "tickangle": angle})
+    mfig = convert(
+        go.Scatter(x=[0, 1, 2], y=[0, 1, 2], mode="markers"),
+        xaxis={"tickvals": [0, 2], "ticktext": ["L0", "mlp<br>2"], "tickangle": angle},
+    )
     ax = main_axes(mfig)
     np.testing.assert_allclose(ax.get_xticks(), [0, 2])
     labels = ax.get_xticklabels()
@@ -285,19 +337,39 @@ def test_single_trace_has_no_legend_unless_asked():
 
 
 def test_hidden_traces_are_skipped():
-    mfig = convert(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="shown"),
-                   go.Scatter(x=[0, 1], y=[1, 0], mode="lines", name="off", visible=False),
-                   go.Scatter(x=[0, 1], y=[2, 2], mode="lines", name="legendonly", visible="legendonly"))
+    mfig = convert(
+        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="shown"),
+        go.Scatter(x=[0, 1], y=[1, 0], mode="lines", name="off", visible=False),
+        go.Scatter(x=[0, 1], y=[2, 2], mode="lines", name="legendonly", visible="legendonly"),
+    )
     (line,) = main_axes(mfig).lines
     np.testing.assert_allclose(line.get_ydata(), [0, 1])
 
 
 def test_rect_and_line_shapes():
     fig = go.Figure(go.Scatter(x=[0, 10], y=[0, 5], mode="markers"))
-    fig.add_shape(type="rect", xref="x", yref="paper", x0=2, x1=6, y0=0, y1=1,
-                  fillcolor="rgba(214, 39, 40, 0.10)", line={"width": 0}, layer="below")
-    fig.add_shape(type="line", xref="paper", yref="y", x0=0, x1=1, y0=3, y1=3,
-                  line={"color": "rgba(60,60,60,0.6)", "width": 2, "dash": "dash"})
+    fig.add_shape(
+        type="rect",
+        xref="x",
+        yref="paper",
+        x0=2,
+        x1=6,
+        y0=0,
+        y1=1,
+        fillcolor="rgba(214, 39, 40, 0.10)",
+        line={"width": 0},
+        layer="below",
+    )
+    fig.add_shape(
+        type="line",
+        xref="paper",
+        yref="y",
+        x0=0,
+        x1=1,
+        y0=3,
+        y1=3,
+        line={"color": "rgba(60,60,60,0.6)", "width": 2, "dash": "dash"},
+    )
     mfig = figure_to_matplotlib(fig)
     ax = main_axes(mfig)
     (rect,) = [p for p in ax.patches if isinstance(p, Rectangle)]
@@ -305,22 +377,46 @@ def test_rect_and_line_shapes():
     np.testing.assert_allclose(rect.get_facecolor(), (214 / 255, 39 / 255, 40 / 255, 0.10))
     assert rect.get_zorder() < 1  # below the data
     # x in data units, y in paper (axes) units
-    assert display_xy(rect.get_data_transform(), (2, 1)) == (display_xy(ax.transData, (2, 0))[0],
-                                                           display_xy(ax.transAxes, (0, 1))[1])
+    assert display_xy(rect.get_data_transform(), (2, 1)) == (
+        display_xy(ax.transData, (2, 0))[0],
+        display_xy(ax.transAxes, (0, 1))[1],
+    )
     (line,) = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
     assert list(line.get_xdata()) == [0.0, 1.0] and list(line.get_ydata()) == [3.0, 3.0]
     assert line.get_linewidth() == pytest.approx(2 * PT)
-    assert display_xy(line.get_transform(), (1, 3)) == (display_xy(ax.transAxes, (1, 0))[0],
-                                                       display_xy(ax.transData, (0, 3))[1])
+    assert display_xy(line.get_transform(), (1, 3)) == (
+        display_xy(ax.transAxes, (1, 0))[0],
+        display_xy(ax.transData, (0, 3))[1],
+    )
 
 
 def test_annotations_in_data_and_paper_coordinates():
     fig = go.Figure(go.Scatter(x=[1, 100], y=[0, 1], mode="markers"))
     fig.update_xaxes(type="log")
-    fig.add_annotation(text="second copy", xref="x", yref="paper", x=1, y=1.0, xanchor="left", yanchor="bottom",
-                       showarrow=False, font={"size": 11, "color": "#1f77b4"})
-    fig.add_annotation(text="no data", xref="paper", yref="paper", x=0.5, y=0.98, xanchor="center", yanchor="top",
-                       showarrow=False, bgcolor="rgba(255,255,255,0.85)", bordercolor="#bbbbbb", borderwidth=1)
+    fig.add_annotation(
+        text="second copy",
+        xref="x",
+        yref="paper",
+        x=1,
+        y=1.0,
+        xanchor="left",
+        yanchor="bottom",
+        showarrow=False,
+        font={"size": 11, "color": "#1f77b4"},
+    )
+    fig.add_annotation(
+        text="no data",
+        xref="paper",
+        yref="paper",
+        x=0.5,
+        y=0.98,
+        xanchor="center",
+        yanchor="top",
+        showarrow=False,
+        bgcolor="rgba(255,255,255,0.85)",
+        bordercolor="#bbbbbb",
+        borderwidth=1,
+    )
     fig.add_annotation(text="peak", x=2, y=1, showarrow=True)
     mfig = figure_to_matplotlib(fig)
     ax = main_axes(mfig)
@@ -330,7 +426,9 @@ def test_annotations_in_data_and_paper_coordinates():
     assert (data_note.get_ha(), data_note.get_va()) == ("left", "bottom")
     assert to_rgba(data_note.get_color()) == to_rgba("#1f77b4") and data_note.get_fontsize() == pytest.approx(11 * PT)
     assert display_xy(data_note.xycoords, (10, 1)) == (
-        display_xy(ax.transData, (10, 0))[0], display_xy(ax.transAxes, (0, 1))[1])
+        display_xy(ax.transData, (10, 0))[0],
+        display_xy(ax.transAxes, (0, 1))[1],
+    )
     assert paper_note.xy == (0.5, 0.98) and (paper_note.get_ha(), paper_note.get_va()) == ("center", "top")
     assert display_xy(paper_note.xycoords, (0.5, 0.98)) == display_xy(ax.transAxes, (0.5, 0.98))
     assert paper_note.get_bbox_patch() is not None and data_note.get_bbox_patch() is None
@@ -345,34 +443,53 @@ def test_shapes_and_annotations_on_y2_and_in_axis_domain():
     mfig = figure_to_matplotlib(fig)
     ax, ax2 = main_axes(mfig), twin_axes(mfig)
     (line,) = [ln for ln in ax.lines if ln.get_linestyle() == ":"]
-    assert display_xy(line.get_transform(), (1, 15)) == (display_xy(ax.transAxes, (1, 0))[0],
-                                                        display_xy(ax2.transData, (0, 15))[1])
+    assert display_xy(line.get_transform(), (1, 15)) == (
+        display_xy(ax.transAxes, (1, 0))[0],
+        display_xy(ax2.transData, (0, 15))[1],
+    )
     (note,) = [a for a in ax.texts if a.get_text() == "on y2"]
-    assert display_xy(note.xycoords, (0.5, 15)) == (display_xy(ax.transData, (0.5, 0))[0],
-                                                    display_xy(ax2.transData, (0, 15))[1])
+    assert display_xy(note.xycoords, (0.5, 15)) == (
+        display_xy(ax.transData, (0.5, 0))[0],
+        display_xy(ax2.transData, (0, 15))[1],
+    )
 
 
 # --------------------------------------------------------------------------- refusals and the PNG
 
 
-@pytest.mark.parametrize("trace", [go.Heatmap(z=[[1, 2], [3, 4]]), go.Bar(x=[1, 2], y=[3, 4]),
-                                   go.Histogram(x=[1, 2, 2])], ids=["heatmap", "bar", "histogram"])
+@pytest.mark.parametrize(
+    "trace",
+    [go.Heatmap(z=[[1, 2], [3, 4]]), go.Bar(x=[1, 2], y=[3, 4]), go.Histogram(x=[1, 2, 2])],
+    ids=["heatmap", "bar", "histogram"],
+)
 def test_unsupported_trace_types_raise(trace):
     with pytest.raises(NotImplementedError, match="trace type"):
         figure_to_matplotlib(go.Figure(trace))
 
 
-@pytest.mark.parametrize("build", [
-    lambda: go.Figure(go.Scatter(x=[0], y=[0], yaxis="y3")),
-    lambda: go.Figure(go.Scatter(x=[0], y=[0], xaxis="x2")),
-    lambda: go.Figure(go.Scatter(x=["a", "b"], y=[0, 1])),
-    lambda: go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="markers", marker={"color": ["red", "blue"]})),
-    lambda: go.Figure(go.Box(y=[1, 2], x=["a", "b"], orientation="h")),
-    lambda: go.Figure(go.Box(y=[1, 2], yaxis="y2")),
-    lambda: go.Figure(go.Scatter(x=[0], y=[0])).add_shape(type="circle", x0=0, x1=1, y0=0, y1=1),
-    lambda: go.Figure(go.Scatter(x=[0], y=[0])).add_annotation(text="t", xref="x2", x=0, y=0),
-], ids=["axis y3", "axis x2", "categorical scatter", "colour strings", "horizontal box", "box on y2",
-        "circle shape", "annotation on x2"])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: go.Figure(go.Scatter(x=[0], y=[0], yaxis="y3")),
+        lambda: go.Figure(go.Scatter(x=[0], y=[0], xaxis="x2")),
+        lambda: go.Figure(go.Scatter(x=["a", "b"], y=[0, 1])),
+        lambda: go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="markers", marker={"color": ["red", "blue"]})),
+        lambda: go.Figure(go.Box(y=[1, 2], x=["a", "b"], orientation="h")),
+        lambda: go.Figure(go.Box(y=[1, 2], yaxis="y2")),
+        lambda: go.Figure(go.Scatter(x=[0], y=[0])).add_shape(type="circle", x0=0, x1=1, y0=0, y1=1),
+        lambda: go.Figure(go.Scatter(x=[0], y=[0])).add_annotation(text="t", xref="x2", x=0, y=0),
+    ],
+    ids=[
+        "axis y3",
+        "axis x2",
+        "categorical scatter",
+        "colour strings",
+        "horizontal box",
+        "box on y2",
+        "circle shape",
+        "annotation on x2",
+    ],
+)
 def test_unsupported_parts_raise(build):
     with pytest.raises(NotImplementedError):
         figure_to_matplotlib(build())

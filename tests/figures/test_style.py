@@ -41,8 +41,9 @@ def test_one_value_per_meaning_across_modules():
     assert frequency.FREQ_COLOR == induction.FREQ_COLOR == style.FREQ_COLOR
     assert induction.RANDOM_COLOR == style.RANDOM_COLOR
     assert induction.RANDOM_TRACE == style.RANDOM_TRACE
-    fig = entropy.fig_total_vs_direct(pd.DataFrame({"name": ["a", "b"], "TE": [1.0, 2.0], "DE": [0.5, 1.0],
-                                                    "is_entropy_neuron": [True, False]}))
+    fig = entropy.fig_total_vs_direct(
+        pd.DataFrame({"name": ["a", "b"], "TE": [1.0, 2.0], "DE": [0.5, 1.0], "is_entropy_neuron": [True, False]})
+    )
     assert list(fig.layout.xaxis.categoryarray)[1].startswith(style.RANDOM_TRACE)
 
 
@@ -61,7 +62,11 @@ def test_flag_and_floats():
 
 def test_label_positions_alternate_in_x_order():
     assert style.label_positions(np.array([3.0, 1.0, 2.0, np.nan])) == [
-        "top center", "top center", "bottom center", "bottom center"]
+        "top center",
+        "top center",
+        "bottom center",
+        "bottom center",
+    ]
 
 
 def test_hover_data_fills_missing_columns_with_nan():
@@ -86,8 +91,19 @@ def test_base_layout_note_and_reference_lines():
 
 
 def test_activity_figures_use_the_style_zero_lines():
-    tokens = pd.DataFrame({"seq": [0], "pos": [0], "token": ["a"], "target": ["b"], "clipped": [True],
-                           "delta_kl": [0.1], "delta_entropy": [-0.1], "delta_loss": [0.0], "reciprocal_rank": [1.0]})
+    tokens = pd.DataFrame(
+        {
+            "seq": [0],
+            "pos": [0],
+            "token": ["a"],
+            "target": ["b"],
+            "clipped": [True],
+            "delta_kl": [0.1],
+            "delta_entropy": [-0.1],
+            "delta_loss": [0.0],
+            "reciprocal_rank": [1.0],
+        }
+    )
     fig = activity.fig_kl_vs_entropy_change(tokens, "n")
     assert [s.line.dash for s in fig.layout.shapes] == ["dash", "dash"]
     assert all(s.line.color == style.ZERO_LINE["color"] for s in fig.layout.shapes)

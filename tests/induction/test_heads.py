@@ -1,5 +1,6 @@
 """Induction heads (Sec. 6.2, App. I): prefix matching on a planted induction circuit, BOS and mean-z
-ablations, direct feature attribution, and head selection."""
+ablations, direct feature attribution, and head selection.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +10,18 @@ import pytest
 import torch
 
 from confidence_neurons.induction.heads import (
-    baseline_combinations, bos_ablation, bos_ablation_hooks, choose_heads, direct_feature_attribution,
-    head_combinations, mean_bos_attention, mean_z_ablation_hooks, mean_z_over, neuron_activations_under,
-    prefix_matching_scores, repeated_random_tokens,
+    baseline_combinations,
+    bos_ablation,
+    bos_ablation_hooks,
+    choose_heads,
+    direct_feature_attribution,
+    head_combinations,
+    mean_bos_attention,
+    mean_z_ablation_hooks,
+    mean_z_over,
+    neuron_activations_under,
+    prefix_matching_scores,
+    repeated_random_tokens,
 )
 from tests.tiny import BOS_ID, N_SPECIAL, load_tiny, random_tokens
 
@@ -22,7 +32,8 @@ PREV = V + P
 
 def plant_induction(hf) -> None:
     """GPT-2 with L0H0 a previous-token head and L1H0 an induction head (K-composition); every
-    other weight zero, so the other heads attend uniformly and the MLPs write nothing."""
+    other weight zero, so the other heads attend uniformly and the MLPs write nothing.
+    """
     tr, dh = hf.transformer, D // H
     for p in hf.parameters():
         p.zero_()
@@ -44,8 +55,16 @@ def plant_induction(hf) -> None:
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    return load_tiny("gpt2", tmp_path_factory.mktemp("planted"), edit=plant_induction,
-                     n_embd=D, n_head=H, n_positions=P, n_inner=64, vocab_size=V)
+    return load_tiny(
+        "gpt2",
+        tmp_path_factory.mktemp("planted"),
+        edit=plant_induction,
+        n_embd=D,
+        n_head=H,
+        n_positions=P,
+        n_inner=64,
+        vocab_size=V,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +80,7 @@ def test_repeated_random_tokens():
 
 
 def test_planted_induction_head_scores_high_and_others_low(planted, models):
-    scores = prefix_matching_scores(planted, repeated_random_tokens(8, 20, N_SPECIAL, V, bos_id=BOS_ID),
-                                    batch_size=3)
+    scores = prefix_matching_scores(planted, repeated_random_tokens(8, 20, N_SPECIAL, V, bos_id=BOS_ID), batch_size=3)
     assert scores.shape == (2, H)
     assert scores[1, 0] > 0.5, scores
     others = scores.clone()

@@ -23,8 +23,7 @@ def setup(tmp_path_factory):
     ngram = [f"w{i}" for i in range(80, 86)]  # never drawn at random: the only repeated 6-gram of a window
     folder = tmp_path_factory.mktemp("corpus")
     for d in range(4):
-        windows = [rng.sample(pool, 5) + ngram + rng.sample(pool, 19) + ngram + rng.sample(pool, 27)
-                   for _ in range(6)]
+        windows = [rng.sample(pool, 5) + ngram + rng.sample(pool, 19) + ngram + rng.sample(pool, 27) for _ in range(6)]
         assert all(len(w) == WINDOW for w in windows)
         (folder / f"doc{d}.txt").write_text(" ".join(w for window in windows for w in window))
     return model, folder
@@ -33,12 +32,45 @@ def setup(tmp_path_factory):
 def test_induction_end_to_end(setup, tmp_path, capsys):
     model, corpus = setup
     out = tmp_path / "run"
-    argv = ["induction", "--model", str(model), "--dataset", str(corpus), "--neurons", "1.3,1.7", "--half-len", "16",
-            "--n-induction-seqs", "6", "--n-prefix-seqs", "4", "--n-bos-seqs", "4", "--n-ablation-seqs", "4",
-            "--n-natural", "4", "--natural-seq-len", "64", "--out", str(out), "--quiet"]
+    argv = [
+        "induction",
+        "--model",
+        str(model),
+        "--dataset",
+        str(corpus),
+        "--neurons",
+        "1.3,1.7",
+        "--half-len",
+        "16",
+        "--n-induction-seqs",
+        "6",
+        "--n-prefix-seqs",
+        "4",
+        "--n-bos-seqs",
+        "4",
+        "--n-ablation-seqs",
+        "4",
+        "--n-natural",
+        "4",
+        "--natural-seq-len",
+        "64",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(argv) == 0
-    for table in ("clipped_summary", "clipped_per_position", "second_copy_token_effects", "activation_change", "head_scores", "bos_ablation",
-                  "mean_z_ablation", "dfa", "curves", "natural_effects"):
+    for table in (
+        "clipped_summary",
+        "clipped_per_position",
+        "second_copy_token_effects",
+        "activation_change",
+        "head_scores",
+        "bos_ablation",
+        "mean_z_ablation",
+        "dfa",
+        "curves",
+        "natural_effects",
+    ):
         assert (out / f"{table}.parquet").is_file(), table
     bos = pd.read_parquet(out / "bos_ablation.parquet")
     assert set(bos["kind"]) >= {"clean", "induction"} and set(bos["neuron"]) == {"1.3", "1.7"}
@@ -60,11 +92,28 @@ def test_induction_end_to_end(setup, tmp_path, capsys):
 
 def test_induction_needs_neurons_or_a_scan(setup, tmp_path, capsys):
     model, corpus = setup
-    assert main(["induction", "--model", str(model), "--dataset", str(corpus), "--out", str(tmp_path / "r"),
-                 "--quiet"]) == 2
+    assert (
+        main(["induction", "--model", str(model), "--dataset", str(corpus), "--out", str(tmp_path / "r"), "--quiet"])
+        == 2
+    )
     assert "--neurons" in capsys.readouterr().err
-    assert main(["induction", "--model", str(model), "--dataset", str(corpus), "--scan", str(tmp_path),
-                 "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "induction",
+                "--model",
+                str(model),
+                "--dataset",
+                str(corpus),
+                "--scan",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "r"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "holds no finished scan" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
@@ -72,15 +121,59 @@ def test_induction_needs_neurons_or_a_scan(setup, tmp_path, capsys):
 def test_induction_studies_the_neurons_of_a_scan(setup, tmp_path):
     model, corpus = setup
     scan_dir = tmp_path / "scan"
-    assert main(["scan", "--model", str(model), "--dataset", str(corpus), "--n-seqs", "4", "--seq-len", "32",
-                 "--out", str(scan_dir), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "scan",
+                "--model",
+                str(model),
+                "--dataset",
+                str(corpus),
+                "--n-seqs",
+                "4",
+                "--seq-len",
+                "32",
+                "--out",
+                str(scan_dir),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     table = pd.read_parquet(scan_dir / "neurons.parquet")
     flagged = set(table.loc[table["is_entropy_neuron"] | table["is_token_frequency_neuron"], "name"])
     out = tmp_path / "run"
-    assert main(["induction", "--model", str(model), "--dataset", str(corpus), "--scan", str(scan_dir),
-                 "--half-len", "16", "--n-induction-seqs", "4", "--n-prefix-seqs", "2", "--n-bos-seqs", "2",
-                 "--n-ablation-seqs", "2", "--n-natural", "2", "--natural-seq-len", "64", "--out", str(out),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "induction",
+                "--model",
+                str(model),
+                "--dataset",
+                str(corpus),
+                "--scan",
+                str(scan_dir),
+                "--half-len",
+                "16",
+                "--n-induction-seqs",
+                "4",
+                "--n-prefix-seqs",
+                "2",
+                "--n-bos-seqs",
+                "2",
+                "--n-ablation-seqs",
+                "2",
+                "--n-natural",
+                "2",
+                "--natural-seq-len",
+                "64",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     studied = set(json.loads((out / "config.json").read_text())["settings"]["neurons"])
     if flagged:
         assert studied == flagged

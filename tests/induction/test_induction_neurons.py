@@ -17,8 +17,8 @@ from confidence_neurons.analysis.effects import per_token_effects
 from confidence_neurons.analysis.forward import ForwardCache, run_forward
 from confidence_neurons.analysis.reference import brute_force_ablation, clean_token_stats
 from confidence_neurons.induction.neurons import (
-    acts_by_position,
     activation_change,
+    acts_by_position,
     clipped_ablation_curves,
     natural_activation_change,
     natural_induction_effects,
@@ -95,8 +95,14 @@ def check_against_brute_force(setup: Setup) -> None:
 
 def test_first_copy_and_bos_are_never_ablated(setup: Setup):
     neurons = setup.cache.acts.std(0).argsort(descending=True)[:4].tolist()
-    out = clipped_ablation_curves(setup.layer, setup.cache, tuple(setup.tokens.shape), neurons, half_len=HALF,
-                                  random_neurons=[[0, 1], [2, neurons[0]]])
+    out = clipped_ablation_curves(
+        setup.layer,
+        setup.cache,
+        tuple(setup.tokens.shape),
+        neurons,
+        half_len=HALF,
+        random_neurons=[[0, 1], [2, neurons[0]]],
+    )
     pp = out["per_position"]
     early = pp[pp["position"] <= HALF]
     assert set(early["copy"]) == {"bos", "first"} and set(pp[pp["position"] > HALF]["copy"]) == {"second"}
@@ -172,13 +178,15 @@ def test_natural_induction_effects_at_repeat_positions(setup: Setup):
     assert (df.loc[~df["clipped"], ["delta_entropy", "delta_loss"]] == 0).all().all()
     eff = per_token_effects(setup.layer, setup.cache, [neuron], mode="clip", mean_act=reference)
     flat = [s * 16 + p for s, p in zip(df["seq"], df["position"])]
-    np.testing.assert_allclose(df["delta_entropy"], (eff.TE.entropy[flat, 0] - eff.entropy[flat]).numpy(),
-                               atol=1e-5)
+    np.testing.assert_allclose(df["delta_entropy"], (eff.TE.entropy[flat, 0] - eff.entropy[flat]).numpy(), atol=1e-5)
     acts = setup.cache.acts.double()
     first = [s * 16 + p for s in range(5) for p in (1, 2, 3, 4)]
     second = [s * 16 + p for s in range(5) for p in (9, 10, 11, 12)]
-    np.testing.assert_allclose(natural_activation_change(setup.cache, repeats, n=3),
-                               (acts[second].mean(0) - acts[first].mean(0)).numpy(), atol=1e-9)
+    np.testing.assert_allclose(
+        natural_activation_change(setup.cache, repeats, n=3),
+        (acts[second].mean(0) - acts[first].mean(0)).numpy(),
+        atol=1e-9,
+    )
     with pytest.raises(ValueError, match="overlaps"):
         natural_induction_effects(setup.layer, setup.cache, [(1, 3)] * 5, [neuron], reference_mean=reference, n=3)
 
@@ -195,12 +203,14 @@ def test_second_copy_token_effects_match_the_curves(tmp_path):
     cache = run_forward(model, layer, tokens, progress=False)
     neurons = [int(i) for i in cache.acts.std(0).topk(2).indices]
     curves = clipped_ablation_curves(layer, cache, tuple(tokens.shape), neurons, half_len=8)
-    eff = second_copy_token_effects(layer, cache, tokens, neurons, half_len=8, threshold=curves["first_copy_mean"],
-                                    tokenizer=tiny_tokenizer())
+    eff = second_copy_token_effects(
+        layer, cache, tokens, neurons, half_len=8, threshold=curves["first_copy_mean"], tokenizer=tiny_tokenizer()
+    )
     assert len(eff) == 2 * 4 * 7 and ((eff["reciprocal_rank"] > 0) & (eff["reciprocal_rank"] <= 1)).all()
     assert (eff.loc[~eff["clipped"], "delta_loss"].abs() < 1e-6).all()
     for i in neurons:
         per_pos = curves["per_position"].query("group == 'selected' and neuron == @i and copy == 'second'")
         mine = eff[eff["neuron"] == i].groupby("pos")["delta_loss"].mean()
-        np.testing.assert_allclose(mine.to_numpy(), per_pos.set_index("position").loc[mine.index, "delta_loss_mean"],
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            mine.to_numpy(), per_pos.set_index("position").loc[mine.index, "delta_loss_mean"], atol=1e-6
+        )

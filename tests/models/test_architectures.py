@@ -17,8 +17,13 @@ from confidence_neurons.models.final_layer import FinalLayer, final_layer
 from confidence_neurons.models.loading import LoadedModel, load_model
 from tests.tiny import ARCHITECTURES, GATED, NORM_KIND, make_tiny_dir, random_tokens
 
-EXPECTED_CLASS = {"gpt2": "GPT2LMHeadModel", "neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
-                  "gemma": "GemmaForCausalLM", "phi": "PhiForCausalLM"}
+EXPECTED_CLASS = {
+    "gpt2": "GPT2LMHeadModel",
+    "neox": "GPTNeoXForCausalLM",
+    "llama": "LlamaForCausalLM",
+    "gemma": "GemmaForCausalLM",
+    "phi": "PhiForCausalLM",
+}
 
 
 @dataclass
@@ -98,7 +103,8 @@ def test_final_layer_norm_kind_and_shapes(tiny: Tiny):
 def test_final_layer_weights_follow_appendix_c(tiny: Tiny):
     """W_out and W_U are the HF weights after Appendix C: the final norm's weight folded into W_U
     (Gemma's as 1 + w) and W_U centred over the vocabulary; on LayerNorm models also W_out centred
-    over d_model and W_U's reading side centred; RMSNorm models are not centred over d_model."""
+    over d_model and W_U's reading side centred; RMSNorm models are not centred over d_model.
+    """
     parts, layer = hf_parts(tiny.hf, tiny.arch), tiny.layer
     rows = down_rows(tiny.arch, parts["down"])
     gamma = parts["norm"].weight.detach() + (1.0 if tiny.arch == "gemma" else 0.0)

@@ -1,5 +1,6 @@
 """The embedded default model (SmolLM2-135M-Instruct, Q4_1 GGUF) loads through the bridge and
-agrees with transformers' own forward pass. Needs the checkpoint in the cache (CI fetches it)."""
+agrees with transformers' own forward pass. Needs the checkpoint in the cache (CI fetches it).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from confidence_neurons.models.embedded import EmbeddedModelError, embedded_gguf
 
 pytestmark = pytest.mark.slow
 
-FETCH = ('python -c "from confidence_neurons.models.embedded import embedded_gguf_path; '
-         'embedded_gguf_path()"')
+FETCH = 'python -c "from confidence_neurons.models.embedded import embedded_gguf_path; embedded_gguf_path()"'
 SMOLLM2_BOS = 1  # <|im_start|>; the GGUF tokenizer adds no BOS of its own
 
 
@@ -34,8 +34,9 @@ def test_embedded_bridge_matches_transformers(gguf):
     model = load_model(None)
     assert model.source["kind"] == "embedded"
     assert model.bos_id == SMOLLM2_BOS
-    ids = model.tokenizer("Language models regulate their confidence with a few neurons.",
-                          add_special_tokens=False)["input_ids"]
+    ids = model.tokenizer("Language models regulate their confidence with a few neurons.", add_special_tokens=False)[
+        "input_ids"
+    ]
     tokens = torch.tensor([[SMOLLM2_BOS, *ids]])
     assert tokens.shape[1] > 8
 

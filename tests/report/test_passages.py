@@ -8,8 +8,8 @@ import plotly.graph_objects as go
 import pytest
 
 from confidence_neurons.report.html import ReportSection
-from confidence_neurons.rundir import RunDir
 from confidence_neurons.report.passages import passages_html
+from confidence_neurons.rundir import RunDir
 
 TOKENS = ["The", " patient", " needs", " Mes", "otherapy", " <script>alert(1)</script>", "\n", " & more"]
 N = len(TOKENS)
@@ -31,7 +31,14 @@ def make_passage(**over) -> dict:
         "highlight": 3,
     }
     p["top_predictions"] = list(p["top_predictions"])
-    p["top_predictions"][3] = [("othe", 0.61), ("<b>", 0.12), (" ther", 0.05), ("a&b", 0.04), ("\n", 0.03), ("zz6", 0.01)]
+    p["top_predictions"][3] = [
+        ("othe", 0.61),
+        ("<b>", 0.12),
+        (" ther", 0.05),
+        ("a&b", 0.04),
+        ("\n", 0.03),
+        ("zz6", 0.01),
+    ]
     p.update(over)
     return p
 

@@ -28,9 +28,14 @@ def parse_neuron(spec: str, layer: FinalLayer) -> int:
     except ValueError:
         raise ConfigError(f"{spec!r} is not of the form LAYER.INDEX (e.g. {layer.layer}.42)", field="neuron") from None
     if layer_idx != layer.layer:
-        raise ConfigError(f"neuron {spec} is not in the last layer: this model's final MLP is layer {layer.layer}", field="neuron")
+        raise ConfigError(
+            f"neuron {spec} is not in the last layer: this model's final MLP is layer {layer.layer}", field="neuron"
+        )
     if not 0 <= neuron < layer.d_mlp:
-        raise ConfigError(f"neuron index {neuron} is outside the last layer, which has {layer.d_mlp} neurons (0-{layer.d_mlp - 1})", field="neuron")
+        raise ConfigError(
+            f"neuron index {neuron} is outside the last layer, which has {layer.d_mlp} neurons (0-{layer.d_mlp - 1})",
+            field="neuron",
+        )
     return neuron
 
 
@@ -57,7 +62,8 @@ def top_predictions(layer: FinalLayer, resid: Tensor, tokenizer, k: int = 5) -> 
 class NeuronActivity:
     """Per-token effects of clip-mean-ablating one neuron; ``tokens`` has one row per analysed position
     (seq, pos, token, target, activation, initial_loss, delta_loss, delta_entropy, delta_kl,
-    reciprocal_rank, clipped)."""
+    reciprocal_rank, clipped).
+    """
 
     neuron: int
     name: str
@@ -66,31 +72,54 @@ class NeuronActivity:
     run_dir: Path | None = None
 
 
-def neuron_activity(layer: FinalLayer, cache: ForwardCache, tokens: Tensor, neuron: int, freq: FreqDirection,
-                    tokenizer, *, backend="auto") -> NeuronActivity:
+def neuron_activity(
+    layer: FinalLayer,
+    cache: ForwardCache,
+    tokens: Tensor,
+    neuron: int,
+    freq: FreqDirection,
+    tokenizer,
+    *,
+    backend="auto",
+) -> NeuronActivity:
+    """Per-token effects of clip-mean-ablating ``neuron`` (Sec. 5), one row per analysed position."""
     mean = cache.acts.mean(0)
     eff = per_token_effects(layer, cache, [neuron], mode="clip", mean_act=mean, freq=freq, backend=backend)
     acts = cache.acts[:, neuron]
     n_seqs, per_seq = tokens.shape[0], tokens.shape[1] - 1
     decode = lambda ids: [tokenizer.decode([int(i)]) for i in ids]  # noqa: E731
-    table = pd.DataFrame({
-        "seq": np.repeat(np.arange(n_seqs), per_seq), "pos": np.tile(np.arange(per_seq), n_seqs),
-        "token": decode(tokens[:, :-1].reshape(-1)), "target": decode(cache.target),
-        "activation": acts.numpy(), "initial_loss": eff.loss.numpy(),
-        "delta_loss": (eff.TE.loss[:, 0] - eff.loss).numpy(),
-        "delta_entropy": (eff.TE.entropy[:, 0] - eff.entropy).numpy(),
-        "delta_kl": (eff.kl_TE[:, 0] - eff.kl).numpy(),
-        "reciprocal_rank": (1.0 / clean_ranks(layer, cache).double()).numpy(),
-        "clipped": (acts > mean[neuron]).numpy(),
-        "ablated_loss": eff.TE.loss[:, 0].numpy(),
-    })
+    table = pd.DataFrame(
+        {
+            "seq": np.repeat(np.arange(n_seqs), per_seq),
+            "pos": np.tile(np.arange(per_seq), n_seqs),
+            "token": decode(tokens[:, :-1].reshape(-1)),
+            "target": decode(cache.target),
+            "activation": acts.numpy(),
+            "initial_loss": eff.loss.numpy(),
+            "delta_loss": (eff.TE.loss[:, 0] - eff.loss).numpy(),
+            "delta_entropy": (eff.TE.entropy[:, 0] - eff.entropy).numpy(),
+            "delta_kl": (eff.kl_TE[:, 0] - eff.kl).numpy(),
+            "reciprocal_rank": (1.0 / clean_ranks(layer, cache).double()).numpy(),
+            "clipped": (acts > mean[neuron]).numpy(),
+            "ablated_loss": eff.TE.loss[:, 0].numpy(),
+        }
+    )
     return NeuronActivity(neuron, f"{layer.layer}.{neuron}", float(mean[neuron]), table)
 
 
-def passages(activity: NeuronActivity, layer: FinalLayer, cache: ForwardCache, tokens: Tensor, tokenizer,
-             *, n: int = 3, window: int = 12) -> list[dict]:
+def passages(
+    activity: NeuronActivity,
+    layer: FinalLayer,
+    cache: ForwardCache,
+    tokens: Tensor,
+    tokenizer,
+    *,
+    n: int = 3,
+    window: int = 12,
+) -> list[dict]:
     """The ``n`` positions where clipping the neuron changes the loss most, each with its context
-    (Fig. 4b): tokens, activations, clean and ablated loss, and the clean top-5 predictions."""
+    (Fig. 4b): tokens, activations, clean and ablated loss, and the clean top-5 predictions.
+    """
     t = activity.tokens
     per_seq = tokens.shape[1] - 1
     chosen, used = [], set()
@@ -106,12 +135,18 @@ def passages(activity: NeuronActivity, layer: FinalLayer, cache: ForwardCache, t
         lo, hi = max(0, row.pos - window), min(per_seq, row.pos + window + 1)
         rows = slice(row.seq * per_seq + lo, row.seq * per_seq + hi)
         win = t.iloc[rows]
-        out.append({
-            "title": (f"sequence {row.seq}, position {row.pos}: {row.token!r} -> {row.target!r}, loss "
-                      f"{row.initial_loss:.3f} with the neuron, {row.ablated_loss:.3f} clipped ({row.delta_loss:+.3f})"),
-            "tokens": win["token"].tolist(), "activation": win["activation"].tolist(),
-            "loss_clean": win["initial_loss"].tolist(), "loss_ablated": win["ablated_loss"].tolist(),
-            "top_predictions": top_predictions(layer, cache.resid[rows], tokenizer),
-            "highlight": row.pos - lo,
-        })
+        out.append(
+            {
+                "title": (
+                    f"sequence {row.seq}, position {row.pos}: {row.token!r} -> {row.target!r}, loss "
+                    f"{row.initial_loss:.3f} with the neuron, {row.ablated_loss:.3f} clipped ({row.delta_loss:+.3f})"
+                ),
+                "tokens": win["token"].tolist(),
+                "activation": win["activation"].tolist(),
+                "loss_clean": win["initial_loss"].tolist(),
+                "loss_ablated": win["ablated_loss"].tolist(),
+                "top_predictions": top_predictions(layer, cache.resid[rows], tokenizer),
+                "highlight": row.pos - lo,
+            }
+        )
     return out

@@ -46,38 +46,42 @@ class PostNormChunk:
     """Extra terms when the MLP output m passes a norm post(m) = g m / r(m) before the residual.
 
     Ablation moves m to m + delta w, so the residual moves by c1 P + c2 q with P = g m,
-    q = g w, c1 = 1/r' - 1/r and c2 = delta/r', where r' follows from |m|^2, m.w and |w|^2."""
+    q = g w, c1 = 1/r' - 1/r and c2 = delta/r', where r' follows from |m|^2, m.w and |w|^2.
+    """
 
-    LP: Tensor     # (T, V)  W_U^T center(P)
-    r: Tensor      # (T, 1)  clean post-norm scale
-    mm: Tensor     # (T, 1)  |m|^2
-    mw: Tensor     # (T, K)  m . w
-    ww: Tensor     # (K,)    |w|^2
-    PP: Tensor     # (T, 1)  |center(P)|^2
-    xP: Tensor     # (T, 1)  center(x) . center(P)
-    Pq: Tensor     # (T, K)  center(P) . center(q)
+    LP: Tensor  # (T, V)  W_U^T center(P)
+    r: Tensor  # (T, 1)  clean post-norm scale
+    mm: Tensor  # (T, 1)  |m|^2
+    mw: Tensor  # (T, K)  m . w
+    ww: Tensor  # (K,)    |w|^2
+    PP: Tensor  # (T, 1)  |center(P)|^2
+    xP: Tensor  # (T, 1)  center(x) . center(P)
+    Pq: Tensor  # (T, K)  center(P) . center(q)
     eps: float
 
 
 @dataclass
 class Chunk:
     """Per-chunk tensors of the closed form for tokens T and neurons K (with a post-MLP norm,
-    w_out below stands for q = g w_out)."""
+    w_out below stands for q = g w_out).
+    """
 
-    L: Tensor      # (T, V)   W_U^T center(x)
-    s: Tensor      # (T, 1)   clean scale
-    xx: Tensor     # (T, 1)   |center(x)|^2
-    U: Tensor      # (K, V)   W_U^T center(w_out)
-    xw: Tensor     # (T, K)   <center(x), center(w_out)>
-    ww: Tensor     # (K,)     |center(w_out)|^2
+    L: Tensor  # (T, V)   W_U^T center(x)
+    s: Tensor  # (T, 1)   clean scale
+    xx: Tensor  # (T, 1)   |center(x)|^2
+    U: Tensor  # (K, V)   W_U^T center(w_out)
+    xw: Tensor  # (T, K)   <center(x), center(w_out)>
+    ww: Tensor  # (K,)     |center(w_out)|^2
     delta: Tensor  # (T, K)   ablated - clean activation
     post: PostNormChunk | None = None
 
 
-def chunks(layer: FinalLayer, cache: ForwardCache, neurons: Tensor, new_values: Tensor,
-           token_chunk: int) -> Iterator[tuple[slice, Chunk]]:
+def chunks(
+    layer: FinalLayer, cache: ForwardCache, neurons: Tensor, new_values: Tensor, token_chunk: int
+) -> Iterator[tuple[slice, Chunk]]:
     """Yield (token slice, Chunk) over the cached tokens for a fixed set of neurons, whose activations
-    become ``new_values`` (N, K)."""
+    become ``new_values`` (N, K).
+    """
     post = layer.post_mlp_norm
     w = layer.W_out[neurons]
     wc = layer.center(w if post is None else post.g * w)
@@ -92,11 +96,30 @@ def chunks(layer: FinalLayer, cache: ForwardCache, neurons: Tensor, new_values: 
             m = cache.mlp_out[sl]
             Pc = layer.center(post.g * m)
             mm = m.pow(2).sum(-1, keepdim=True)
-            extra = PostNormChunk(LP=Pc @ layer.W_U, r=(mm / layer.d_model + post.eps).sqrt(), mm=mm, mw=m @ w.T,
-                                  ww=w.pow(2).sum(-1), PP=Pc.pow(2).sum(-1, keepdim=True),
-                                  xP=(xc * Pc).sum(-1, keepdim=True), Pq=Pc @ wc.T, eps=post.eps)
-        yield sl, Chunk(L=xc @ layer.W_U, s=(xx / layer.d_model + layer.eps).sqrt(), xx=xx, U=U,
-                        xw=xc @ wc.T, ww=ww, delta=new_values[sl] - cache.acts[sl][:, neurons], post=extra)
+            extra = PostNormChunk(
+                LP=Pc @ layer.W_U,
+                r=(mm / layer.d_model + post.eps).sqrt(),
+                mm=mm,
+                mw=m @ w.T,
+                ww=w.pow(2).sum(-1),
+                PP=Pc.pow(2).sum(-1, keepdim=True),
+                xP=(xc * Pc).sum(-1, keepdim=True),
+                Pq=Pc @ wc.T,
+                eps=post.eps,
+            )
+        yield (
+            sl,
+            Chunk(
+                L=xc @ layer.W_U,
+                s=(xx / layer.d_model + layer.eps).sqrt(),
+                xx=xx,
+                U=U,
+                xw=xc @ wc.T,
+                ww=ww,
+                delta=new_values[sl] - cache.acts[sl][:, neurons],
+                post=extra,
+            ),
+        )
 
 
 @dataclass

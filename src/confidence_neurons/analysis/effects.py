@@ -37,6 +37,7 @@ FREQ_SERIES_TOL = 1e-7
 
 
 def variants(freq: FreqDirection | None) -> tuple[str, ...]:
+    """The ablation variants computed with (TE, DE, DE_freq) or without (TE, DE) a frequency direction."""
     return FREQ_VARIANTS if freq is not None else VARIANTS
 
 
@@ -64,8 +65,18 @@ def clean_stats(L: Tensor, s: Tensor, layer: FinalLayer, target: Tensor, backend
         z = layer.softcap * torch.tanh(z / layer.softcap)
     shift, argmax = z.max(-1)
     zeros = torch.zeros(L.shape[0], 1)
-    st = softmax_stats(L, torch.zeros(1, L.shape[1]), layer.b_U, 1.0 / s, zeros, target, shift=shift, ref=argmax,
-                       softcap=layer.softcap, backend=backend)
+    st = softmax_stats(
+        L,
+        torch.zeros(1, L.shape[1]),
+        layer.b_U,
+        1.0 / s,
+        zeros,
+        target,
+        shift=shift,
+        ref=argmax,
+        softcap=layer.softcap,
+        backend=backend,
+    )
     return CleanStats(st, shift, argmax)
 
 
@@ -80,7 +91,8 @@ def clean_kl(layer: FinalLayer, c: Chunk, base: CleanStats, freq: FreqDirection)
 @dataclass
 class FreqLoss:
     """DE_freq's per-(token, neuron) loss, (T, K), computed in the TE pass; ``order`` is the kernel's
-    way to it per pair (kernel.series_orders: 1..NMOM series order, NMOM + 1 exact, 0 nothing to do)."""
+    way to it per pair (kernel.series_orders: 1..NMOM series order, NMOM + 1 exact, 0 nothing to do).
+    """
 
     loss: Tensor
     order: Tensor
@@ -90,7 +102,8 @@ class FreqLoss:
 class AblatedStats:
     """One chunk's ablated statistics, (T, K) each: TE (Eq. 5) and DE (Eq. 6) as full softmax
     statistics; with a frequency direction DE_freq (Eq. 7) and ``kl_TE``, the KL(P_freq || P_model)
-    of the TE logits."""
+    of the TE logits.
+    """
 
     TE: SoftmaxStats
     DE: SoftmaxStats
@@ -98,17 +111,27 @@ class AblatedStats:
     kl_TE: Float[Tensor, "T K"] | None = None
 
 
-def ablated_stats(layer: FinalLayer, c: Chunk, base: CleanStats, target: Tensor, freq: FreqDirection | None,
-                  backend: Backend, freq_series: bool = False, freq_tol: float = FREQ_SERIES_TOL) -> AblatedStats:
+def ablated_stats(
+    layer: FinalLayer,
+    c: Chunk,
+    base: CleanStats,
+    target: Tensor,
+    freq: FreqDirection | None,
+    backend: Backend,
+    freq_series: bool = False,
+    freq_tol: float = FREQ_SERIES_TOL,
+) -> AblatedStats:
     """Softmax statistics of the TE and DE logits of one chunk and, with ``freq``, DE_freq and the KL.
 
     With ``freq_series`` DE_freq is a ``FreqLoss`` (its loss only, as Eq. 8 needs) taken in the TE pass:
     its logits are the TE logits plus D v_freq, and the kernel sums their softmax alongside TE's, by
     a series in D (error below ``freq_tol`` in each loss) or exactly; otherwise DE_freq gets full
-    ``SoftmaxStats`` from a third pass over the vocabulary."""
+    ``SoftmaxStats`` from a third pass over the vocabulary.
+    """
     if freq is not None and layer.softcap:
-        raise ValueError("DE_freq and the KL to P_freq need logits linear in the residual; "
-                         "logit soft-capping is not supported")
+        raise ValueError(
+            "DE_freq and the KL to P_freq need logits linear in the residual; logit soft-capping is not supported"
+        )
     common = dict(shift=base.shift, ref=base.argmax, softcap=layer.softcap, backend=backend)
 
     def stats(logits, **extra) -> SoftmaxStats:
@@ -148,15 +171,16 @@ class TokenEffects:
     """Clean per-token statistics (N,) and, per variant, the ablated ones (N, K) for K neurons.
 
     ``kl`` (N,) and ``kl_TE`` (N, K) are KL(P_freq || P_model), clean and on ablation (TE), with a
-    frequency direction; ``DE_freq`` likewise."""
+    frequency direction; ``DE_freq`` likewise.
+    """
 
-    loss: Float[Tensor, "N"]
-    entropy: Float[Tensor, "N"]
-    argmax: Int[Tensor, "N"]
+    loss: Float[Tensor, " N"]
+    entropy: Float[Tensor, " N"]
+    argmax: Int[Tensor, " N"]
     TE: VariantEffects
     DE: VariantEffects
     DE_freq: VariantEffects | None = None
-    kl: Float[Tensor, "N"] | None = None
+    kl: Float[Tensor, " N"] | None = None
     kl_TE: Float[Tensor, "N K"] | None = None
 
     def variant(self, name: str) -> VariantEffects:
@@ -164,9 +188,17 @@ class TokenEffects:
 
 
 @torch.no_grad()
-def per_token_effects(layer: FinalLayer, cache: ForwardCache, neurons: list[int], *, mode: AblationMode = "mean",
-                      mean_act: Tensor | None = None, freq: FreqDirection | None = None, token_chunk: int = 256,
-                      backend: Backend = "auto") -> TokenEffects:
+def per_token_effects(
+    layer: FinalLayer,
+    cache: ForwardCache,
+    neurons: list[int],
+    *,
+    mode: AblationMode = "mean",
+    mean_act: Tensor | None = None,
+    freq: FreqDirection | None = None,
+    token_chunk: int = 256,
+    backend: Backend = "auto",
+) -> TokenEffects:
     """Per-token clean and ablated statistics for a few neurons; DE_freq by an exact third pass."""
     idx = torch.tensor(neurons, dtype=torch.long)
     mean = cache.acts.mean(0) if mean_act is None else mean_act
@@ -199,5 +231,13 @@ def per_token_effects(layer: FinalLayer, cache: ForwardCache, neurons: list[int]
             return None
         return VariantEffects(cat[f"{v}.loss"], cat[f"{v}.entropy"], cat[f"{v}.top1_changed"])
 
-    return TokenEffects(loss=cat["loss"], entropy=cat["entropy"], argmax=cat["argmax"], TE=variant("TE"),
-                        DE=variant("DE"), DE_freq=variant("DE_freq"), kl=cat.get("kl"), kl_TE=cat.get("kl_TE"))
+    return TokenEffects(
+        loss=cat["loss"],
+        entropy=cat["entropy"],
+        argmax=cat["argmax"],
+        TE=variant("TE"),
+        DE=variant("DE"),
+        DE_freq=variant("DE_freq"),
+        kl=cat.get("kl"),
+        kl_TE=cat.get("kl_TE"),
+    )

@@ -29,7 +29,7 @@ class ForwardCache:
 
     resid: Float[Tensor, "N d_model"]
     acts: Float[Tensor, "N d_mlp"]
-    target: Int[Tensor, "N"]
+    target: Int[Tensor, " N"]
     seq_len: int
     logits_check: float = 0.0
     mlp_out: Float[Tensor, "N d_model"] | None = None  # the last MLP's output before a post-MLP norm
@@ -40,8 +40,13 @@ class ForwardCache:
 
 
 @torch.no_grad()
-def run_forward(model: LoadedModel, layer: FinalLayer, tokens: Int[Tensor, "n_seqs seq_len"],
-                batch_size: int = 8, progress: bool = True) -> ForwardCache:
+def run_forward(
+    model: LoadedModel,
+    layer: FinalLayer,
+    tokens: Int[Tensor, "n_seqs seq_len"],
+    batch_size: int = 8,
+    progress: bool = True,
+) -> ForwardCache:
     """Cache the final residual and neuron activations, and check the closed form's clean logits."""
     resid, acts, targets, worst = [], [], [], 0.0
     post = layer.post_mlp_norm
@@ -55,7 +60,9 @@ def run_forward(model: LoadedModel, layer: FinalLayer, tokens: Int[Tensor, "n_se
         worst = max(worst, (mine - logits[:, :-1].float().log_softmax(-1)).abs().max().item())
         scale_err = (layer.scale(x) - cache[layer.scale_hook][:, :-1].float()).abs().max().item()
         if scale_err > 1e-3 * max(1.0, cache[layer.scale_hook].abs().max().item()):
-            raise RuntimeError(f"the final norm's scale differs from the closed form by {scale_err:.3g}: unsupported norm")
+            raise RuntimeError(
+                f"the final norm's scale differs from the closed form by {scale_err:.3g}: unsupported norm"
+            )
         resid.append(x.reshape(-1, x.shape[-1]))
         acts.append(cache[layer.act_hook][:, :-1].float().reshape(-1, layer.d_mlp))
         targets.append(batch[:, 1:].reshape(-1))
@@ -66,5 +73,11 @@ def run_forward(model: LoadedModel, layer: FinalLayer, tokens: Int[Tensor, "n_se
             f"closed-form logits differ from the model's by {worst:.3g} (log-prob): the final norm or "
             "unembedding of this architecture is not what the closed form assumes"
         )
-    return ForwardCache(torch.cat(resid), torch.cat(acts), torch.cat(targets), tokens.shape[1], worst,
-                        torch.cat(mlp_out) if post is not None else None)
+    return ForwardCache(
+        torch.cat(resid),
+        torch.cat(acts),
+        torch.cat(targets),
+        tokens.shape[1],
+        worst,
+        torch.cat(mlp_out) if post is not None else None,
+    )

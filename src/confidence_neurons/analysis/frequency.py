@@ -1,5 +1,6 @@
 """The token frequency direction of Sec. 4: P_freq, v_freq = log P_freq - mean, and how a neuron's
-output lines up with it."""
+output lines up with it.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ class FreqDirection:
 
     @cached_property
     def radius(self) -> float:
-        """max |v_freq - a|."""
+        """Max |v_freq - a|."""
         return float((self.v.max() - self.v.min()) / 2)
 
     @cached_property

@@ -99,7 +99,9 @@ def _load_library() -> ctypes.CDLL | None:
     source = _SOURCE.read_bytes()
     # -march=native: a build is only valid on a processor with the same instruction sets, so the
     # processor's flags are part of the key (a cache shared between machines stays safe).
-    key = hashlib.sha256(source + " ".join(_FLAGS).encode() + platform.machine().encode() + _cpu_flags()).hexdigest()[:16]
+    key = hashlib.sha256(source + " ".join(_FLAGS).encode() + platform.machine().encode() + _cpu_flags()).hexdigest()[
+        :16
+    ]
     lib_path = cache_dir() / "kernels" / f"ablation_kernel_{key}.so"
     if not lib_path.exists():
         lib_path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,6 +121,7 @@ def _load_library() -> ctypes.CDLL | None:
 
 
 def c_kernel_available() -> bool:
+    """True when the fused C kernel is compiled (or compiles now) and loads."""
     return _load_library() is not None
 
 
@@ -130,7 +133,7 @@ def _prep(x: Tensor | None, dtype=torch.float32) -> Tensor | None:
     return None if x is None else x.detach().to("cpu", dtype).contiguous()
 
 
-def moment_powers(w: Float[Tensor, "V"]) -> Float[Tensor, "m V"]:
+def moment_powers(w: Float[Tensor, " V"]) -> Float[Tensor, "m V"]:
     """Rows w^1 .. w^NMOM, float32 and contiguous, as the kernel reads them."""
     w = w.detach().to("cpu", torch.float64)
     return torch.stack([w**m for m in range(1, NMOM + 1)]).float().contiguous()
@@ -150,7 +153,8 @@ def series_error_bound(x: Tensor, order: int) -> Tensor:
 
 def series_orders(G: Float[Tensor, "T K"], w_max: float, tol: float) -> Int[Tensor, "T K"]:
     """Each pair's cheapest way to S2 with an error below ``tol`` (in log S2): 0 where G = 0, the
-    lowest series order whose bound is below tol, else EXACT_ORDER, or FAR_ORDER beyond MAX_TILT."""
+    lowest series order whose bound is below tol, else EXACT_ORDER, or FAR_ORDER beyond MAX_TILT.
+    """
     x = G.double().abs() * w_max
     order = torch.full(G.shape, EXACT_ORDER, dtype=torch.int32)
     for n in range(NMOM, 0, -1):
@@ -163,18 +167,18 @@ def series_orders(G: Float[Tensor, "T K"], w_max: float, tol: float) -> Int[Tens
 def softmax_stats(
     L: Float[Tensor, "T V"],
     U: Float[Tensor, "K V"],
-    bias: Float[Tensor, "V"],
+    bias: Float[Tensor, " V"],
     A: Float[Tensor, "T K"],
     B: Float[Tensor, "T K"],
-    target: Int[Tensor, "T"],
+    target: Int[Tensor, " T"],
     *,
-    shift: Float[Tensor, "T"] | None = None,
-    ref: Int[Tensor, "T"] | None = None,
+    shift: Float[Tensor, " T"] | None = None,
+    ref: Int[Tensor, " T"] | None = None,
     P: Float[Tensor, "T V"] | None = None,
     C: Float[Tensor, "T K"] | None = None,
-    Q: Float[Tensor, "V"] | None = None,
+    Q: Float[Tensor, " V"] | None = None,
     D: Float[Tensor, "T K"] | None = None,
-    w: Float[Tensor, "V"] | None = None,
+    w: Float[Tensor, " V"] | None = None,
     G: Float[Tensor, "T K"] | None = None,
     w_max: float | None = None,
     tol: float = 1e-7,
@@ -218,11 +222,31 @@ def softmax_stats(
     R = None if w is None else torch.empty(T, K)
     out = SoftmaxStats(*(torch.empty(T, K) for _ in range(6)))
     lib.ablation_softmax_stats(
-        ctypes.c_int(T), ctypes.c_int(K), ctypes.c_int(V),
-        _ptr(L), _ptr(U), _ptr(P), _ptr(Q), _ptr(W), _ptr(bias),
-        _ptr(A), _ptr(B), _ptr(C), _ptr(D), _ptr(G), _ptr(order), ctypes.c_float(softcap or 0.0),
-        _ptr(shift), _ptr(target), _ptr(ref),
-        _ptr(out.max), _ptr(out.S), _ptr(out.Sz), _ptr(out.shift), _ptr(out.y_target), _ptr(out.y_ref),
+        ctypes.c_int(T),
+        ctypes.c_int(K),
+        ctypes.c_int(V),
+        _ptr(L),
+        _ptr(U),
+        _ptr(P),
+        _ptr(Q),
+        _ptr(W),
+        _ptr(bias),
+        _ptr(A),
+        _ptr(B),
+        _ptr(C),
+        _ptr(D),
+        _ptr(G),
+        _ptr(order),
+        ctypes.c_float(softcap or 0.0),
+        _ptr(shift),
+        _ptr(target),
+        _ptr(ref),
+        _ptr(out.max),
+        _ptr(out.S),
+        _ptr(out.Sz),
+        _ptr(out.shift),
+        _ptr(out.y_target),
+        _ptr(out.y_ref),
         _ptr(R),
     )
     if w is not None:
@@ -231,8 +255,21 @@ def softmax_stats(
             ti, ki = (order == FAR_ORDER).nonzero(as_tuple=True)
             (rows, ri), (cols, ci) = ti.unique(return_inverse=True), ki.unique(return_inverse=True)
             sub = lambda x: None if x is None else x[rows][:, cols]  # noqa: E731
-            far = softmax_stats(L[rows], U[cols], bias, sub(A), sub(B), target[rows], shift=shift[rows], ref=ref[rows],
-                                P=None if P is None else P[rows], C=sub(C), Q=_prep(w), D=sub(G), backend=backend)
+            far = softmax_stats(
+                L[rows],
+                U[cols],
+                bias,
+                sub(A),
+                sub(B),
+                target[rows],
+                shift=shift[rows],
+                ref=ref[rows],
+                P=None if P is None else P[rows],
+                C=sub(C),
+                Q=_prep(w),
+                D=sub(G),
+                backend=backend,
+            )
             out.tilt[ti, ki] = far.logsumexp[ri, ci] - out.logsumexp[ti, ki]
     return out
 
@@ -249,10 +286,27 @@ def ablated_logits_torch(L, U, bias, A, B, *, P=None, C=None, Q=None, D=None, so
     return z
 
 
-def softmax_stats_torch(L, U, bias, A, B, target, *, ref=None, P=None, C=None, Q=None, D=None, w=None, G=None,
-                        softcap=None, max_elements: int = 2**24) -> SoftmaxStats:
+def softmax_stats_torch(
+    L,
+    U,
+    bias,
+    A,
+    B,
+    target,
+    *,
+    ref=None,
+    P=None,
+    C=None,
+    Q=None,
+    D=None,
+    w=None,
+    G=None,
+    softcap=None,
+    max_elements: int = 2**24,
+) -> SoftmaxStats:
     """The torch twin of the kernel (exponentials relative to each pair's own maximum), chunked over
-    tokens so that memory stays bounded. tilt is always exact."""
+    tokens so that memory stays bounded. tilt is always exact.
+    """
     if ref is None:
         ref = (L + bias).argmax(-1)
     T, V = L.shape

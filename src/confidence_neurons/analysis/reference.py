@@ -32,9 +32,18 @@ def freq_adjusted_logits(ablated: Tensor, clean: Tensor, v_freq: Tensor) -> Tens
 
 
 @torch.no_grad()
-def brute_force_ablation(model: LoadedModel, layer: FinalLayer, tokens: Tensor, neuron: int, mean_value: float,
-                         *, mode: AblationMode = "mean", freeze_scale: bool = False,
-                         v_freq: Tensor | None = None, p_freq: Tensor | None = None) -> dict[str, Tensor]:
+def brute_force_ablation(
+    model: LoadedModel,
+    layer: FinalLayer,
+    tokens: Tensor,
+    neuron: int,
+    mean_value: float,
+    *,
+    mode: AblationMode = "mean",
+    freeze_scale: bool = False,
+    v_freq: Tensor | None = None,
+    p_freq: Tensor | None = None,
+) -> dict[str, Tensor]:
     """Per-token loss/entropy/argmax after setting one neuron to ``mean_value`` in a real forward pass.
 
     ``freeze_scale`` also pins the final norm's scale to its clean value (the direct effect, Eq. 6).
@@ -68,4 +77,5 @@ def brute_force_ablation(model: LoadedModel, layer: FinalLayer, tokens: Tensor, 
 
 @torch.no_grad()
 def clean_token_stats(model: LoadedModel, tokens: Tensor, p_freq: Tensor | None = None) -> dict[str, Tensor]:
+    """Per-token loss, entropy and argmax (and KL to ``p_freq``) of the clean model, by a real forward."""
     return _token_stats(model.bridge(tokens), tokens, p_freq)

@@ -25,12 +25,21 @@ from confidence_neurons.errors import ConfigError
 
 @dataclass(frozen=True)
 class EntropyNeuronRule:
-    min_rho: float = field(default=0.25, metadata={
-        "help": "entropy-neuron rule: minimum rho, the share of |w_out| in W_U's bottom-k singular directions"})
-    min_ln_share: float = field(default=0.3, metadata={
-        "help": "entropy-neuron rule: minimum 1 - DE/TE, the share of the effect through the norm's scale"})
-    min_te_ratio: float = field(default=2.0, metadata={
-        "help": "entropy-neuron rule: minimum TE as a multiple of the layer's median TE"})
+    """The entropy-neuron rule (module docstring): rho, 1 - DE/TE and TE thresholds."""
+
+    min_rho: float = field(
+        default=0.25,
+        metadata={
+            "help": "entropy-neuron rule: minimum rho, the share of |w_out| in W_U's bottom-k singular directions"
+        },
+    )
+    min_ln_share: float = field(
+        default=0.3,
+        metadata={"help": "entropy-neuron rule: minimum 1 - DE/TE, the share of the effect through the norm's scale"},
+    )
+    min_te_ratio: float = field(
+        default=2.0, metadata={"help": "entropy-neuron rule: minimum TE as a multiple of the layer's median TE"}
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_rho <= 1:
@@ -39,8 +48,7 @@ class EntropyNeuronRule:
             raise ConfigError(f"min_te_ratio = {self.min_te_ratio} must be >= 0", field="min_te_ratio")
 
     def describe(self) -> str:
-        return (f"rho >= {self.min_rho} and 1 - DE/TE >= {self.min_ln_share} "
-                f"and TE >= {self.min_te_ratio} x median TE")
+        return f"rho >= {self.min_rho} and 1 - DE/TE >= {self.min_ln_share} and TE >= {self.min_te_ratio} x median TE"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,12 +71,16 @@ class TokenFrequencyNeuronRule:
     left to their own family (``exclude_entropy_neurons``).
     """
 
-    min_freq_share: float = field(default=0.5, metadata={
-        "help": "token-frequency-neuron rule: minimum 1 - DE_freq/TE", "flag": "--min-freq-share"})
-    min_te_ratio: float = field(default=2.0, metadata={
-        "help": "token-frequency-neuron rule: minimum TE as a multiple of the layer's median TE"})
-    exclude_entropy_neurons: bool = field(default=True, metadata={
-        "help": "token-frequency-neuron rule: leave entropy neurons to their own family"})
+    min_freq_share: float = field(
+        default=0.5,
+        metadata={"help": "token-frequency-neuron rule: minimum 1 - DE_freq/TE", "flag": "--min-freq-share"},
+    )
+    min_te_ratio: float = field(
+        default=2.0, metadata={"help": "token-frequency-neuron rule: minimum TE as a multiple of the layer's median TE"}
+    )
+    exclude_entropy_neurons: bool = field(
+        default=True, metadata={"help": "token-frequency-neuron rule: leave entropy neurons to their own family"}
+    )
 
     def __post_init__(self) -> None:
         if self.min_te_ratio < 0:
@@ -82,7 +94,9 @@ class TokenFrequencyNeuronRule:
         return asdict(self)
 
 
-def select_token_frequency_neurons(table: pd.DataFrame, rule: TokenFrequencyNeuronRule = TokenFrequencyNeuronRule()) -> pd.Series:
+def select_token_frequency_neurons(
+    table: pd.DataFrame, rule: TokenFrequencyNeuronRule = TokenFrequencyNeuronRule()
+) -> pd.Series:
     """Boolean mask over a neuron table with columns freq_share, TE (and is_entropy_neuron)."""
     mask = (table["freq_share"] >= rule.min_freq_share) & (table["TE"] >= rule.min_te_ratio * table["TE"].median())
     if rule.exclude_entropy_neurons and "is_entropy_neuron" in table:

@@ -40,9 +40,9 @@ CHECKPOINT_FORMAT = 3
 class CleanTokenStats:
     """Per analysed token (N,): clean loss and entropy, and KL(P_freq || P_model) with a frequency direction."""
 
-    loss: Float[Tensor, "N"]
-    entropy: Float[Tensor, "N"]
-    kl: Float[Tensor, "N"] | None = None
+    loss: Float[Tensor, " N"]
+    entropy: Float[Tensor, " N"]
+    kl: Float[Tensor, " N"] | None = None
 
 
 @dataclass
@@ -51,31 +51,41 @@ class NeuronEffects:
 
     ``TE`` and ``DE`` are the paper's total and direct effects (Eq. 5, 6: mean |change of loss|);
     ``DE_freq`` the effect with the logits' component along v_freq held at its clean value (Eq. 7-8).
-    The ``_DE`` fields are the same statistics with the final norm's scale frozen."""
+    The ``_DE`` fields are the same statistics with the final norm's scale frozen.
+    """
 
-    mean_activation: Float[Tensor, "d_mlp"]
-    TE: Float[Tensor, "d_mlp"]
-    DE: Float[Tensor, "d_mlp"]
-    mean_delta_loss: Float[Tensor, "d_mlp"]
-    mean_delta_loss_DE: Float[Tensor, "d_mlp"]
-    abs_delta_entropy: Float[Tensor, "d_mlp"]
-    abs_delta_entropy_DE: Float[Tensor, "d_mlp"]
-    top1_change_frac: Float[Tensor, "d_mlp"]
-    top1_change_frac_DE: Float[Tensor, "d_mlp"]
+    mean_activation: Float[Tensor, " d_mlp"]
+    TE: Float[Tensor, " d_mlp"]
+    DE: Float[Tensor, " d_mlp"]
+    mean_delta_loss: Float[Tensor, " d_mlp"]
+    mean_delta_loss_DE: Float[Tensor, " d_mlp"]
+    abs_delta_entropy: Float[Tensor, " d_mlp"]
+    abs_delta_entropy_DE: Float[Tensor, " d_mlp"]
+    top1_change_frac: Float[Tensor, " d_mlp"]
+    top1_change_frac_DE: Float[Tensor, " d_mlp"]
     clean: CleanTokenStats
-    DE_freq: Float[Tensor, "d_mlp"] | None = None
-    mean_delta_loss_DE_freq: Float[Tensor, "d_mlp"] | None = None
-    abs_delta_kl: Float[Tensor, "d_mlp"] | None = None  # mean |change of KL(P_freq || P_model)|, TE
-    de_freq_exact_share: Float[Tensor, "d_mlp"] | None = None  # share of tokens whose DE_freq took exact exponentials
+    DE_freq: Float[Tensor, " d_mlp"] | None = None
+    mean_delta_loss_DE_freq: Float[Tensor, " d_mlp"] | None = None
+    abs_delta_kl: Float[Tensor, " d_mlp"] | None = None  # mean |change of KL(P_freq || P_model)|, TE
+    de_freq_exact_share: Float[Tensor, " d_mlp"] | None = None  # share of tokens whose DE_freq took exact exponentials
 
 
 #: The per-neuron means the sweep accumulates, without and with a frequency direction.
-BASE_FIELDS = ("TE", "DE", "mean_delta_loss", "mean_delta_loss_DE", "abs_delta_entropy", "abs_delta_entropy_DE",
-               "top1_change_frac", "top1_change_frac_DE")
+BASE_FIELDS = (
+    "TE",
+    "DE",
+    "mean_delta_loss",
+    "mean_delta_loss_DE",
+    "abs_delta_entropy",
+    "abs_delta_entropy_DE",
+    "top1_change_frac",
+    "top1_change_frac_DE",
+)
 FREQ_FIELDS = ("DE_freq", "mean_delta_loss_DE_freq", "de_freq_exact_share", "abs_delta_kl")
 
 
 def effect_fields(freq: FreqDirection | None) -> tuple[str, ...]:
+    """The NeuronEffects fields the sweep accumulates, with or without a frequency direction."""
     return BASE_FIELDS + (FREQ_FIELDS if freq is not None else ())
 
 
@@ -98,10 +108,20 @@ def _accumulate(part: dict[str, Tensor], ab: AblatedStats, base: CleanStats, bas
 
 
 @torch.no_grad()
-def sweep(layer: FinalLayer, cache: ForwardCache, *, mode: AblationMode = "mean", freq: FreqDirection | None = None,
-          neuron_chunk: int = 128, token_chunk: int = 256, backend: Backend = "auto",
-          checkpoints: CheckpointStore | None = None, progress: bool = True,
-          on_chunk: Callable[[int, int], None] | None = None, freq_tol: float = FREQ_SERIES_TOL) -> NeuronEffects:
+def sweep(
+    layer: FinalLayer,
+    cache: ForwardCache,
+    *,
+    mode: AblationMode = "mean",
+    freq: FreqDirection | None = None,
+    neuron_chunk: int = 128,
+    token_chunk: int = 256,
+    backend: Backend = "auto",
+    checkpoints: CheckpointStore | None = None,
+    progress: bool = True,
+    on_chunk: Callable[[int, int], None] | None = None,
+    freq_tol: float = FREQ_SERIES_TOL,
+) -> NeuronEffects:
     """Ablate every final-layer neuron in closed form and average the effects over tokens: TE and
     DE, and with ``freq`` also DE_freq and |change of KL(P_freq || P_model)|, all in one pass.
 
@@ -119,9 +139,16 @@ def sweep(layer: FinalLayer, cache: ForwardCache, *, mode: AblationMode = "mean"
     for sl, c in chunks(layer, cache, all_neurons[:1], torch.zeros(n, 1), token_chunk):
         bases.append(clean_stats(c.L, c.s, layer, cache.target[sl], backend))
         base_kls.append(clean_kl(layer, c, bases[-1], freq) if freq is not None else None)
-    stamp = {"format": CHECKPOINT_FORMAT, "n_tokens": n, "d_mlp": d_mlp, "mode": mode, "neuron_chunk": neuron_chunk,
-             "resid_sum": float(cache.resid.double().sum()), "acts_sum": float(cache.acts.double().sum()),
-             "freq_sum": None if freq is None else float((freq.v.double() * freq.p.double()).sum())}
+    stamp = {
+        "format": CHECKPOINT_FORMAT,
+        "n_tokens": n,
+        "d_mlp": d_mlp,
+        "mode": mode,
+        "neuron_chunk": neuron_chunk,
+        "resid_sum": float(cache.resid.double().sum()),
+        "acts_sum": float(cache.acts.double().sum()),
+        "freq_sum": None if freq is None else float((freq.v.double() * freq.p.double()).sum()),
+    }
     bar = tqdm(total=d_mlp, desc="ablation sweep", unit="neuron", disable=not progress)
     for k0 in range(0, d_mlp, neuron_chunk):
         idx = all_neurons[k0 : k0 + neuron_chunk]
@@ -145,12 +172,18 @@ def sweep(layer: FinalLayer, cache: ForwardCache, *, mode: AblationMode = "mean"
         if on_chunk is not None:
             on_chunk(k0, len(idx))
     bar.close()
-    clean = CleanTokenStats(loss=torch.cat([b.loss for b in bases]), entropy=torch.cat([b.entropy for b in bases]),
-                            kl=torch.cat(base_kls) if freq is not None else None)
+    clean = CleanTokenStats(
+        loss=torch.cat([b.loss for b in bases]),
+        entropy=torch.cat([b.entropy for b in bases]),
+        kl=torch.cat(base_kls) if freq is not None else None,
+    )
     return NeuronEffects(mean_activation=mean, clean=clean, **{f: acc[f].float() for f in names})
 
 
 def effects_arrays(effects: NeuronEffects) -> dict[str, np.ndarray]:
     """The per-neuron fields as numpy arrays (those that are set)."""
-    return {f.name: getattr(effects, f.name).numpy() for f in fields(effects)
-            if isinstance(getattr(effects, f.name), Tensor)}
+    return {
+        f.name: getattr(effects, f.name).numpy()
+        for f in fields(effects)
+        if isinstance(getattr(effects, f.name), Tensor)
+    }

@@ -18,8 +18,11 @@ from confidence_neurons.analysis.weights import WeightStats
 from confidence_neurons.models.final_layer import FinalLayer
 
 NEURON_COLUMNS = {
-    "layer": "final layer index", "neuron": "neuron index", "name": "layer.neuron",
-    "w_out_norm": "|w_out|", "logit_var": "LogitVar (Eq. 3)",
+    "layer": "final layer index",
+    "neuron": "neuron index",
+    "name": "layer.neuron",
+    "w_out_norm": "|w_out|",
+    "logit_var": "LogitVar (Eq. 3)",
     "rho": "share of |w_out| in the bottom-k singular directions of W_U",
     "mean_activation": "mean activation over the run's tokens (the mean-ablation value)",
     "TE": "total effect: mean |change of loss| on mean ablation (Eq. 5)",
@@ -45,20 +48,35 @@ def mediated_share(te: torch.Tensor, direct: torch.Tensor) -> torch.Tensor:
     return torch.where(te > 0, 1 - direct / te.clamp_min(1e-30), torch.full_like(te, float("nan")))
 
 
-def neuron_table(layer: FinalLayer, ws: WeightStats, effects: NeuronEffects, rule: EntropyNeuronRule,
-                 freq: FreqDirection | None, tf_rule: TokenFrequencyNeuronRule) -> pd.DataFrame:
+def neuron_table(
+    layer: FinalLayer,
+    ws: WeightStats,
+    effects: NeuronEffects,
+    rule: EntropyNeuronRule,
+    freq: FreqDirection | None,
+    tf_rule: TokenFrequencyNeuronRule,
+) -> pd.DataFrame:
     """One row per final-layer neuron (``NEURON_COLUMNS``); the Sec. 4 columns are NaN without ``freq``."""
     te, de = effects.TE.double(), effects.DE.double()
     idx = np.arange(layer.d_mlp)
-    table = pd.DataFrame({
-        "layer": layer.layer, "neuron": idx, "name": [f"{layer.layer}.{i}" for i in idx],
-        "w_out_norm": ws.w_out_norm.numpy(), "logit_var": ws.logit_var.numpy(), "rho": ws.rho.numpy(),
-        "mean_activation": effects.mean_activation.numpy(), "TE": te.numpy(), "DE": de.numpy(),
-        "ln_share": mediated_share(te, de).numpy(), "mean_delta_loss": effects.mean_delta_loss.numpy(),
-        "abs_delta_entropy": effects.abs_delta_entropy.numpy(),
-        "abs_delta_entropy_DE": effects.abs_delta_entropy_DE.numpy(),
-        "top1_change_frac": effects.top1_change_frac.numpy(),
-    })
+    table = pd.DataFrame(
+        {
+            "layer": layer.layer,
+            "neuron": idx,
+            "name": [f"{layer.layer}.{i}" for i in idx],
+            "w_out_norm": ws.w_out_norm.numpy(),
+            "logit_var": ws.logit_var.numpy(),
+            "rho": ws.rho.numpy(),
+            "mean_activation": effects.mean_activation.numpy(),
+            "TE": te.numpy(),
+            "DE": de.numpy(),
+            "ln_share": mediated_share(te, de).numpy(),
+            "mean_delta_loss": effects.mean_delta_loss.numpy(),
+            "abs_delta_entropy": effects.abs_delta_entropy.numpy(),
+            "abs_delta_entropy_DE": effects.abs_delta_entropy_DE.numpy(),
+            "top1_change_frac": effects.top1_change_frac.numpy(),
+        }
+    )
     table["is_entropy_neuron"] = select_entropy_neurons(table, rule)
     if freq is None:
         for col in FREQ_COLUMNS:
@@ -75,7 +93,17 @@ def neuron_table(layer: FinalLayer, ws: WeightStats, effects: NeuronEffects, rul
     return table
 
 
-TOP_COLUMNS = ["name", "TE", "DE", "ln_share", "rho", "w_out_norm", "logit_var", "abs_delta_entropy", "top1_change_frac"]
+TOP_COLUMNS = [
+    "name",
+    "TE",
+    "DE",
+    "ln_share",
+    "rho",
+    "w_out_norm",
+    "logit_var",
+    "abs_delta_entropy",
+    "top1_change_frac",
+]
 TF_COLUMNS = ["name", "TE", "DE_freq", "freq_share", "abs_delta_kl", "v_freq_proj", "v_freq_cos", "rho"]
 
 

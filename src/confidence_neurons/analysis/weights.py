@@ -1,6 +1,7 @@
 """Weight statistics of final-layer neurons (Sec. 3.1 and 3.3): norm, LogitVar (Eq. 3), the
 cosine of w_out with each singular vector of W_U, and rho, the share of the norm in W_U's
-effective null space (Sec. 3.4)."""
+effective null space (Sec. 3.4).
+"""
 
 from __future__ import annotations
 
@@ -20,20 +21,24 @@ def default_k(d_model: int) -> int:
 
 
 def check_k(k: int, d_model: int) -> None:
+    """Refuse a null-space size outside 1 <= k < d_model - 1."""
     if not 1 <= k < d_model - 1:
-        raise ConfigError(f"k = {k} is out of range: the null space needs 1 <= k < d_model - 1 = {d_model - 1}", field="k")
+        raise ConfigError(
+            f"k = {k} is out of range: the null space needs 1 <= k < d_model - 1 = {d_model - 1}", field="k"
+        )
 
 
 @dataclass(frozen=True)
 class WeightStats:
     """Shapes: per-neuron fields (d_mlp,); singular_values (r,) descending; cos_sv (d_mlp, r), cosine
     of w_out with each residual-space singular vector of W_U; r = d_model, or d_model - 1 before a
-    LayerNorm (see ``residual_singular_vectors``)."""
+    LayerNorm (see ``residual_singular_vectors``).
+    """
 
-    w_out_norm: Float[Tensor, "d_mlp"]
-    logit_var: Float[Tensor, "d_mlp"]
-    rho: Float[Tensor, "d_mlp"]
-    singular_values: Float[Tensor, "d_model"]
+    w_out_norm: Float[Tensor, " d_mlp"]
+    logit_var: Float[Tensor, " d_mlp"]
+    rho: Float[Tensor, " d_mlp"]
+    singular_values: Float[Tensor, " d_model"]
     cos_sv: Float[Tensor, "d_mlp d_model"]
     k: int
 
@@ -74,6 +79,7 @@ def residual_singular_vectors(layer: FinalLayer) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def weight_stats(layer: FinalLayer, k: int) -> WeightStats:
+    """Norm, LogitVar, rho (bottom-k null space) and the singular spectrum of every final-layer neuron."""
     check_k(k, layer.d_model)
     W_out, W_U = layer.W_out.double(), layer.W_U.double()
     V_res, S = residual_singular_vectors(layer)
@@ -81,6 +87,10 @@ def weight_stats(layer: FinalLayer, k: int) -> WeightStats:
     cos = (W_out / norms[:, None].clamp_min(1e-30)) @ V_res
     rho = (W_out @ V_res[:, -k:]).norm(dim=-1) / norms.clamp_min(1e-30)
     return WeightStats(
-        w_out_norm=norms.float(), logit_var=logit_var(W_out, W_U).float(), rho=rho.float(),
-        singular_values=S.float(), cos_sv=cos.float(), k=k,
+        w_out_norm=norms.float(),
+        logit_var=logit_var(W_out, W_U).float(),
+        rho=rho.float(),
+        singular_values=S.float(),
+        cos_sv=cos.float(),
+        k=k,
     )

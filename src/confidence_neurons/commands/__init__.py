@@ -15,7 +15,8 @@ from confidence_neurons.rundir import RunDir, RunDirError
 
 def load_run(path: str | Path) -> Any:
     """The result of a finished run (``ScanResult``, ``InspectResult`` or ``InductionResult``), read
-    from its run directory: tables as DataFrames, settings, and figures rebuildable with ``.figures()``."""
+    from its run directory: tables as DataFrames, settings, and figures rebuildable with ``.figures()``.
+    """
     from confidence_neurons.commands.inspect import InspectResult
     from confidence_neurons.commands.scan import ScanResult
     from confidence_neurons.induction.study import InductionResult
@@ -23,8 +24,9 @@ def load_run(path: str | Path) -> Any:
     rd = RunDir(Path(path))
     record = rd.read_config()
     if record.get("status") != "complete":
-        raise RunDirError(f"the run in {rd.path} is not complete (status: {record.get('status')}); "
-                          "rerun its command to finish it")
+        raise RunDirError(
+            f"the run in {rd.path} is not complete (status: {record.get('status')}); rerun its command to finish it"
+        )
     loaders = {"scan": ScanResult.load, "inspect": InspectResult.load, "induction": InductionResult.load}
     kind = record.get("kind")
     if kind not in loaders:

@@ -1,6 +1,7 @@
 """What every command does around its computation: inputs drawn the same way, one run directory
 recorded the same way (config "running", then "complete", or "failed" / "interrupted" with the
-reason)."""
+reason).
+"""
 
 from __future__ import annotations
 
@@ -24,20 +25,34 @@ log = logging.getLogger(__name__)
 
 def sample_tokens(model: LoadedModel, config: SourceOptions | TokenOptions) -> TokenSample:
     """The run's text: ``n_seqs`` windows of ``seq_len`` tokens, BOS first, drawn by ``seed``."""
-    return sample_token_sequences(model.tokenizer, config.dataset, n_seqs=config.n_seqs, seq_len=config.seq_len,
-                                  seed=config.seed, bos_id=model.bos_id, text_field=config.text_field,
-                                  split=config.split)
+    return sample_token_sequences(
+        model.tokenizer,
+        config.dataset,
+        n_seqs=config.n_seqs,
+        seq_len=config.seq_len,
+        seed=config.seed,
+        bos_id=model.bos_id,
+        text_field=config.text_field,
+        split=config.split,
+    )
 
 
-def unigram_distribution(model: LoadedModel, layer: FinalLayer, config: SourceOptions | UnigramOptions,
-                         progress: bool = True) -> tuple[UnigramCounts, FreqDirection]:
+def unigram_distribution(
+    model: LoadedModel, layer: FinalLayer, config: SourceOptions | UnigramOptions, progress: bool = True
+) -> tuple[UnigramCounts, FreqDirection]:
     """P_freq from ``config.unigrams`` or, without one, counted over the run's own corpus (Sec. 4)."""
     if config.unigrams is not None:
         counts = load_counts(Path(config.unigrams), layer.d_vocab)
     else:
-        counts = count_unigrams(model.tokenizer, config.dataset, vocab_size=min(len(model.tokenizer), layer.d_vocab),
-                                text_field=config.text_field, split=config.split,
-                                max_tokens=config.unigram_max_tokens, progress=progress)
+        counts = count_unigrams(
+            model.tokenizer,
+            config.dataset,
+            vocab_size=min(len(model.tokenizer), layer.d_vocab),
+            text_field=config.text_field,
+            split=config.split,
+            max_tokens=config.unigram_max_tokens,
+            progress=progress,
+        )
     p = p_freq(counts, layer.d_vocab)
     return counts, FreqDirection(p=p, v=v_freq(p))
 
@@ -45,7 +60,8 @@ def unigram_distribution(model: LoadedModel, layer: FinalLayer, config: SourceOp
 @contextmanager
 def recording(out: Path, kind: str, config: Options, **record: Any) -> Iterator[RunDir]:
     """Open (or resume) the run directory and keep its status true: "running" while the body runs,
-    "failed" with the error or "interrupted" if it stops; the body marks it "complete"."""
+    "failed" with the error or "interrupted" if it stops; the body marks it "complete".
+    """
     rd = RunDir.open(out, kind=kind, fingerprint=config.fingerprint())
     if rd.resumed:
         log.info("resuming the run in %s", out)

@@ -40,8 +40,9 @@ def _default_text(f: dataclasses.Field) -> str:
     return f" (default: {value})"
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type, *, prefix: str = "", path: str = "",
-                flags: dict[str, str] | None = None) -> dict[str, str]:
+def add_options(
+    parser: argparse.ArgumentParser, cls: type, *, prefix: str = "", path: str = "", flags: dict[str, str] | None = None
+) -> dict[str, str]:
     """Add one flag per field of ``cls`` (recursing into nested dataclasses); return {field path: flag}."""
     flags = {} if flags is None else flags
     hints = get_type_hints(cls)
@@ -53,8 +54,11 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, prefix: str = "",
             add_options(parser, tp, prefix=prefix + (meta.get("prefix") or ""), path=field_path + ".", flags=flags)
             continue
         flag = meta.get("flag") or f"--{prefix}{f.name.replace('_', '-')}"
-        kwargs: dict[str, Any] = {"dest": _dest(field_path), "default": argparse.SUPPRESS,
-                                  "help": (meta.get("help") or "") + _default_text(f)}
+        kwargs: dict[str, Any] = {
+            "dest": _dest(field_path),
+            "default": argparse.SUPPRESS,
+            "help": (meta.get("help") or "") + _default_text(f),
+        }
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif get_origin(tp) is Literal:
@@ -91,8 +95,9 @@ def options_from_args(cls: type, args: argparse.Namespace, base: Any = None, *, 
         return None
     if base is not None:
         return dataclasses.replace(base, **changes)
-    missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
-               and f.name not in changes]
+    missing = [
+        f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING and f.name not in changes
+    ]
     if missing:
         raise ConfigError(f"{missing[0]} is required", field=missing[0])
     return cls(**changes)

@@ -15,7 +15,12 @@ from confidence_neurons.errors import ConfigError
 from confidence_neurons.induction.study import InductionResult, chosen_neurons, induction
 from confidence_neurons.models.final_layer import final_layer
 from confidence_neurons.models.loading import LoadedModel, load_model
-from confidence_neurons.report.induction import induction_figures, induction_report_settings, induction_sections, induction_title
+from confidence_neurons.report.induction import (
+    induction_figures,
+    induction_report_settings,
+    induction_sections,
+    induction_title,
+)
 from confidence_neurons.rundir import RunDir
 
 
@@ -24,8 +29,9 @@ class InductionConfig(KernelOptions, SourceOptions):
     """Which neurons, and how much text for each step of the case study."""
 
     neurons: tuple[str, ...] = option((), "comma-separated final-layer neurons LAYER.INDEX (e.g. 29.830,29.1022)")
-    scan_dir: str | None = option(None, "a finished scan run directory: study its entropy and token frequency neurons",
-                                  flag="--scan")
+    scan_dir: str | None = option(
+        None, "a finished scan run directory: study its entropy and token frequency neurons", flag="--scan"
+    )
     half_len: int = option(100, "tokens per copy (paper: 100)", minimum=1)
     n_seqs: int = option(64, "synthetic sequences for the curves (paper: 500)", flag="--n-induction-seqs", minimum=1)
     n_random_draws: int = option(5, "random-neuron baselines for the clipped ablation", minimum=0)
@@ -40,8 +46,10 @@ class InductionConfig(KernelOptions, SourceOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.neurons and self.scan_dir is None:
-            raise ConfigError("name the neurons to study with --neurons L.I,L.J or give a finished scan with "
-                              "--scan RUN_DIR", field="neurons")
+            raise ConfigError(
+                "name the neurons to study with --neurons L.I,L.J or give a finished scan with --scan RUN_DIR",
+                field="neurons",
+            )
 
 
 def write(rd: RunDir, result: InductionResult) -> None:
@@ -51,12 +59,16 @@ def write(rd: RunDir, result: InductionResult) -> None:
     rd.csv("clipped_summary", result.tables["clipped_summary"])
     figures = induction_figures(result)
     rd.figures(figures)
-    rd.report(title=induction_title(result), settings=induction_report_settings(result),
-              sections=induction_sections(result, figures))
+    rd.report(
+        title=induction_title(result),
+        settings=induction_report_settings(result),
+        sections=induction_sections(result, figures),
+    )
 
 
-def run(config: InductionConfig, out: Path | None = None, *, model: LoadedModel | None = None,
-        progress: bool = True) -> InductionResult:
+def run(
+    config: InductionConfig, out: Path | None = None, *, model: LoadedModel | None = None, progress: bool = True
+) -> InductionResult:
     """Load and check, then run the case study and write the run directory."""
     model = model if model is not None else load_model(config.model)
     layer = final_layer(model)

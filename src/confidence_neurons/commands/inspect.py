@@ -1,5 +1,6 @@
 """``confidence-neurons inspect``: one final-layer neuron token by token (Sec. 5, Fig. 4):
-clipped mean-ablation, its per-token effects and the passages where it matters most."""
+clipped mean-ablation, its per-token effects and the passages where it matters most.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +11,16 @@ from plotly.graph_objects import Figure
 
 from confidence_neurons.analysis.activity import NeuronActivity, neuron_activity, parse_neuron, passages
 from confidence_neurons.analysis.forward import run_forward
-from confidence_neurons.commands.common import recording, sample_tokens, unigram_distribution
-from confidence_neurons.commands.options import KernelOptions, SourceOptions, TokenOptions, UnigramOptions, option, run_name
 from confidence_neurons.analysis.frequency import FreqDirection
+from confidence_neurons.commands.common import recording, sample_tokens, unigram_distribution
+from confidence_neurons.commands.options import (
+    KernelOptions,
+    SourceOptions,
+    TokenOptions,
+    UnigramOptions,
+    option,
+    run_name,
+)
 from confidence_neurons.data.corpus import TokenSample
 from confidence_neurons.data.unigrams import UnigramCounts
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
@@ -50,15 +58,27 @@ class InspectResult:
         record = rd.read_config()
         s = record["settings"]
         neuron = int(s["neuron"].split(".")[1])
-        activity = NeuronActivity(neuron, s["neuron"], float(s["mean_activation"]), rd.read_table("token_effects"),
-                                  run_dir=rd.path)
-        return cls(config=InspectConfig.from_dict(record["config"]), activity=activity,
-                   passages=rd.read_json("passages"), settings=s, run_dir=rd.path)
+        activity = NeuronActivity(
+            neuron, s["neuron"], float(s["mean_activation"]), rd.read_table("token_effects"), run_dir=rd.path
+        )
+        return cls(
+            config=InspectConfig.from_dict(record["config"]),
+            activity=activity,
+            passages=rd.read_json("passages"),
+            settings=s,
+            run_dir=rd.path,
+        )
 
 
-def inspect_neuron(model: LoadedModel, config: InspectConfig, *, tokens: TokenSample | None = None,
-                   unigrams: tuple[UnigramCounts, FreqDirection] | None = None, layer: FinalLayer | None = None,
-                   progress: bool = True) -> InspectResult:
+def inspect_neuron(
+    model: LoadedModel,
+    config: InspectConfig,
+    *,
+    tokens: TokenSample | None = None,
+    unigrams: tuple[UnigramCounts, FreqDirection] | None = None,
+    layer: FinalLayer | None = None,
+    progress: bool = True,
+) -> InspectResult:
     """Clip-mean-ablate ``config.neuron`` on the run's text; its effect on every token and its top passages."""
     layer = layer if layer is not None else final_layer(model)
     neuron = parse_neuron(config.neuron, layer)
@@ -67,15 +87,22 @@ def inspect_neuron(model: LoadedModel, config: InspectConfig, *, tokens: TokenSa
     cache = run_forward(model, layer, tokens.tokens, batch_size=config.batch_size, progress=progress)
     activity = neuron_activity(layer, cache, tokens.tokens, neuron, freq, model.tokenizer, backend=config.backend)
     found = passages(activity, layer, cache, tokens.tokens, model.tokenizer, n=config.n_passages)
-    settings = {"model": model.name, "neuron": activity.name, "mean_activation": activity.mean_activation,
-                "tokens": len(activity.tokens), "seq_len": config.seq_len, "n_seqs": config.n_seqs,
-                "unigrams": counts.meta.get("source"),
-                "corpus": {k: v for k, v in tokens.source.items() if k not in ("starts", "files")}}
+    settings = {
+        "model": model.name,
+        "neuron": activity.name,
+        "mean_activation": activity.mean_activation,
+        "tokens": len(activity.tokens),
+        "seq_len": config.seq_len,
+        "n_seqs": config.n_seqs,
+        "unigrams": counts.meta.get("source"),
+        "corpus": {k: v for k, v in tokens.source.items() if k not in ("starts", "files")},
+    }
     return InspectResult(config=config, activity=activity, passages=found, settings=settings)
 
 
-def run(config: InspectConfig, out: Path | None = None, *, model: LoadedModel | None = None,
-        progress: bool = True) -> InspectResult:
+def run(
+    config: InspectConfig, out: Path | None = None, *, model: LoadedModel | None = None, progress: bool = True
+) -> InspectResult:
     """Load and check, then inspect the neuron and write the run directory."""
     model = model if model is not None else load_model(config.model)
     layer = final_layer(model)
@@ -91,7 +118,10 @@ def run(config: InspectConfig, out: Path | None = None, *, model: LoadedModel | 
         rd.json("passages", result.passages)
         figures = result.figures()
         rd.figures(figures)
-        rd.report(title=f"Neuron {result.activity.name} of {model.name}", settings=result.settings,
-                  sections=inspect_sections(result, figures))
+        rd.report(
+            title=f"Neuron {result.activity.name} of {model.name}",
+            settings=result.settings,
+            sections=inspect_sections(result, figures),
+        )
         rd.set_status("complete", settings=result.settings)
     return result

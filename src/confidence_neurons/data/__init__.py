@@ -1,0 +1,1 @@
+"""Text corpora, token sampling and unigram counts (P_freq)."""

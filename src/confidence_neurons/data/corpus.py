@@ -4,6 +4,7 @@ A dataset is ``None`` (the built-in offline corpus: the English prose of Python'
 documentation, ``pydoc_data.topics``), a local ``.txt``/``.jsonl`` file or folder of them,
 or a Hugging Face hub dataset id loaded in streaming mode.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -11,9 +12,10 @@ import json
 import logging
 import platform
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +26,17 @@ from confidence_neurons.errors import ToolkitError
 log = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
-_NETWORK_ERRORS = {"ConnectError", "ConnectTimeout", "ReadTimeout", "Timeout", "OfflineModeIsEnabled",
-                   "LocalEntryNotFoundError", "HfHubHTTPError", "NetworkError", "ProxyError"}
+_NETWORK_ERRORS = {
+    "ConnectError",
+    "ConnectTimeout",
+    "ReadTimeout",
+    "Timeout",
+    "OfflineModeIsEnabled",
+    "LocalEntryNotFoundError",
+    "HfHubHTTPError",
+    "NetworkError",
+    "ProxyError",
+}
 
 
 class CorpusError(ToolkitError, ValueError):
@@ -44,8 +55,10 @@ def _topics() -> dict[str, str]:
     try:
         from pydoc_data.topics import topics
     except ImportError as exc:
-        raise CorpusError("this Python has no pydoc_data.topics (the built-in corpus was stripped by "
-                          "the distribution); pass --dataset with a local .txt/.jsonl file or folder") from exc
+        raise CorpusError(
+            "this Python has no pydoc_data.topics (the built-in corpus was stripped by "
+            "the distribution); pass --dataset with a local .txt/.jsonl file or folder"
+        ) from exc
     return topics
 
 
@@ -54,10 +67,14 @@ def describe_default_corpus() -> str:
     try:
         topics = _topics()
     except CorpusError:
-        return f"built-in corpus unavailable: Python {platform.python_version()} lacks pydoc_data.topics; pass --dataset"
+        return (
+            f"built-in corpus unavailable: Python {platform.python_version()} lacks pydoc_data.topics; pass --dataset"
+        )
     n_chars = sum(len(t) for t in topics.values())
-    return (f"built-in: Python {platform.python_version()} documentation topics (pydoc_data.topics), "
-            f"{len(topics)} documents, {n_chars:,} characters of English prose")
+    return (
+        f"built-in: Python {platform.python_version()} documentation topics (pydoc_data.topics), "
+        f"{len(topics)} documents, {n_chars:,} characters of English prose"
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -97,22 +114,30 @@ def _file_docs(path: Path, text_field: str, record: dict) -> Iterator[str]:
 def _row_text(row: Any, text_field: str, where: str) -> str:
     if not isinstance(row, dict) or text_field not in row:
         keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-        raise CorpusError(f"{where} has no text field {text_field!r} (found keys: {keys}); "
-                          f"pass --text-field with the name of the field that holds the text")
+        raise CorpusError(
+            f"{where} has no text field {text_field!r} (found keys: {keys}); "
+            f"pass --text-field with the name of the field that holds the text"
+        )
     text = row[text_field]
     if not isinstance(text, str):
-        raise CorpusError(f"{where} field {text_field!r} holds {type(text).__name__}, not a string; "
-                          f"pass --text-field naming a text field")
+        raise CorpusError(
+            f"{where} field {text_field!r} holds {type(text).__name__}, not a string; "
+            f"pass --text-field naming a text field"
+        )
     return text
 
 
 def _hub_error(dataset: str, exc: Exception) -> CorpusError:
     names = {cls.__name__ for cls in type(exc).__mro__}
     if isinstance(exc, (ConnectionError, TimeoutError)) or names & _NETWORK_ERRORS or "reach" in str(exc):
-        return CorpusError(f"could not reach the Hugging Face hub for dataset {dataset}; pass a local "
-                           f".txt/.jsonl file or folder, or omit --dataset for the built-in corpus")
-    return CorpusError(f"could not load Hugging Face hub dataset {dataset} ({type(exc).__name__}: {exc}); "
-                       f"check the id and --split, or pass a local .txt/.jsonl file or folder")
+        return CorpusError(
+            f"could not reach the Hugging Face hub for dataset {dataset}; pass a local "
+            f".txt/.jsonl file or folder, or omit --dataset for the built-in corpus"
+        )
+    return CorpusError(
+        f"could not load Hugging Face hub dataset {dataset} ({type(exc).__name__}: {exc}); "
+        f"check the id and --split, or pass a local .txt/.jsonl file or folder"
+    )
 
 
 def _hub_docs(dataset: str, text_field: str, split: str) -> Iterator[str]:
@@ -147,7 +172,9 @@ def _open(dataset: str | None, text_field: str, split: str) -> tuple[dict, Itera
     path = Path(dataset).expanduser()
     if path.is_file():
         if path.suffix not in (".txt", ".jsonl"):
-            raise CorpusError(f"{dataset} is neither a .txt nor a .jsonl file; convert it or pass a folder of such files")
+            raise CorpusError(
+                f"{dataset} is neither a .txt nor a .jsonl file; convert it or pass a folder of such files"
+            )
         info = {"kind": path.suffix[1:], "path": str(path), "sha256": _sha256(path)}
         if path.suffix == ".jsonl":
             info["text_field"] = text_field
@@ -167,8 +194,10 @@ def _open(dataset: str | None, text_field: str, split: str) -> tuple[dict, Itera
     if _HUB_ID.match(dataset) and not dataset.endswith((".txt", ".jsonl", ".json")):
         info = {"kind": "hub", "id": dataset, "split": split, "text_field": text_field}
         return info, _hub_docs(dataset, text_field, split)
-    raise CorpusError(f"dataset {dataset} is not an existing file or folder nor a Hugging Face hub id; "
-                      f"check the path, or omit --dataset for the built-in corpus")
+    raise CorpusError(
+        f"dataset {dataset} is not an existing file or folder nor a Hugging Face hub id; "
+        f"check the path, or omit --dataset for the built-in corpus"
+    )
 
 
 def iter_documents(dataset: str | None, *, text_field: str = "text", split: str = "train") -> Iterator[str]:
@@ -185,9 +214,19 @@ def _resolve_bos(tokenizer: Any, prepend_bos: bool | None, bos_id: int | None) -
     return None if bos is None else int(bos)
 
 
-def sample_token_sequences(tokenizer: Any, dataset: str | None, *, n_seqs: int, seq_len: int, seed: int = 0,
-                           prepend_bos: bool | None = None, bos_id: int | None = None, text_field: str = "text",
-                           split: str = "train", max_documents: int | None = None) -> TokenSample:
+def sample_token_sequences(
+    tokenizer: Any,
+    dataset: str | None,
+    *,
+    n_seqs: int,
+    seq_len: int,
+    seed: int = 0,
+    prepend_bos: bool | None = None,
+    bos_id: int | None = None,
+    text_field: str = "text",
+    split: str = "train",
+    max_documents: int | None = None,
+) -> TokenSample:
     """Draw ``n_seqs`` non-overlapping windows of contiguous text, reproducibly, as a ``TokenSample``.
 
     Each window comes from a single document when enough documents are long enough; otherwise
@@ -220,7 +259,7 @@ def sample_token_sequences(tokenizer: Any, dataset: str | None, *, n_seqs: int, 
                 break
     packing, sep = "per_document", getattr(tokenizer, "eos_token_id", None)
     if len(windows) >= n_seqs:
-        rows = [doc_tokens[d][o:o + body_len] for d, o in windows]
+        rows = [doc_tokens[d][o : o + body_len] for d, o in windows]
     else:
         parts, doc_starts, pos = [], [], 0  # stream pieces, and where each document starts in the stream
         for d, ids in enumerate(doc_tokens):
@@ -233,27 +272,47 @@ def sample_token_sequences(tokenizer: Any, dataset: str | None, *, n_seqs: int, 
         stream = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         n_win = len(stream) // body_len
         if n_win < n_seqs:
-            raise CorpusError(f"the corpus has only {n_tokens} tokens ({n_win} usable windows of {body_len} tokens); "
-                              f"need {n_seqs} x {seq_len} — lower --n-seqs/--seq-len or pass a larger --dataset")
+            raise CorpusError(
+                f"the corpus has only {n_tokens} tokens ({n_win} usable windows of {body_len} tokens); "
+                f"need {n_seqs} x {seq_len} — lower --n-seqs/--seq-len or pass a larger --dataset"
+            )
         log.info("documents are too short for %d per-document windows; concatenating them", n_seqs)
         packing = "concatenated"
         first = np.arange(n_win) * body_len
         win_doc = np.searchsorted(np.asarray(doc_starts), first, side="right") - 1
         # an offset equal to the document's length marks the eos separator that follows it
         windows = [(int(d), int(p - doc_starts[d])) for d, p in zip(win_doc, first)]
-        rows = [stream[k * body_len:(k + 1) * body_len] for k in range(n_win)]
+        rows = [stream[k * body_len : (k + 1) * body_len] for k in range(n_win)]
     chosen = np.sort(np.random.default_rng(seed).choice(len(rows), size=n_seqs, replace=False))
     body = np.stack([rows[i] for i in chosen])
     if bos is not None:
         body = np.concatenate([np.full((n_seqs, 1), bos, dtype=np.int64), body], axis=1)
-    info.update({
-        "tokenizer": str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__)),
-        "n_documents": len(doc_tokens), "n_tokens_available": n_tokens, "corpus_exhausted": exhausted,
-        "text_sha256": text_hash.hexdigest(), "seed": seed, "seq_len": seq_len, "n_seqs": n_seqs,
-        "prepend_bos": bos is not None, "bos_id": bos, "packing": packing, "n_windows": len(rows),
-        "separator_id": None if packing == "per_document" else sep, "max_documents": max_documents,
-        "starts": [[int(windows[i][0]), int(windows[i][1])] for i in chosen],
-    })
-    log.info("sampled %d x %d tokens from %s (%s, %d documents, %d tokens read)",
-             n_seqs, seq_len, info.get("id", info.get("path")), packing, len(doc_tokens), n_tokens)
+    info.update(
+        {
+            "tokenizer": str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__)),
+            "n_documents": len(doc_tokens),
+            "n_tokens_available": n_tokens,
+            "corpus_exhausted": exhausted,
+            "text_sha256": text_hash.hexdigest(),
+            "seed": seed,
+            "seq_len": seq_len,
+            "n_seqs": n_seqs,
+            "prepend_bos": bos is not None,
+            "bos_id": bos,
+            "packing": packing,
+            "n_windows": len(rows),
+            "separator_id": None if packing == "per_document" else sep,
+            "max_documents": max_documents,
+            "starts": [[int(windows[i][0]), int(windows[i][1])] for i in chosen],
+        }
+    )
+    log.info(
+        "sampled %d x %d tokens from %s (%s, %d documents, %d tokens read)",
+        n_seqs,
+        seq_len,
+        info.get("id", info.get("path")),
+        packing,
+        len(doc_tokens),
+        n_tokens,
+    )
     return TokenSample(tokens=torch.from_numpy(body.astype(np.int64)), source=info)

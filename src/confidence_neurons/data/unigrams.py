@@ -10,6 +10,7 @@ Smoothing and padding follow the paper's published code: over the file's entries
 the tokenizer never produces) get ``p = 0``. ``v_freq`` is ``log p - mean(log p)`` taken over
 the support ``p > 0``, and is 0 on the padded rows (see :func:`v_freq`).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,9 @@ MIN_COVERAGE = 0.9
 #: Provenance of the count files published with the paper's code (reference/README.md).
 PUBLISHED = {
     "gpt2-small-unigrams_openwebtext-2M_rows_500000.npy": {
-        "tokenizer": "GPT-2 BPE (gpt2)", "corpus": "OpenWebText, 500k rows"},
+        "tokenizer": "GPT-2 BPE (gpt2)",
+        "corpus": "OpenWebText, 500k rows",
+    },
     "pythia-unigrams.npy": {"tokenizer": "GPT-NeoX-20B (Pythia)", "corpus": "The Pile"},
     "phi-2-unigrams_c4_en_validation.npy": {"tokenizer": "Phi-2 (CodeGen BPE)", "corpus": "C4 en validation"},
 }
@@ -71,13 +74,25 @@ def _corpus_record(dataset: str | None, text_field: str, split: str) -> dict:
         if path.is_dir() or path.suffix == ".jsonl":
             rec["text_field"] = text_field
         return rec
-    return {"dataset": dataset, "description": f"Hugging Face hub dataset {dataset} (split {split})",
-            "split": split, "text_field": text_field}
+    return {
+        "dataset": dataset,
+        "description": f"Hugging Face hub dataset {dataset} (split {split})",
+        "split": split,
+        "text_field": text_field,
+    }
 
 
-def count_unigrams(tokenizer: Any, dataset: str | None, *, vocab_size: int | None = None, text_field: str = "text",
-                   split: str = "train", max_tokens: int | None = None, batch_docs: int = 64,
-                   progress: bool = True) -> UnigramCounts:
+def count_unigrams(
+    tokenizer: Any,
+    dataset: str | None,
+    *,
+    vocab_size: int | None = None,
+    text_field: str = "text",
+    split: str = "train",
+    max_tokens: int | None = None,
+    batch_docs: int = 64,
+    progress: bool = True,
+) -> UnigramCounts:
     """Count how often each token id occurs in ``dataset`` (see :func:`~confidence_neurons.data.corpus.iter_documents`).
 
     Documents are streamed and tokenized ``batch_docs`` at a time without special tokens; the counts
@@ -109,7 +124,7 @@ def count_unigrams(tokenizer: Any, dataset: str | None, *, vocab_size: int | Non
             n_docs += 1
             arr = np.asarray(ids, dtype=np.int64)
             if max_tokens is not None and n_tokens + len(arr) >= max_tokens:
-                arr, stop = arr[:max_tokens - n_tokens], True
+                arr, stop = arr[: max_tokens - n_tokens], True
             parts.append(arr)
             n_tokens += len(arr)
             if stop:
@@ -119,14 +134,17 @@ def count_unigrams(tokenizer: Any, dataset: str | None, *, vocab_size: int | Non
             hi, lo = int(flat.max()), int(flat.min())
             if hi >= vocab_size or lo < 0:
                 bad = hi if hi >= vocab_size else lo
-                raise UnigramError(f"the tokenizer produced token id {bad}, outside the count vector of "
-                                   f"{vocab_size} entries; pass a larger vocab_size (e.g. len(tokenizer))")
+                raise UnigramError(
+                    f"the tokenizer produced token id {bad}, outside the count vector of "
+                    f"{vocab_size} entries; pass a larger vocab_size (e.g. len(tokenizer))"
+                )
             np.add(counts, np.bincount(flat, minlength=vocab_size), out=counts)
             bar.update(len(flat))
         return stop
 
-    with tqdm(desc="counting unigrams", unit="tok", unit_scale=True, total=max_tokens,
-              disable=None if progress else True) as bar:
+    with tqdm(
+        desc="counting unigrams", unit="tok", unit_scale=True, total=max_tokens, disable=None if progress else True
+    ) as bar:
         batch: list[str] = []
         for text in docs:
             batch.append(text)
@@ -162,16 +180,18 @@ def save_counts(counts: UnigramCounts, path: Path) -> None:
     """Write ``counts`` to ``path`` (``.npy``, int64) and its metadata to ``path.with_suffix('.json')``, atomically."""
     path = Path(path)
     if path.suffix != ".npy":
-        raise UnigramError(f"count files are saved as .npy, but {path} has suffix {path.suffix!r}; "
-                           f"pass a path ending in .npy")
+        raise UnigramError(
+            f"count files are saved as .npy, but {path} has suffix {path.suffix!r}; pass a path ending in .npy"
+        )
     arr = np.ascontiguousarray(counts.counts, dtype=np.int64)
     meta = dict(counts.meta)
     meta.setdefault("n_entries", int(arr.shape[0]))
     try:
         text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
     except (TypeError, ValueError) as exc:
-        raise UnigramError(f"the counts' metadata is not JSON-serialisable ({exc}); keep meta to plain "
-                           f"str/int/float/list/dict values") from exc
+        raise UnigramError(
+            f"the counts' metadata is not JSON-serialisable ({exc}); keep meta to plain str/int/float/list/dict values"
+        ) from exc
     atomic_write(path, npy_bytes(arr))
     atomic_write(path.with_suffix(".json"), text.encode("utf-8"))
 
@@ -179,8 +199,10 @@ def save_counts(counts: UnigramCounts, path: Path) -> None:
 def _as_counts(arr: np.ndarray, name: str) -> np.ndarray:
     """Validate a loaded array as counts; integral floats are accepted and cast to int64."""
     if arr.ndim != 1:
-        raise UnigramError(f"{name} holds a {arr.ndim}-D array of shape {arr.shape}, not one count per token id; "
-                           f"pass a 1-D count vector")
+        raise UnigramError(
+            f"{name} holds a {arr.ndim}-D array of shape {arr.shape}, not one count per token id; "
+            f"pass a 1-D count vector"
+        )
     if arr.shape[0] == 0:
         raise UnigramError(f"{name} holds an empty array; recount the corpus")
     if arr.dtype.kind in "iu":
@@ -189,19 +211,24 @@ def _as_counts(arr: np.ndarray, name: str) -> np.ndarray:
         out = arr.astype(np.int64)
     elif arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)):
-            raise UnigramError(f"{name} holds non-finite values (NaN or inf), so it is not a count file; "
-                               f"pass integer token counts")
+            raise UnigramError(
+                f"{name} holds non-finite values (NaN or inf), so it is not a count file; pass integer token counts"
+            )
         if not np.all(arr == np.round(arr)):
-            raise UnigramError(f"{name} holds fractional values (dtype {arr.dtype}), so it is not a count file "
-                               f"(perhaps probabilities); pass integer token counts")
-        if np.any(np.abs(arr) > 2.0 ** 53):
+            raise UnigramError(
+                f"{name} holds fractional values (dtype {arr.dtype}), so it is not a count file "
+                f"(perhaps probabilities); pass integer token counts"
+            )
+        if np.any(np.abs(arr) > 2.0**53):
             raise UnigramError(f"{name} holds float counts above 2**53 that cannot be exact; save the counts as int64")
         out = arr.astype(np.int64)
     else:
         raise UnigramError(f"{name} has dtype {arr.dtype}, not an integer type; pass integer token counts")
     if np.any(out < 0):
-        raise UnigramError(f"{name} has {int(np.sum(out < 0))} negative entries (smallest {int(out.min())}), "
-                           f"which counts cannot be; recount the corpus")
+        raise UnigramError(
+            f"{name} has {int(np.sum(out < 0))} negative entries (smallest {int(out.min())}), "
+            f"which counts cannot be; recount the corpus"
+        )
     return out
 
 
@@ -209,11 +236,15 @@ def _check_width(n_entries: int, d_vocab: int, name: str) -> None:
     if d_vocab < 1:
         raise UnigramError(f"d_vocab must be at least 1 (got {d_vocab}); pass the width of the model's W_U")
     if n_entries > d_vocab:
-        raise UnigramError(f"the count file {name} has {n_entries} entries but the model's vocabulary has only "
-                           f"{d_vocab}; it was made for another tokenizer, so count with this model's tokenizer")
+        raise UnigramError(
+            f"the count file {name} has {n_entries} entries but the model's vocabulary has only "
+            f"{d_vocab}; it was made for another tokenizer, so count with this model's tokenizer"
+        )
     if n_entries < MIN_COVERAGE * d_vocab:
-        raise UnigramError(f"the count file {name} has {n_entries} entries, far fewer than the model's vocabulary "
-                           f"of {d_vocab}; it was made for another tokenizer, so count with this model's tokenizer")
+        raise UnigramError(
+            f"the count file {name} has {n_entries} entries, far fewer than the model's vocabulary "
+            f"of {d_vocab}; it was made for another tokenizer, so count with this model's tokenizer"
+        )
 
 
 def load_counts(path: Path, d_vocab: int) -> UnigramCounts:
@@ -235,8 +266,10 @@ def load_counts(path: Path, d_vocab: int) -> UnigramCounts:
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is one clear error
-        raise UnigramError(f"{path} could not be read as a .npy array ({type(exc).__name__}: {exc}); "
-                           f"pass a count file saved with numpy.save") from exc
+        raise UnigramError(
+            f"{path} could not be read as a .npy array ({type(exc).__name__}: {exc}); "
+            f"pass a count file saved with numpy.save"
+        ) from exc
     if not isinstance(arr, np.ndarray):
         raise UnigramError(f"{path} holds an archive, not a single array; pass a .npy count vector")
     counts = _as_counts(arr, name)
@@ -246,19 +279,30 @@ def load_counts(path: Path, d_vocab: int) -> UnigramCounts:
         try:
             meta = json.loads(sidecar.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UnigramError(f"metadata file {sidecar} is not readable JSON ({exc}); fix it or delete it "
-                               f"to load {name} without metadata") from exc
+            raise UnigramError(
+                f"metadata file {sidecar} is not readable JSON ({exc}); fix it or delete it "
+                f"to load {name} without metadata"
+            ) from exc
         if not isinstance(meta, dict):
-            raise UnigramError(f"metadata file {sidecar} holds a {type(meta).__name__}, not an object; "
-                               f"fix it or delete it")
+            raise UnigramError(
+                f"metadata file {sidecar} holds a {type(meta).__name__}, not an object; fix it or delete it"
+            )
         if "n_tokens" in meta and meta["n_tokens"] != int(counts.sum()):
-            raise UnigramError(f"metadata file {sidecar} says {meta['n_tokens']} tokens but {name} sums to "
-                               f"{int(counts.sum())}; the two files do not belong together, so recount or delete "
-                               f"the .json")
+            raise UnigramError(
+                f"metadata file {sidecar} says {meta['n_tokens']} tokens but {name} sums to "
+                f"{int(counts.sum())}; the two files do not belong together, so recount or delete "
+                f"the .json"
+            )
     else:
         known = PUBLISHED.get(name, {})
-        meta = {"source": f"published:{name}", "tokenizer": known.get("tokenizer"), "corpus": known.get("corpus"),
-                "n_tokens": int(counts.sum()), "n_documents": None, "n_entries": int(counts.shape[0])}
+        meta = {
+            "source": f"published:{name}",
+            "tokenizer": known.get("tokenizer"),
+            "corpus": known.get("corpus"),
+            "n_tokens": int(counts.sum()),
+            "n_documents": None,
+            "n_entries": int(counts.shape[0]),
+        }
     meta["path"] = str(path)
     return UnigramCounts(counts=counts, meta=meta)
 
@@ -287,10 +331,13 @@ def v_freq(p: torch.Tensor) -> torch.Tensor:
     """
     p = torch.as_tensor(p).detach().to(torch.float64).cpu()
     if p.ndim != 1:
-        raise UnigramError(f"p must be a 1-D distribution over the vocabulary, got shape {tuple(p.shape)}; "
-                           f"pass the output of p_freq")
+        raise UnigramError(
+            f"p must be a 1-D distribution over the vocabulary, got shape {tuple(p.shape)}; pass the output of p_freq"
+        )
     if not torch.all(torch.isfinite(p)) or torch.any(p < 0):
-        raise UnigramError("p has negative or non-finite entries, so it is not a distribution; pass the output of p_freq")
+        raise UnigramError(
+            "p has negative or non-finite entries, so it is not a distribution; pass the output of p_freq"
+        )
     support = p > 0
     if not torch.any(support):
         raise UnigramError("p is zero everywhere, so it has no support to centre on; pass the output of p_freq")

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from confidence_neurons.figures.effects import total_vs_direct_boxes
 from confidence_neurons.figures.style import (
     ENTROPY_COLOR,
     ENTROPY_EDGE_COLOR,
@@ -47,7 +48,6 @@ from confidence_neurons.figures.style import (
     legend_below,
     note,
 )
-from confidence_neurons.figures.effects import total_vs_direct_boxes
 
 __all__ = [
     "ENTROPY_COLOR",
@@ -226,9 +226,7 @@ def fig_spectrum(
     cos = np.asarray(cos_sv, dtype=float)
     d_model = sv.shape[0]
     if cos.ndim != 2 or cos.shape != (len(neurons), d_model):
-        raise ValueError(
-            f"cos_sv must have shape (n_neurons, d_model) = ({len(neurons)}, {d_model}); got {cos.shape}"
-        )
+        raise ValueError(f"cos_sv must have shape (n_neurons, d_model) = ({len(neurons)}, {d_model}); got {cos.shape}")
     if not 0 <= int(k) <= d_model:
         raise ValueError(f"k must be in [0, {d_model}], got {k}")
     k = int(k)

@@ -91,9 +91,16 @@ def _check(neurons: pd.DataFrame, func: str) -> None:
 
 
 def _hover(df: pd.DataFrame) -> tuple[np.ndarray, str]:
-    """customdata (name, TE, DE_freq, freq_share, v_freq_cos) and its hover template."""
-    return hover_data(df, (("TE", "TE"), ("DE_freq", "DE_freq"), ("freq_share", "1 − DE_freq/TE"),
-                            ("v_freq_cos", "cos(W_U·w_out, v_freq)")))
+    """Customdata (name, TE, DE_freq, freq_share, v_freq_cos) and its hover template."""
+    return hover_data(
+        df,
+        (
+            ("TE", "TE"),
+            ("DE_freq", "DE_freq"),
+            ("freq_share", "1 − DE_freq/TE"),
+            ("v_freq_cos", "cos(W_U·w_out, v_freq)"),
+        ),
+    )
 
 
 def pearson_r(x: np.ndarray, y: np.ndarray) -> float:

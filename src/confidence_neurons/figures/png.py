@@ -62,8 +62,16 @@ _DEFAULT_WIDTH = 900
 _DEFAULT_HEIGHT = 560
 _PX_TO_PT = 0.75  # CSS pixel (1/96 in) -> typographic point (1/72 in)
 _DEFAULT_COLORWAY = (
-    "#636efa", "#EF553B", "#00cc96", "#ab63fa", "#FFA15A",
-    "#19d3f3", "#FF6692", "#B6E880", "#FF97FF", "#FECB52",
+    "#636efa",
+    "#EF553B",
+    "#00cc96",
+    "#ab63fa",
+    "#FFA15A",
+    "#19d3f3",
+    "#FF6692",
+    "#B6E880",
+    "#FF97FF",
+    "#FECB52",
 )
 _GRID = "#EBF0F8"
 _INK = "#2a3f5f"
@@ -308,8 +316,19 @@ class _Converter:
                 lo = float(cmin) if cmin is not None else (float(finite.min()) if finite.size else 0.0)
                 hi = float(cmax) if cmax is not None else (float(finite.max()) if finite.size else 1.0)
                 norm, cmap = Normalize(lo, hi), _cmap(cscale)
-                ax.scatter(x, y, c=vals, cmap=cmap, norm=norm, s=sizes, alpha=m_alpha,
-                           edgecolors=ec, linewidths=ew, zorder=3, plotnonfinite=False)
+                ax.scatter(
+                    x,
+                    y,
+                    c=vals,
+                    cmap=cmap,
+                    norm=norm,
+                    s=sizes,
+                    alpha=m_alpha,
+                    edgecolors=ec,
+                    linewidths=ew,
+                    zorder=3,
+                    plotnonfinite=False,
+                )
                 if show and key not in {k for k, *_ in self.colorbars}:
                     self.colorbars.append((key, norm, cmap, _title_text(cbar)))
                 face = cmap(0.6)
@@ -319,9 +338,17 @@ class _Converter:
                 face = _rgba(mcolor if mcolor is not None else base_color)
                 ax.scatter(x, y, color=face, s=sizes, alpha=m_alpha, edgecolors=ec, linewidths=ew, zorder=3)
             if handle is None:
-                handle = Line2D([], [], linestyle="none", marker="o", markersize=size_leg * _PX_TO_PT,
-                                markerfacecolor=face, markeredgecolor=ec if ec != "none" else face,
-                                markeredgewidth=ew, alpha=m_alpha)
+                handle = Line2D(
+                    [],
+                    [],
+                    linestyle="none",
+                    marker="o",
+                    markersize=size_leg * _PX_TO_PT,
+                    markerfacecolor=face,
+                    markeredgecolor=ec if ec != "none" else face,
+                    markeredgewidth=ew,
+                    alpha=m_alpha,
+                )
 
         if "text" in parts and trace.text is not None:
             texts = [trace.text] * len(x) if isinstance(trace.text, str) else list(trace.text)
@@ -336,8 +363,17 @@ class _Converter:
                 if t is None or not (np.isfinite(xi) and np.isfinite(yi)):
                     continue
                 dxs, dys, ha, va = _TEXTPOS.get(pos or "middle center", _TEXTPOS["middle center"])
-                ax.annotate(_plain(t), (xi, yi), xytext=(dxs * off, dys * off), textcoords="offset points",
-                            ha=ha, va=va, color=tcolor, fontsize=tsize, zorder=4)
+                ax.annotate(
+                    _plain(t),
+                    (xi, yi),
+                    xytext=(dxs * off, dys * off),
+                    textcoords="offset points",
+                    ha=ha,
+                    va=va,
+                    color=tcolor,
+                    fontsize=tsize,
+                    zorder=4,
+                )
 
         if show_legend and handle is not None:
             handle.set_label(_plain(trace.name))
@@ -368,8 +404,11 @@ class _Converter:
                 raise NotImplementedError("PNG export: horizontal box plots are not supported")
             if t.yaxis not in (None, "y"):
                 raise NotImplementedError("PNG export: box traces on a secondary axis are not supported")
-            color = _rgba(t.marker.color if t.marker.color is not None and not np.ndim(t.marker.color)
-                          else (t.line.color or self._color(i)))
+            color = _rgba(
+                t.marker.color
+                if t.marker.color is not None and not np.ndim(t.marker.color)
+                else (t.line.color or self._color(i))
+            )
             line_color = _rgba(t.line.color) if t.line.color is not None else color
             fill = _rgba(t.fillcolor) if t.fillcolor is not None else (color[0], color[1], color[2], 0.35)
             y = _as_float_array(t.y)
@@ -384,18 +423,25 @@ class _Converter:
                     continue
                 pos = pos_of[cat] + shift
                 stats = cbook.boxplot_stats(vals, whis=1.5)
-                ax.bxp(stats, positions=[pos], widths=width * 0.85, patch_artist=True,
-                       showfliers=pts in ("outliers", "suspectedoutliers"),
-                       boxprops={"facecolor": fill, "edgecolor": line_color, "linewidth": 1.2},
-                       medianprops={"color": line_color, "linewidth": 1.6},
-                       whiskerprops={"color": line_color}, capprops={"color": line_color},
-                       flierprops={"marker": "o", "markersize": 3, "markerfacecolor": color, "markeredgecolor": "none"},
-                       manage_ticks=False, zorder=2)
+                ax.bxp(
+                    stats,
+                    positions=[pos],
+                    widths=width * 0.85,
+                    patch_artist=True,
+                    showfliers=pts in ("outliers", "suspectedoutliers"),
+                    boxprops={"facecolor": fill, "edgecolor": line_color, "linewidth": 1.2},
+                    medianprops={"color": line_color, "linewidth": 1.6},
+                    whiskerprops={"color": line_color},
+                    capprops={"color": line_color},
+                    flierprops={"marker": "o", "markersize": 3, "markerfacecolor": color, "markeredgecolor": "none"},
+                    manage_ticks=False,
+                    zorder=2,
+                )
                 if pts == "all":
                     jitter = float(t.jitter) if t.jitter is not None else 0.3
                     px = pos + (t.pointpos or 0) * width / 2 + rng.uniform(-0.5, 0.5, vals.size) * jitter * width
                     ms = _pt(t.marker.size, 6)
-                    ax.scatter(px, vals, s=ms ** 2, color=color, alpha=0.75, edgecolors="none", zorder=3)
+                    ax.scatter(px, vals, s=ms**2, color=color, alpha=0.75, edgecolors="none", zorder=3)
             if self._legend_visible(t, n_traces) and t.name:
                 self.handles.append(Patch(facecolor=fill, edgecolor=line_color, label=_plain(t.name)))
         ax.set_xticks(list(pos_of.values()), [_wrap(c, 28) for c in pos_of])
@@ -439,12 +485,33 @@ class _Converter:
             z = 0.2 if shp.layer == "below" else 5
             if kind == "rect":
                 fc = _rgba(shp.fillcolor) if shp.fillcolor is not None else (0, 0, 0, 0)
-                self.ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, transform=trans, facecolor=fc,
-                                            edgecolor=lc if lw > 0 else "none", linewidth=lw, alpha=alpha,
-                                            zorder=z, clip_on=False))
+                self.ax.add_patch(
+                    Rectangle(
+                        (x0, y0),
+                        x1 - x0,
+                        y1 - y0,
+                        transform=trans,
+                        facecolor=fc,
+                        edgecolor=lc if lw > 0 else "none",
+                        linewidth=lw,
+                        alpha=alpha,
+                        zorder=z,
+                        clip_on=False,
+                    )
+                )
             else:
-                self.ax.add_line(Line2D([x0, x1], [y0, y1], transform=trans, color=lc, linewidth=lw,
-                                        alpha=alpha, zorder=z, linestyle=_DASH.get(shp.line.dash or "solid", "-")))
+                self.ax.add_line(
+                    Line2D(
+                        [x0, x1],
+                        [y0, y1],
+                        transform=trans,
+                        color=lc,
+                        linewidth=lw,
+                        alpha=alpha,
+                        zorder=z,
+                        linestyle=_DASH.get(shp.line.dash or "solid", "-"),
+                    )
+                )
 
     def _annotations(self) -> None:
         for ann in self.layout.annotations or ():
@@ -480,8 +547,15 @@ class _Converter:
             else:
                 dx = float(ann.ax if ann.ax is not None else -10) * _PX_TO_PT
                 dy = -float(ann.ay if ann.ay is not None else -30) * _PX_TO_PT
-                self.ax.annotate(_plain(ann.text), (x, y), xycoords=trans, xytext=(dx, dy), textcoords="offset points",
-                                 arrowprops={"arrowstyle": "-", "color": kw["color"], "linewidth": 0.8}, **kw)
+                self.ax.annotate(
+                    _plain(ann.text),
+                    (x, y),
+                    xycoords=trans,
+                    xytext=(dx, dy),
+                    textcoords="offset points",
+                    arrowprops={"arrowstyle": "-", "color": kw["color"], "linewidth": 0.8},
+                    **kw,
+                )
 
     # main -------------------------------------------------------------------
     def build(self) -> Figure:
@@ -516,7 +590,7 @@ class _Converter:
         self._shapes()
         self._annotations()
 
-        for key, norm, cmap, title in self.colorbars:
+        for _key, norm, cmap, title in self.colorbars:
             axes = [self.ax] if self.ax2 is None else [self.ax, self.ax2]
             cb = self.mfig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, pad=0.02, fraction=0.05)
             cb.outline.set_visible(False)
@@ -527,8 +601,13 @@ class _Converter:
         if self.handles:
             horizontal = layout.legend is not None and layout.legend.orientation == "h"
             if horizontal:
-                self.mfig.legend(handles=self.handles, loc="outside lower center", ncols=min(len(self.handles), 4),
-                                 frameon=False, fontsize=8.5)
+                self.mfig.legend(
+                    handles=self.handles,
+                    loc="outside lower center",
+                    ncols=min(len(self.handles), 4),
+                    frameon=False,
+                    fontsize=8.5,
+                )
             else:
                 self.mfig.legend(handles=self.handles, loc="outside right upper", frameon=False, fontsize=8.5)
 
@@ -541,7 +620,8 @@ class _Converter:
 
 def figure_to_matplotlib(fig: go.Figure) -> Figure:
     """The matplotlib figure that :func:`figure_to_png` renders: ``layout.width x layout.height`` pixels at
-    dpi 100 (default 900x560).  Raises NotImplementedError outside the supported subset (module docstring)."""
+    dpi 100 (default 900x560).  Raises NotImplementedError outside the supported subset (module docstring).
+    """
     if not isinstance(fig, go.Figure):
         raise TypeError(f"expected a plotly.graph_objects.Figure, got {type(fig).__name__}")
     return _Converter(fig).build()

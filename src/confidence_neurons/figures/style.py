@@ -95,16 +95,19 @@ def check_columns(df: pd.DataFrame, cols: Sequence[str], func: str, arg: str = "
         raise KeyError(f"{func}: `{arg}` lacks column(s) {missing}")
 
 
-def hover_data(df: pd.DataFrame, fields: tuple[tuple[str, str], ...] = (("TE", "TE"), ("DE", "DE"), ("rho", "ρ"))
-               ) -> tuple[np.ndarray, str]:
-    """customdata (name, then each (column, label) of ``fields``) and a matching hover template;
-    a missing column shows as NaN."""
+def hover_data(
+    df: pd.DataFrame, fields: tuple[tuple[str, str], ...] = (("TE", "TE"), ("DE", "DE"), ("rho", "ρ"))
+) -> tuple[np.ndarray, str]:
+    """Customdata (name, then each (column, label) of ``fields``) and a matching hover template;
+    a missing column shows as NaN.
+    """
     custom = np.empty((len(df), 1 + len(fields)), dtype=object)
     custom[:, 0] = df["name"].astype(str).to_numpy()
     for j, (col, _) in enumerate(fields, start=1):
         custom[:, j] = floats(df[col]) if col in df else np.full(len(df), np.nan)
     template = "<b>%{customdata[0]}</b>" + "".join(
-        f"<br>{label} = %{{customdata[{j}]:.4g}}" for j, (_, label) in enumerate(fields, start=1))
+        f"<br>{label} = %{{customdata[{j}]:.4g}}" for j, (_, label) in enumerate(fields, start=1)
+    )
     return custom, template
 
 
@@ -127,7 +130,8 @@ def legend_below(y: float = -0.18) -> dict:
 
 def base_layout(fig: go.Figure, title: str, xtitle: str, ytitle: str, **extra) -> go.Figure:
     """Template, left-aligned title, axis titles, vertical legend, margins and 900 x 560 size; ``extra``
-    overrides or adds layout settings."""
+    overrides or adds layout settings.
+    """
     settings = {
         "template": TEMPLATE,
         "title": {"text": title, "x": 0.02, "xanchor": "left"},

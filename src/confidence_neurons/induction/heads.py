@@ -17,8 +17,8 @@ import itertools
 import logging
 import random
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -45,8 +45,9 @@ def _batches(tokens: Tensor, batch_size: int) -> Iterator[Tensor]:
         yield tokens[b0 : b0 + batch_size]
 
 
-def repeated_random_tokens(n_seqs: int, half_len: int, vocab_lo: int, vocab_hi: int, *, bos_id: int,
-                           seed: int = 0) -> Int[Tensor, "n_seqs seq_len"]:
+def repeated_random_tokens(
+    n_seqs: int, half_len: int, vocab_lo: int, vocab_hi: int, *, bos_id: int, seed: int = 0
+) -> Int[Tensor, "n_seqs seq_len"]:
     """(n_seqs, 1 + 2 half_len): BOS, then R, then R again, R uniform in [vocab_lo, vocab_hi) (App. D)."""
     if half_len < 2 or vocab_hi <= vocab_lo:
         raise ValueError(f"need half_len >= 2 and vocab_hi > vocab_lo (got {half_len}, [{vocab_lo}, {vocab_hi}))")
@@ -56,8 +57,9 @@ def repeated_random_tokens(n_seqs: int, half_len: int, vocab_lo: int, vocab_hi: 
 
 
 @torch.no_grad()
-def _mean_pattern_stat(model: LoadedModel, tokens: Tensor, stat: Callable[[Tensor], Tensor],
-                       batch_size: int) -> Float[Tensor, "n_layers n_heads"]:
+def _mean_pattern_stat(
+    model: LoadedModel, tokens: Tensor, stat: Callable[[Tensor], Tensor], batch_size: int
+) -> Float[Tensor, "n_layers n_heads"]:
     """Mean over sequences of ``stat(pattern)`` -> (batch, head), for every layer, one forward per batch."""
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     total = torch.zeros(n_layers, n_heads, dtype=torch.float64)
@@ -65,6 +67,7 @@ def _mean_pattern_stat(model: LoadedModel, tokens: Tensor, stat: Callable[[Tenso
     def record(layer: int) -> Callable:
         def hook(pattern: Tensor, hook) -> None:  # (batch, head, q, k)
             total[layer] += stat(pattern.float()).sum(0).double().cpu()
+
         return hook
 
     hooks = [(f"blocks.{l}.attn.hook_pattern", record(l)) for l in range(n_layers)]
@@ -73,8 +76,9 @@ def _mean_pattern_stat(model: LoadedModel, tokens: Tensor, stat: Callable[[Tenso
     return (total / tokens.shape[0]).float()
 
 
-def prefix_matching_scores(model: LoadedModel, tokens_rep: Int[Tensor, "n_seqs seq_len"], *,
-                           batch_size: int = 16) -> Float[Tensor, "n_layers n_heads"]:
+def prefix_matching_scores(
+    model: LoadedModel, tokens_rep: Int[Tensor, "n_seqs seq_len"], *, batch_size: int = 16
+) -> Float[Tensor, "n_layers n_heads"]:
     """Olsson et al.'s prefix-matching score on ``repeated_random_tokens`` (seq_len = 1 + 2T).
 
     Query i in the second copy (i = T+1 .. 2T) holds the token seen earlier at i - T; the score is
@@ -84,8 +88,10 @@ def prefix_matching_scores(model: LoadedModel, tokens_rep: Int[Tensor, "n_seqs s
     seq_len = tokens_rep.shape[1]
     half = (seq_len - 1) // 2
     if seq_len != 1 + 2 * half or half < 2 or not torch.equal(tokens_rep[:, 1 : 1 + half], tokens_rep[:, 1 + half :]):
-        raise ValueError("tokens_rep must be BOS + R + R (see repeated_random_tokens), "
-                         f"got shape {tuple(tokens_rep.shape)} without two equal halves")
+        raise ValueError(
+            "tokens_rep must be BOS + R + R (see repeated_random_tokens), "
+            f"got shape {tuple(tokens_rep.shape)} without two equal halves"
+        )
     queries = torch.arange(half + 1, 2 * half + 1)
 
     def stat(pattern: Tensor) -> Tensor:
@@ -94,17 +100,26 @@ def prefix_matching_scores(model: LoadedModel, tokens_rep: Int[Tensor, "n_seqs s
     return _mean_pattern_stat(model, tokens_rep, stat, batch_size)
 
 
-def mean_bos_attention(model: LoadedModel, tokens: Int[Tensor, "n_seqs seq_len"], *,
-                       batch_size: int = 16) -> Float[Tensor, "n_layers n_heads"]:
+def mean_bos_attention(
+    model: LoadedModel, tokens: Int[Tensor, "n_seqs seq_len"], *, batch_size: int = 16
+) -> Float[Tensor, "n_layers n_heads"]:
     """Mean attention to position 0 (BOS) over query positions >= 1 and sequences (App. D: C4 text)."""
     if tokens.shape[1] < 2:
         raise ValueError("mean_bos_attention needs sequences of at least 2 tokens")
     return _mean_pattern_stat(model, tokens, lambda p: p[:, :, 1:, 0].mean(-1), batch_size)
 
 
-def choose_heads(prefix: Float[Tensor, "n_layers n_heads"], bos: Float[Tensor, "n_layers n_heads"], *,
-                 n_induction: int = 3, n_baseline: int = 6, min_bos: float = 0.6, max_prefix: float = 0.1,
-                 baseline_layers: Sequence[int] | None = None, seed: int = 0) -> tuple[list[Head], list[Head]]:
+def choose_heads(
+    prefix: Float[Tensor, "n_layers n_heads"],
+    bos: Float[Tensor, "n_layers n_heads"],
+    *,
+    n_induction: int = 3,
+    n_baseline: int = 6,
+    min_bos: float = 0.6,
+    max_prefix: float = 0.1,
+    baseline_layers: Sequence[int] | None = None,
+    seed: int = 0,
+) -> tuple[list[Head], list[Head]]:
     """Sec. 6.2: the ``n_induction`` heads of highest prefix score (best first), and ``n_baseline``
     heads drawn at random (with ``seed``) among those with bos > ``min_bos`` and prefix < ``max_prefix``
     in ``baseline_layers`` (default: the induction heads' layers, as the paper's layers 5 and 6).
@@ -122,18 +137,29 @@ def choose_heads(prefix: Float[Tensor, "n_layers n_heads"], bos: Float[Tensor, "
     layers = sorted({l for l, _ in induction}) if baseline_layers is None else sorted(set(baseline_layers))
 
     def qualifying(allowed: Sequence[int]) -> list[Head]:
-        return [(l, h) for l in allowed for h in range(n_heads)
-                if bos[l, h] > min_bos and prefix[l, h] < max_prefix and (l, h) not in induction]
+        return [
+            (l, h)
+            for l in allowed
+            for h in range(n_heads)
+            if bos[l, h] > min_bos and prefix[l, h] < max_prefix and (l, h) not in induction
+        ]
 
     pool = qualifying(layers)
     if len(pool) < n_baseline:
         wider = qualifying(range(n_layers))
-        log.warning("only %d baseline heads (bos > %g, prefix < %g) in layers %s; widening to all layers (%d found)",
-                    len(pool), min_bos, max_prefix, layers, len(wider))
+        log.warning(
+            "only %d baseline heads (bos > %g, prefix < %g) in layers %s; widening to all layers (%d found)",
+            len(pool),
+            min_bos,
+            max_prefix,
+            layers,
+            len(wider),
+        )
         pool = wider
     if len(pool) < n_baseline:
-        log.warning("only %d heads qualify as baselines, fewer than the %d requested; using all of them",
-                    len(pool), n_baseline)
+        log.warning(
+            "only %d heads qualify as baselines, fewer than the %d requested; using all of them", len(pool), n_baseline
+        )
     baseline = sorted(random.Random(seed).sample(pool, min(n_baseline, len(pool))))
     return induction, baseline
 
@@ -144,10 +170,12 @@ def head_combinations(heads: Sequence[Head], max_size: int = 3) -> list[HeadSet]
     return [c for k in range(1, max_size + 1) for c in itertools.combinations(heads, k)]
 
 
-def baseline_combinations(heads: Sequence[Head], seed: int = 0, *, n_pairs: int = 3,
-                          n_triples: int = 3) -> list[HeadSet]:
+def baseline_combinations(
+    heads: Sequence[Head], seed: int = 0, *, n_pairs: int = 3, n_triples: int = 3
+) -> list[HeadSet]:
     """App. D: every baseline head alone, plus ``n_pairs`` random pairs and ``n_triples`` random triples
-    (distinct sets, drawn with ``seed``; fewer when fewer exist)."""
+    (distinct sets, drawn with ``seed``; fewer when fewer exist).
+    """
     rng = random.Random(seed)
     heads = [tuple(h) for h in heads]
     out: list[HeadSet] = [(h,) for h in heads]
@@ -166,6 +194,7 @@ def _by_layer(heads: Sequence[Head]) -> dict[int, list[int]]:
 
 def bos_ablation_hooks(heads: Sequence[Head]) -> list[Hook]:
     """fwd_hooks that make each head's attention pattern one-hot on key 0 (App. I.1), one per layer."""
+
     def make(head_idx: list[int]) -> Callable:
         def hook(pattern: Tensor, hook) -> Tensor:  # (batch, head, q, k)
             onehot = torch.zeros_like(pattern[:, :1])
@@ -173,6 +202,7 @@ def bos_ablation_hooks(heads: Sequence[Head]) -> list[Hook]:
             out = pattern.clone()
             out[:, head_idx] = onehot
             return out
+
         return hook
 
     return [(f"blocks.{l}.attn.hook_pattern", make(hs)) for l, hs in sorted(_by_layer(heads).items())]
@@ -189,10 +219,12 @@ def bos_ablation(model: LoadedModel, heads: Sequence[Head]) -> Iterator[LoadedMo
         yield model
 
 
-def mean_z_ablation_hooks(heads: Sequence[Head], mean_z: dict[Head, Float[Tensor, "d_head"]],
-                          positions: slice | None = None) -> list[Hook]:
+def mean_z_ablation_hooks(
+    heads: Sequence[Head], mean_z: dict[Head, Float[Tensor, " d_head"]], positions: slice | None = None
+) -> list[Hook]:
     """fwd_hooks that replace each head's z (attention output before W_O) by ``mean_z[head]`` at
-    ``positions`` (all positions when None) (App. I.2, footnote 11)."""
+    ``positions`` (all positions when None) (App. I.2, footnote 11).
+    """
     missing = [h for h in heads if tuple(h) not in mean_z]
     if missing:
         raise ValueError(f"no mean z given for heads {missing}")
@@ -204,14 +236,21 @@ def mean_z_ablation_hooks(heads: Sequence[Head], mean_z: dict[Head, Float[Tensor
             for h in head_idx:
                 out[:, where, h] = mean_z[(layer, h)].to(z.device, z.dtype)
             return out
+
         return hook
 
     return [(f"blocks.{l}.attn.hook_z", make(l, hs)) for l, hs in sorted(_by_layer(heads).items())]
 
 
 @torch.no_grad()
-def mean_z_over(model: LoadedModel, tokens: Int[Tensor, "n_seqs seq_len"], heads: Sequence[Head],
-                positions: slice, *, batch_size: int = 16) -> dict[Head, Float[Tensor, "d_head"]]:
+def mean_z_over(
+    model: LoadedModel,
+    tokens: Int[Tensor, "n_seqs seq_len"],
+    heads: Sequence[Head],
+    positions: slice,
+    *,
+    batch_size: int = 16,
+) -> dict[Head, Float[Tensor, " d_head"]]:
     """Mean z of each head over ``positions`` and sequences (App. I.2: over the second copy)."""
     layers = _by_layer(heads)
     sums: dict[Head, Tensor] = {}
@@ -222,6 +261,7 @@ def mean_z_over(model: LoadedModel, tokens: Int[Tensor, "n_seqs seq_len"], heads
             for h in layers[layer]:
                 s = z[:, positions, h].double().sum((0, 1)).cpu()
                 sums[(layer, h)] = sums[(layer, h)] + s if (layer, h) in sums else s
+
         return hook
 
     hooks = [(f"blocks.{l}.attn.hook_z", record(l)) for l in sorted(layers)]
@@ -234,10 +274,17 @@ def mean_z_over(model: LoadedModel, tokens: Int[Tensor, "n_seqs seq_len"], heads
 
 
 @torch.no_grad()
-def neuron_activations_under(model: LoadedModel, tokens: Int[Tensor, "n_seqs seq_len"], neurons: Sequence[int],
-                             hooks: Sequence[Hook], *, batch_size: int = 16) -> Float[Tensor, "n_neurons seq_len"]:
+def neuron_activations_under(
+    model: LoadedModel,
+    tokens: Int[Tensor, "n_seqs seq_len"],
+    neurons: Sequence[int],
+    hooks: Sequence[Hook],
+    *,
+    batch_size: int = 16,
+) -> Float[Tensor, "n_neurons seq_len"]:
     """Mean activation over sequences of final-layer ``neurons`` at each position, under ``hooks``
-    (e.g. ``bos_ablation_hooks(head_set)``; [] for clean). One forward per batch."""
+    (e.g. ``bos_ablation_hooks(head_set)``; [] for clean). One forward per batch.
+    """
     act_hook = final_layer(model).act_hook
     idx = torch.as_tensor(list(neurons), dtype=torch.long)
     total = torch.zeros(len(idx), tokens.shape[1], dtype=torch.float64)
@@ -251,15 +298,17 @@ def neuron_activations_under(model: LoadedModel, tokens: Int[Tensor, "n_seqs seq
 
 
 @torch.no_grad()
-def direct_feature_attribution(model: LoadedModel, tokens: Int[Tensor, "n_seqs seq_len"], neuron: int, *,
-                               batch_size: int = 16) -> tuple[list[str], Float[Tensor, "n_components seq_len"]]:
+def direct_feature_attribution(
+    model: LoadedModel, tokens: Int[Tensor, "n_seqs seq_len"], neuron: int, *, batch_size: int = 16
+) -> tuple[list[str], Float[Tensor, "n_components seq_len"]]:
     """App. I.3: direct contribution of each component to the PRE-activation of final-layer ``neuron``.
 
     The input of the last block's ln2 is a sum of writes: "embed" (token embedding, with any
     embedding scale), "pos_embed" (learned positions only), each head "L{l}H{h}" (z_h W_O[l, h]),
     each earlier MLP "mlp{l}" (with its output bias) and, unless attention and MLP run in parallel,
     the last block's heads too. A write c contributes center(c) / s . w with s the clean ln2 scale
-    (frozen; Phi's single ln1 where there is no ln2) and w the neuron's folded input weights W_in[L][:, neuron]; "bias" collects the
+    (frozen; Phi's single ln1 where there is no ln2) and w the neuron's folded input weights W_in[L][:, neuron];
+    "bias" collects the
     attention output biases b_O read the same way, plus b_in[L][neuron]. The rows sum to the
     pre-activation ``blocks.L.mlp.hook_pre``. For gated MLPs (LLaMA, Gemma) hook_pre is the gate's
     pre-activation, so w is the gate's input weights W_gate[L][:, neuron] and the gate has no bias.
@@ -280,8 +329,14 @@ def direct_feature_attribution(model: LoadedModel, tokens: Int[Tensor, "n_seqs s
     if cfg.normalization_type.startswith("LN"):
         w = w - w.mean()  # center(c) . w == c . center(w)
     b_in = 0.0 if gated or bridge.blocks[L].mlp.b_in is None else float(bridge.blocks[L].mlp.b_in[neuron])
-    b_O = torch.stack([torch.zeros(cfg.d_model, device=device) if bridge.blocks[l].attn.b_O is None
-                       else bridge.blocks[l].attn.b_O.detach().float().to(device) for l in attn_layers])
+    b_O = torch.stack(
+        [
+            torch.zeros(cfg.d_model, device=device)
+            if bridge.blocks[l].attn.b_O is None
+            else bridge.blocks[l].attn.b_O.detach().float().to(device)
+            for l in attn_layers
+        ]
+    )
     head_w = torch.einsum("lhdm,m->lhd", W_O[list(attn_layers)].to(device), w)  # (layer, head, d_head)
     norm = "ln2" if f"blocks.{L}.ln2.hook_scale" in bridge.hook_dict else "ln1"  # Phi: one norm feeds both
     scale_hook = f"blocks.{L}.{norm}.hook_scale"

@@ -18,9 +18,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from confidence_neurons.analysis.activity import clean_ranks
-from confidence_neurons.analysis.kernel import Backend
 from confidence_neurons.analysis.effects import clean_stats, per_token_effects
 from confidence_neurons.analysis.forward import ForwardCache, run_forward
+from confidence_neurons.analysis.kernel import Backend
 from confidence_neurons.induction.sequences import copy_offset
 from confidence_neurons.models.final_layer import FinalLayer
 from confidence_neurons.models.loading import LoadedModel
@@ -61,14 +61,16 @@ def _mean_se(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.no_grad()
-def clean_loss_entropy(layer: FinalLayer, cache: ForwardCache, *, token_chunk: int = 256,
-                       backend: Backend = "auto") -> tuple[Float[Tensor, "N"], Float[Tensor, "N"]]:
+def clean_loss_entropy(
+    layer: FinalLayer, cache: ForwardCache, *, token_chunk: int = 256, backend: Backend = "auto"
+) -> tuple[Float[Tensor, " N"], Float[Tensor, " N"]]:
     """Clean per-token loss and entropy (nats) through the same kernel as the ablations."""
     losses, entropies = [], []
     for t0 in range(0, cache.n_tokens, token_chunk):
         x = cache.resid[t0 : t0 + token_chunk]
-        base = clean_stats(layer.center(x) @ layer.W_U, layer.scale(x), layer, cache.target[t0 : t0 + token_chunk],
-                           backend)
+        base = clean_stats(
+            layer.center(x) @ layer.W_U, layer.scale(x), layer, cache.target[t0 : t0 + token_chunk], backend
+        )
         losses.append(base.loss)
         entropies.append(base.entropy)
     return torch.cat(losses), torch.cat(entropies)
@@ -82,13 +84,27 @@ def curves_from_cache(layer: FinalLayer, cache: ForwardCache, neurons: list[int]
     act_mean, act_se = _mean_se(acts)
     ent_mean, ent_se = _mean_se(entropy)
     loss_mean, loss_se = _mean_se(loss)
-    return PositionCurves(positions=np.arange(P), activation_mean=act_mean.T, activation_se=act_se.T,
-                          entropy_mean=ent_mean, entropy_se=ent_se, loss_mean=loss_mean, loss_se=loss_se,
-                          neurons=[int(i) for i in neurons], n_seqs=acts.shape[0])
+    return PositionCurves(
+        positions=np.arange(P),
+        activation_mean=act_mean.T,
+        activation_se=act_se.T,
+        entropy_mean=ent_mean,
+        entropy_se=ent_se,
+        loss_mean=loss_mean,
+        loss_se=loss_se,
+        neurons=[int(i) for i in neurons],
+        n_seqs=acts.shape[0],
+    )
 
 
-def position_curves(model: LoadedModel, layer: FinalLayer, tokens: Int[Tensor, "n_seqs seq_len"],
-                    neurons: list[int], *, batch_size: int = 8) -> PositionCurves:
+def position_curves(
+    model: LoadedModel,
+    layer: FinalLayer,
+    tokens: Int[Tensor, "n_seqs seq_len"],
+    neurons: list[int],
+    *,
+    batch_size: int = 8,
+) -> PositionCurves:
     """Fig. 5a (and Fig. 10a): neuron activations, entropy and loss by position over duplicated sequences."""
     cache = run_forward(model, layer, tokens, batch_size=batch_size, progress=False)
     return curves_from_cache(layer, cache, neurons)
@@ -96,9 +112,13 @@ def position_curves(model: LoadedModel, layer: FinalLayer, tokens: Int[Tensor, "
 
 def _sub_cache(cache: ForwardCache, flat: Tensor) -> ForwardCache:
     """The cache restricted to the flattened positions ``flat`` (per-token effects are local): every
-    per-token tensor field (resid, acts, target, mlp_out, ...) is indexed, the rest kept."""
-    per_token = {f.name: v[flat] for f in fields(cache)
-                 if isinstance(v := getattr(cache, f.name), Tensor) and v.shape[:1] == (cache.n_tokens,)}
+    per-token tensor field (resid, acts, target, mlp_out, ...) is indexed, the rest kept.
+    """
+    per_token = {
+        f.name: v[flat]
+        for f in fields(cache)
+        if isinstance(v := getattr(cache, f.name), Tensor) and v.shape[:1] == (cache.n_tokens,)
+    }
     return replace(cache, **per_token)
 
 
@@ -109,9 +129,17 @@ def _copy_labels(P: int, offset: int, half_len: int) -> np.ndarray:
     return labels
 
 
-def clipped_ablation_curves(layer: FinalLayer, cache: ForwardCache, tokens_shape: tuple[int, int],
-                            neurons: list[int], *, half_len: int, random_neurons: list[list[int]] | None = None,
-                            token_chunk: int = 256, backend: Backend = "auto") -> dict:
+def clipped_ablation_curves(
+    layer: FinalLayer,
+    cache: ForwardCache,
+    tokens_shape: tuple[int, int],
+    neurons: list[int],
+    *,
+    half_len: int,
+    random_neurons: list[list[int]] | None = None,
+    token_chunk: int = 256,
+    backend: Backend = "auto",
+) -> dict:
     """Fig. 5b (and Fig. 10b): clip each neuron, in the second copy only, to its mean over the first copy.
 
     The threshold is the neuron's mean activation over all first-copy positions of all sequences;
@@ -129,20 +157,31 @@ def clipped_ablation_curves(layer: FinalLayer, cache: ForwardCache, tokens_shape
     n_seqs, seq_len = tokens_shape
     P = seq_len - 1
     if cache.seq_len != seq_len or cache.n_tokens != n_seqs * P:
-        raise ValueError(f"the cache holds {cache.n_tokens} positions of sequences of {cache.seq_len} tokens, "
-                         f"not {n_seqs} x {seq_len}; pass the shape of the tokens it was run on")
+        raise ValueError(
+            f"the cache holds {cache.n_tokens} positions of sequences of {cache.seq_len} tokens, "
+            f"not {n_seqs} x {seq_len}; pass the shape of the tokens it was run on"
+        )
     offset = copy_offset(seq_len, half_len)
     start2 = offset + half_len
     acts = acts_by_position(cache)  # (n_seqs, P, d_mlp)
     first_mean = acts[:, offset:start2].mean((0, 1))  # (d_mlp,)
     draws = [list(map(int, d)) for d in (random_neurons or [])]
-    roles = [("selected", None, int(i)) for i in neurons] + [("random", d, i) for d, draw in enumerate(draws) for i in draw]
+    roles = [("selected", None, int(i)) for i in neurons] + [
+        ("random", d, i) for d, draw in enumerate(draws) for i in draw
+    ]
     unique = sorted({i for _, _, i in roles})
     col = {i: k for k, i in enumerate(unique)}
 
     flat = (torch.arange(n_seqs)[:, None] * P + torch.arange(start2, P)[None, :]).reshape(-1)
-    eff = per_token_effects(layer, _sub_cache(cache, flat), unique, mode="clip", mean_act=first_mean,
-                            token_chunk=token_chunk, backend=backend)
+    eff = per_token_effects(
+        layer,
+        _sub_cache(cache, flat),
+        unique,
+        mode="clip",
+        mean_act=first_mean,
+        token_chunk=token_chunk,
+        backend=backend,
+    )
     P2 = P - start2
     d_ent = np.zeros((n_seqs, P, len(unique)))
     d_loss = np.zeros((n_seqs, P, len(unique)))
@@ -163,22 +202,46 @@ def clipped_ablation_curves(layer: FinalLayer, cache: ForwardCache, tokens_shape
         a_mean, a_se = _mean_se(act_np[..., k])
         de_mean, de_se = _mean_se(d_ent[..., k])
         dl_mean, dl_se = _mean_se(d_loss[..., k])
-        frames.append(pd.DataFrame({
-            "group": group, "draw": draw, "neuron": i, "position": np.arange(P), "copy": labels,
-            "activation_mean": a_mean, "activation_se": a_se, "entropy_mean": ent_mean, "entropy_se": ent_se,
-            "delta_entropy_mean": de_mean, "delta_entropy_se": de_se, "delta_loss_mean": dl_mean,
-            "delta_loss_se": dl_se, "rel_delta_entropy_pct": rel_pos[:, k]}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "group": group,
+                    "draw": draw,
+                    "neuron": i,
+                    "position": np.arange(P),
+                    "copy": labels,
+                    "activation_mean": a_mean,
+                    "activation_se": a_se,
+                    "entropy_mean": ent_mean,
+                    "entropy_se": ent_se,
+                    "delta_entropy_mean": de_mean,
+                    "delta_entropy_se": de_se,
+                    "delta_loss_mean": dl_mean,
+                    "delta_loss_se": dl_se,
+                    "rel_delta_entropy_pct": rel_pos[:, k],
+                }
+            )
+        )
         second = act_np[:, start2:, k]
         seq_de, seq_dl = _mean_se(d_ent[:, start2:, k].mean(1)), _mean_se(d_loss[:, start2:, k].mean(1))
-        summary.append({
-            "group": group, "draw": draw, "neuron": i, "clip_threshold": float(first_mean[i]),
-            "activation_first": float(act_np[:, offset:start2, k].mean()), "activation_second": float(second.mean()),
-            "frac_clipped": float((second > float(first_mean[i])).mean()),
-            "delta_entropy": float(seq_de[0]), "delta_entropy_se": float(seq_de[1]),
-            "delta_loss": float(seq_dl[0]), "delta_loss_se": float(seq_dl[1]),
-            "rel_delta_entropy_pct": float(100 * d_ent[:, start2:, k].sum() / entropy[:, start2:].sum()),
-            "min_rel_delta_entropy_pct": float(rel_pos[start2:, k].min()),
-            "max_rel_delta_entropy_pct": float(rel_pos[start2:, k].max())})
+        summary.append(
+            {
+                "group": group,
+                "draw": draw,
+                "neuron": i,
+                "clip_threshold": float(first_mean[i]),
+                "activation_first": float(act_np[:, offset:start2, k].mean()),
+                "activation_second": float(second.mean()),
+                "frac_clipped": float((second > float(first_mean[i])).mean()),
+                "delta_entropy": float(seq_de[0]),
+                "delta_entropy_se": float(seq_de[1]),
+                "delta_loss": float(seq_dl[0]),
+                "delta_loss_se": float(seq_dl[1]),
+                "rel_delta_entropy_pct": float(100 * d_ent[:, start2:, k].sum() / entropy[:, start2:].sum()),
+                "min_rel_delta_entropy_pct": float(rel_pos[start2:, k].min()),
+                "max_rel_delta_entropy_pct": float(rel_pos[start2:, k].max()),
+            }
+        )
     per_position = pd.concat(frames, ignore_index=True)
     per_position["draw"] = per_position["draw"].astype("Int64")
     summary_df = pd.DataFrame(summary)
@@ -186,8 +249,9 @@ def clipped_ablation_curves(layer: FinalLayer, cache: ForwardCache, tokens_shape
     return {"per_position": per_position, "summary": summary_df, "first_copy_mean": first_mean}
 
 
-def random_neuron_draws(d_mlp: int, n_draws: int, size: int, *, exclude: list[int] = (), seed: int = 0
-                        ) -> list[list[int]]:
+def random_neuron_draws(
+    d_mlp: int, n_draws: int, size: int, *, exclude: list[int] = (), seed: int = 0
+) -> list[list[int]]:
     """Baseline draws for Fig. 5b / 10b: ``n_draws`` sets of ``size`` final-layer neurons, none in ``exclude``."""
     pool = np.setdiff1d(np.arange(d_mlp), np.asarray(list(exclude), dtype=np.int64))
     if size > len(pool):
@@ -213,8 +277,10 @@ def _repeat_positions(repeats: list[tuple[int, int]], n: int, P: int) -> list[tu
     rows = []
     for s, (first, second) in enumerate(repeats):
         if second < first + n or second + n > P - 1:
-            raise ValueError(f"repeat {(first, second)} of sequence {s} overlaps itself or leaves no predicted "
-                             f"position after its second occurrence (P = {P}); use find_repeated_ngrams' output")
+            raise ValueError(
+                f"repeat {(first, second)} of sequence {s} overlaps itself or leaves no predicted "
+                f"position after its second occurrence (P = {P}); use find_repeated_ngrams' output"
+            )
         for occurrence, start, after in (("first", first, "B"), ("second", second, "X")):
             rows += [(s, occurrence, f"A{k}" if k < n else after, k, start + k) for k in range(n + 1)]
     return rows
@@ -222,7 +288,8 @@ def _repeat_positions(repeats: list[tuple[int, int]], n: int, P: int) -> list[tu
 
 def natural_activation_change(cache: ForwardCache, repeats: list[tuple[int, int]], *, n: int = 6) -> np.ndarray:
     """Fig. 11 (natural): mean activation over the second occurrence (A0..A{n-1}, X) minus over the
-    first (A0..A{n-1}, B), per final-layer neuron, (d_mlp,)."""
+    first (A0..A{n-1}, B), per final-layer neuron, (d_mlp,).
+    """
     P = cache.seq_len - 1
     rows = _repeat_positions(repeats, n, P)
     flat = {occ: torch.tensor([s * P + p for s, o, _, _, p in rows if o == occ]) for occ in ("first", "second")}
@@ -230,9 +297,17 @@ def natural_activation_change(cache: ForwardCache, repeats: list[tuple[int, int]
     return (acts[flat["second"]].mean(0) - acts[flat["first"]].mean(0)).numpy()
 
 
-def natural_induction_effects(layer: FinalLayer, cache: ForwardCache, repeats: list[tuple[int, int]],
-                              neurons: list[int], *, reference_mean: Float[Tensor, "d_mlp"], n: int = 6,
-                              token_chunk: int = 256, backend: Backend = "auto") -> pd.DataFrame:
+def natural_induction_effects(
+    layer: FinalLayer,
+    cache: ForwardCache,
+    repeats: list[tuple[int, int]],
+    neurons: list[int],
+    *,
+    reference_mean: Float[Tensor, " d_mlp"],
+    n: int = 6,
+    token_chunk: int = 256,
+    backend: Backend = "auto",
+) -> pd.DataFrame:
     """App. H.1, Fig. 9a-c: activations and clipped-ablation effects at the positions of each repeat.
 
     One row per (seq, neuron, occurrence, label): labels A0..A{n-1} are the n-gram's positions,
@@ -243,34 +318,60 @@ def natural_induction_effects(layer: FinalLayer, cache: ForwardCache, repeats: l
     """
     P = cache.seq_len - 1
     if cache.n_tokens != len(repeats) * P:
-        raise ValueError(f"the cache holds {cache.n_tokens // P} sequences but {len(repeats)} repeats were given; "
-                         f"pass one (first_start, second_start) per sequence")
+        raise ValueError(
+            f"the cache holds {cache.n_tokens // P} sequences but {len(repeats)} repeats were given; "
+            f"pass one (first_start, second_start) per sequence"
+        )
     if reference_mean.shape != (layer.d_mlp,):
         raise ValueError(f"reference_mean must have shape ({layer.d_mlp},), got {tuple(reference_mean.shape)}")
     rows = _repeat_positions(repeats, n, P)
     flat = torch.tensor([s * P + p for s, _, _, _, p in rows])
     sub = _sub_cache(cache, flat)
-    eff = per_token_effects(layer, sub, list(neurons), mode="clip", mean_act=reference_mean.float(),
-                            token_chunk=token_chunk, backend=backend)
+    eff = per_token_effects(
+        layer,
+        sub,
+        list(neurons),
+        mode="clip",
+        mean_act=reference_mean.float(),
+        token_chunk=token_chunk,
+        backend=backend,
+    )
     rank = clean_ranks(layer, sub, chunk=token_chunk)
     meta = pd.DataFrame(rows, columns=["seq", "occurrence", "label", "offset", "position"])
     frames = []
     for k, i in enumerate(neurons):
         act = sub.acts[:, i]
-        frames.append(meta.assign(
-            neuron=int(i), activation=act.numpy(), reference_mean=float(reference_mean[i]),
-            clipped=(act > reference_mean[i]).numpy(), entropy=eff.entropy.numpy(), loss=eff.loss.numpy(),
-            delta_entropy=(eff.TE.entropy[:, k] - eff.entropy).numpy(),
-            delta_loss=(eff.TE.loss[:, k] - eff.loss).numpy(), reciprocal_rank=(1.0 / rank).numpy()))
+        frames.append(
+            meta.assign(
+                neuron=int(i),
+                activation=act.numpy(),
+                reference_mean=float(reference_mean[i]),
+                clipped=(act > reference_mean[i]).numpy(),
+                entropy=eff.entropy.numpy(),
+                loss=eff.loss.numpy(),
+                delta_entropy=(eff.TE.entropy[:, k] - eff.entropy).numpy(),
+                delta_loss=(eff.TE.loss[:, k] - eff.loss).numpy(),
+                reciprocal_rank=(1.0 / rank).numpy(),
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
-def second_copy_token_effects(layer: FinalLayer, cache: ForwardCache, tokens: Int[Tensor, "n_seqs seq_len"],
-                              neurons: list[int], *, half_len: int, threshold: Float[Tensor, "d_mlp"], tokenizer,
-                              backend: Backend = "auto") -> pd.DataFrame:
+def second_copy_token_effects(
+    layer: FinalLayer,
+    cache: ForwardCache,
+    tokens: Int[Tensor, "n_seqs seq_len"],
+    neurons: list[int],
+    *,
+    half_len: int,
+    threshold: Float[Tensor, " d_mlp"],
+    tokenizer,
+    backend: Backend = "auto",
+) -> pd.DataFrame:
     """Fig. 10c: per token of the second copy, the change of loss on clipping each neuron to
     ``threshold`` (its first-copy mean) against the initial loss, with the correct token's
-    reciprocal rank. One row per (neuron, token), in the columns of ``figures.activity``."""
+    reciprocal rank. One row per (neuron, token), in the columns of ``figures.activity``.
+    """
     n_seqs, seq_len = tokens.shape
     P, start2 = seq_len - 1, copy_offset(seq_len, half_len) + half_len
     flat = (torch.arange(n_seqs)[:, None] * P + torch.arange(start2, P)[None, :]).reshape(-1)
@@ -279,11 +380,24 @@ def second_copy_token_effects(layer: FinalLayer, cache: ForwardCache, tokens: In
     rr = (1.0 / clean_ranks(layer, sub).double()).numpy()
     decode = lambda ids: [tokenizer.decode([int(i)]) for i in ids]  # noqa: E731
     seq, pos = np.divmod(flat.numpy(), P)
-    base = pd.DataFrame({"seq": seq, "pos": pos, "token": decode(tokens[seq, pos]), "target": decode(sub.target),
-                         "initial_loss": eff.loss.numpy(), "reciprocal_rank": rr})
-    frames = [base.assign(neuron=int(i), activation=sub.acts[:, i].numpy(),
-                          clipped=(sub.acts[:, i] > threshold[i]).numpy(),
-                          delta_loss=(eff.TE.loss[:, k] - eff.loss).numpy(),
-                          delta_entropy=(eff.TE.entropy[:, k] - eff.entropy).numpy())
-              for k, i in enumerate(neurons)]
+    base = pd.DataFrame(
+        {
+            "seq": seq,
+            "pos": pos,
+            "token": decode(tokens[seq, pos]),
+            "target": decode(sub.target),
+            "initial_loss": eff.loss.numpy(),
+            "reciprocal_rank": rr,
+        }
+    )
+    frames = [
+        base.assign(
+            neuron=int(i),
+            activation=sub.acts[:, i].numpy(),
+            clipped=(sub.acts[:, i] > threshold[i]).numpy(),
+            delta_loss=(eff.TE.loss[:, k] - eff.loss).numpy(),
+            delta_entropy=(eff.TE.entropy[:, k] - eff.entropy).numpy(),
+        )
+        for k, i in enumerate(neurons)
+    ]
     return pd.concat(frames, ignore_index=True)

@@ -26,7 +26,12 @@ from confidence_neurons.data.corpus import CorpusError, sample_token_sequences
 from confidence_neurons.errors import ConfigError
 from confidence_neurons.induction import heads as H
 from confidence_neurons.induction import neurons as N
-from confidence_neurons.induction.sequences import copy_offset, corrupt_first_copy, natural_induction, synthetic_induction
+from confidence_neurons.induction.sequences import (
+    copy_offset,
+    corrupt_first_copy,
+    natural_induction,
+    synthetic_induction,
+)
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
 from confidence_neurons.models.loading import LoadedModel
 
@@ -43,14 +48,20 @@ def chosen_neurons(config: InductionConfig, layer) -> tuple[list[int], dict[int,
         return idx, {i: "chosen" for i in idx}
     table_path = Path(config.scan_dir) / "neurons.parquet"
     if not table_path.is_file():
-        raise ConfigError(f"{config.scan_dir} holds no finished scan (no neurons.parquet); run `confidence-neurons scan` first",
-                          field="scan_dir")
+        raise ConfigError(
+            f"{config.scan_dir} holds no finished scan (no neurons.parquet); run `confidence-neurons scan` first",
+            field="scan_dir",
+        )
     t = pd.read_parquet(table_path)
     if int(t["layer"].iloc[0]) != layer.layer or len(t) != layer.d_mlp:
-        raise ConfigError(f"the scan in {config.scan_dir} was made on another model (layer {t['layer'].iloc[0]}, "
-                          f"{len(t)} neurons)", field="scan_dir")
+        raise ConfigError(
+            f"the scan in {config.scan_dir} was made on another model (layer {t['layer'].iloc[0]}, {len(t)} neurons)",
+            field="scan_dir",
+        )
     family = {int(i): "entropy" for i in t.loc[t["is_entropy_neuron"], "neuron"]}
-    family |= {int(i): "token frequency" for i in t.loc[t["is_token_frequency_neuron"], "neuron"] if int(i) not in family}
+    family |= {
+        int(i): "token frequency" for i in t.loc[t["is_token_frequency_neuron"], "neuron"] if int(i) not in family
+    }
     if not family:
         top = t.assign(s=t["TE"] * t["ln_share"].clip(lower=0)).nlargest(3, "s")["neuron"]
         log.warning("the scan flagged no neuron; studying its 3 strongest entropy-neuron candidates")
@@ -63,7 +74,8 @@ class InductionResult:
     """Tables of the case study (by name, see the README), the neurons studied (indices, names
     ``LAYER.INDEX`` and family), the heads chosen, the Fig. 5a curves, the direct feature
     attribution per neuron (component labels, induction minus corrupted), the prefix-matching and
-    BOS-attention scores (n_layers, n_heads), step timings and the settings config.json records."""
+    BOS-attention scores (n_layers, n_heads), step timings and the settings config.json records.
+    """
 
     tables: dict[str, pd.DataFrame]
     neurons: list[int]
@@ -89,8 +101,10 @@ class InductionResult:
     def _repr_html_(self) -> str:
         summary = self.tables["clipped_summary"]
         sel = summary[summary["group"] == "selected"][["neuron", "rel_delta_entropy_pct", "delta_loss", "frac_clipped"]]
-        return (f"<p><b>Induction case study on {self.settings['model']}</b>: induction heads "
-                f"{', '.join(self.settings['induction_heads'])}</p>" + sel.to_html(index=False))
+        return (
+            f"<p><b>Induction case study on {self.settings['model']}</b>: induction heads "
+            f"{', '.join(self.settings['induction_heads'])}</p>" + sel.to_html(index=False)
+        )
 
     @classmethod
     def load(cls, rd) -> InductionResult:
@@ -104,28 +118,43 @@ class InductionResult:
         neurons = [int(n.split(".")[1]) for n in names]
         c = tables["curves"]
         curves = N.PositionCurves(
-            positions=c["position"].to_numpy(), entropy_mean=c["entropy_mean"].to_numpy(),
-            entropy_se=c["entropy_se"].to_numpy(), loss_mean=c["loss_mean"].to_numpy(), loss_se=c["loss_se"].to_numpy(),
+            positions=c["position"].to_numpy(),
+            entropy_mean=c["entropy_mean"].to_numpy(),
+            entropy_se=c["entropy_se"].to_numpy(),
+            loss_mean=c["loss_mean"].to_numpy(),
+            loss_se=c["loss_se"].to_numpy(),
             activation_mean=np.stack([c[f"act_{n}"].to_numpy() for n in names]),
-            activation_se=np.stack([c[f"act_se_{n}"].to_numpy() for n in names]), neurons=neurons,
-            n_seqs=config.n_seqs)
+            activation_se=np.stack([c[f"act_se_{n}"].to_numpy() for n in names]),
+            neurons=neurons,
+            n_seqs=config.n_seqs,
+        )
         hs = tables["head_scores"]
         shape = (int(hs["layer"].max()) + 1, int(hs["head"].max()) + 1)
         dfa = {}
         if "dfa" in tables:
             labels = tables["dfa"]["component"].tolist()
             dfa = {n: (labels, tables["dfa"][n].to_numpy()) for n in names if n in tables["dfa"]}
-        return cls(tables=tables, neurons=neurons, names=names,
-                   family={i: settings["neurons"][n] for i, n in zip(neurons, names)},
-                   induction_heads=[_parse_head(h) for h in settings["induction_heads"]],
-                   baseline_heads=[_parse_head(h) for h in settings["baseline_heads"]], curves=curves,
-                   half_len=config.half_len, dfa=dfa, prefix=hs["prefix_matching"].to_numpy().reshape(shape),
-                   bos=hs["bos_attention"].to_numpy().reshape(shape), timings=settings["timings_s"],
-                   settings=settings, config=config, run_dir=rd.path)
+        return cls(
+            tables=tables,
+            neurons=neurons,
+            names=names,
+            family={i: settings["neurons"][n] for i, n in zip(neurons, names)},
+            induction_heads=[_parse_head(h) for h in settings["induction_heads"]],
+            baseline_heads=[_parse_head(h) for h in settings["baseline_heads"]],
+            curves=curves,
+            half_len=config.half_len,
+            dfa=dfa,
+            prefix=hs["prefix_matching"].to_numpy().reshape(shape),
+            bos=hs["bos_attention"].to_numpy().reshape(shape),
+            timings=settings["timings_s"],
+            settings=settings,
+            config=config,
+            run_dir=rd.path,
+        )
 
 
 def _parse_head(label: str) -> tuple[int, int]:
-    """"L18H6" -> (18, 6)."""
+    """Parse a head label: L18H6 is layer 18, head 6."""
     layer, head = label[1:].split("H")
     return int(layer), int(head)
 
@@ -156,17 +185,28 @@ def _ablation_table(model, tokens, neurons, names, sets, make_hooks, batch_size)
     """Mean activation per position of each neuron under each head set's hooks (one forward per batch)."""
     rows = []
     for kind, heads in [("clean", ())] + sets:
-        acts = H.neuron_activations_under(model, tokens, neurons, make_hooks(heads) if heads else [],
-                                          batch_size=batch_size)  # (n_neurons, seq_len)
+        acts = H.neuron_activations_under(
+            model, tokens, neurons, make_hooks(heads) if heads else [], batch_size=batch_size
+        )  # (n_neurons, seq_len)
         for k, name in enumerate(names):
-            rows.append(pd.DataFrame({"neuron": name, "head_set": _head_label(heads), "kind": kind,
-                                      "position": np.arange(acts.shape[1]), "activation": acts[k].numpy()}))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "neuron": name,
+                        "head_set": _head_label(heads),
+                        "kind": kind,
+                        "position": np.arange(acts.shape[1]),
+                        "activation": acts[k].numpy(),
+                    }
+                )
+            )
     return pd.concat(rows, ignore_index=True)
 
 
 @torch.no_grad()
-def induction(model: LoadedModel, config: InductionConfig, *, layer: FinalLayer | None = None,
-              progress: bool = True) -> InductionResult:
+def induction(
+    model: LoadedModel, config: InductionConfig, *, layer: FinalLayer | None = None, progress: bool = True
+) -> InductionResult:
     """The case study on the chosen neurons, step by step (each step timed into ``settings``)."""
     layer = layer if layer is not None else final_layer(model)
     neurons, family = chosen_neurons(config, layer)
@@ -175,54 +215,108 @@ def induction(model: LoadedModel, config: InductionConfig, *, layer: FinalLayer 
     tables: dict[str, pd.DataFrame] = {}
 
     with timer("synthetic sequences and forward pass"):
-        tokens, source = synthetic_induction(model.tokenizer, config.dataset, n_seqs=config.n_seqs, half_len=T,
-                                             bos_id=bos_id, seed=config.seed, text_field=config.text_field, split=config.split)
+        tokens, source = synthetic_induction(
+            model.tokenizer,
+            config.dataset,
+            n_seqs=config.n_seqs,
+            half_len=T,
+            bos_id=bos_id,
+            seed=config.seed,
+            text_field=config.text_field,
+            split=config.split,
+        )
         cache = run_forward(model, layer, tokens, batch_size=config.batch_size, progress=progress)
         curves = N.curves_from_cache(layer, cache, neurons)
     offset = copy_offset(tokens.shape[1], T)
     start2 = offset + T
     with timer("clipped ablation (Fig. 5b)"):
-        draws = N.random_neuron_draws(layer.d_mlp, config.n_random_draws, len(neurons), exclude=neurons, seed=config.seed)
-        clipped = N.clipped_ablation_curves(layer, cache, tuple(tokens.shape), neurons, half_len=T,
-                                            random_neurons=draws, backend=config.backend)
+        draws = N.random_neuron_draws(
+            layer.d_mlp, config.n_random_draws, len(neurons), exclude=neurons, seed=config.seed
+        )
+        clipped = N.clipped_ablation_curves(
+            layer, cache, tuple(tokens.shape), neurons, half_len=T, random_neurons=draws, backend=config.backend
+        )
         tables["clipped_per_position"] = clipped["per_position"]
         tables["clipped_summary"] = clipped["summary"]
         tables["second_copy_token_effects"] = N.second_copy_token_effects(
-            layer, cache, tokens, neurons, half_len=T, threshold=clipped["first_copy_mean"],
-            tokenizer=model.tokenizer, backend=config.backend)
+            layer,
+            cache,
+            tokens,
+            neurons,
+            half_len=T,
+            threshold=clipped["first_copy_mean"],
+            tokenizer=model.tokenizer,
+            backend=config.backend,
+        )
     with timer("activation change of every neuron (Fig. 11)"):
         change = N.activation_change(N.acts_by_position(cache), T)
         rho = weight_stats(layer, config.k or default_k(layer.d_model)).rho.numpy()
-        tables["activation_change"] = pd.DataFrame({"neuron": np.arange(layer.d_mlp), "change": change, "rho": rho,
-                                                    "family": [family.get(i, "") for i in range(layer.d_mlp)]})
+        tables["activation_change"] = pd.DataFrame(
+            {
+                "neuron": np.arange(layer.d_mlp),
+                "change": change,
+                "rho": rho,
+                "family": [family.get(i, "") for i in range(layer.d_mlp)],
+            }
+        )
     del cache
     with timer("head scores (Sec. 6.2)"):
         vocab_hi = min(len(model.tokenizer), layer.d_vocab)
-        rep = H.repeated_random_tokens(config.n_prefix_seqs, T // 2, min(100, vocab_hi // 2), vocab_hi,
-                                       bos_id=bos_id if bos_id is not None else 0, seed=config.seed)
+        rep = H.repeated_random_tokens(
+            config.n_prefix_seqs,
+            T // 2,
+            min(100, vocab_hi // 2),
+            vocab_hi,
+            bos_id=bos_id if bos_id is not None else 0,
+            seed=config.seed,
+        )
         prefix = H.prefix_matching_scores(model, rep, batch_size=config.batch_size)
-        natural = sample_token_sequences(model.tokenizer, config.dataset, n_seqs=config.n_bos_seqs, seq_len=T + 1,
-                                         seed=config.seed + 1, bos_id=bos_id, text_field=config.text_field, split=config.split).tokens
+        natural = sample_token_sequences(
+            model.tokenizer,
+            config.dataset,
+            n_seqs=config.n_bos_seqs,
+            seq_len=T + 1,
+            seed=config.seed + 1,
+            bos_id=bos_id,
+            text_field=config.text_field,
+            split=config.split,
+        ).tokens
         bos = H.mean_bos_attention(model, natural, batch_size=config.batch_size)
         ind_heads, base_heads = H.choose_heads(prefix, bos, seed=config.seed)
         nl, nh = prefix.shape
-        tables["head_scores"] = pd.DataFrame({"layer": np.repeat(np.arange(nl), nh), "head": np.tile(np.arange(nh), nl),
-                                              "prefix_matching": prefix.flatten().numpy(), "bos_attention": bos.flatten().numpy()})
+        tables["head_scores"] = pd.DataFrame(
+            {
+                "layer": np.repeat(np.arange(nl), nh),
+                "head": np.tile(np.arange(nh), nl),
+                "prefix_matching": prefix.flatten().numpy(),
+                "bos_attention": bos.flatten().numpy(),
+            }
+        )
     abl_tokens = tokens[: config.n_ablation_seqs]
     sets = [("induction", s) for s in H.head_combinations(ind_heads)]
     sets += [("baseline", s) for s in H.baseline_combinations(base_heads, seed=config.seed)]
     with timer("BOS ablation (Fig. 5c, 12)"):
-        tables["bos_ablation"] = _ablation_table(model, abl_tokens, neurons, names, sets, H.bos_ablation_hooks,
-                                                 config.batch_size)
+        tables["bos_ablation"] = _ablation_table(
+            model, abl_tokens, neurons, names, sets, H.bos_ablation_hooks, config.batch_size
+        )
     with timer("mean attention-output ablation (Fig. 13)"):
         mean_z = H.mean_z_over(model, abl_tokens, ind_heads, slice(start2, None), batch_size=config.batch_size)
         zsets = [("induction", s) for s in H.head_combinations(ind_heads)]
-        tables["mean_z_ablation"] = _ablation_table(model, abl_tokens, neurons, names, zsets,
-                                                    lambda hs: H.mean_z_ablation_hooks(hs, mean_z), config.batch_size)
+        tables["mean_z_ablation"] = _ablation_table(
+            model, abl_tokens, neurons, names, zsets, lambda hs: H.mean_z_ablation_hooks(hs, mean_z), config.batch_size
+        )
     dfa: dict[str, tuple[list[str], np.ndarray]] = {}
     with timer("direct feature attribution (Fig. 14)"):
-        other = sample_token_sequences(model.tokenizer, config.dataset, n_seqs=abl_tokens.shape[0], seq_len=T,
-                                       seed=config.seed + 2, prepend_bos=False, text_field=config.text_field, split=config.split).tokens
+        other = sample_token_sequences(
+            model.tokenizer,
+            config.dataset,
+            n_seqs=abl_tokens.shape[0],
+            seq_len=T,
+            seed=config.seed + 2,
+            prepend_bos=False,
+            text_field=config.text_field,
+            split=config.split,
+        ).tokens
         corrupted = corrupt_first_copy(abl_tokens, other)
         try:
             for i, name in zip(neurons, names):
@@ -230,34 +324,85 @@ def induction(model: LoadedModel, config: InductionConfig, *, layer: FinalLayer 
                 _, cor = H.direct_feature_attribution(model, corrupted, i, batch_size=config.batch_size)
                 dfa[name] = (labels, (ind[:, start2:].mean(1) - cor[:, start2:].mean(1)).numpy())
             if dfa:
-                tables["dfa"] = pd.DataFrame({name: v for name, (_, v) in dfa.items()}, index=labels).rename_axis("component").reset_index()
+                tables["dfa"] = (
+                    pd.DataFrame({name: v for name, (_, v) in dfa.items()}, index=labels)
+                    .rename_axis("component")
+                    .reset_index()
+                )
         except ValueError as exc:
             log.warning("direct feature attribution skipped: %s", exc)
     with timer("natural induction (Fig. 9)"):
         try:
             nat_tokens, repeats, nat_source = natural_induction(
-                model.tokenizer, config.dataset, n_seqs=config.n_natural, seq_len=config.natural_seq_len, n=config.ngram,
-                bos_id=bos_id, seed=config.seed, text_field=config.text_field, split=config.split)
+                model.tokenizer,
+                config.dataset,
+                n_seqs=config.n_natural,
+                seq_len=config.natural_seq_len,
+                n=config.ngram,
+                bos_id=bos_id,
+                seed=config.seed,
+                text_field=config.text_field,
+                split=config.split,
+            )
             nat_cache = run_forward(model, layer, nat_tokens, batch_size=config.batch_size, progress=progress)
             tables["natural_effects"] = N.natural_induction_effects(
-                layer, nat_cache, repeats, neurons, reference_mean=clipped["first_copy_mean"], n=config.ngram)
+                layer, nat_cache, repeats, neurons, reference_mean=clipped["first_copy_mean"], n=config.ngram
+            )
             tables["natural_activation_change"] = pd.DataFrame(
-                {"neuron": np.arange(layer.d_mlp), "change": N.natural_activation_change(nat_cache, repeats, n=config.ngram)})
+                {
+                    "neuron": np.arange(layer.d_mlp),
+                    "change": N.natural_activation_change(nat_cache, repeats, n=config.ngram),
+                }
+            )
         except CorpusError as exc:
             log.warning("natural induction skipped: %s", exc)
             nat_source = {"skipped": str(exc)}
-    tables["curves"] = pd.DataFrame({"position": curves.positions, "entropy_mean": curves.entropy_mean,
-                                     "entropy_se": curves.entropy_se, "loss_mean": curves.loss_mean,
-                                     "loss_se": curves.loss_se,
-                                     **{f"act_{n}": curves.activation_mean[k] for k, n in enumerate(names)},
-                                     **{f"act_se_{n}": curves.activation_se[k] for k, n in enumerate(names)}})
-    settings = {"model": model.name, "neurons": {n: family[i] for i, n in zip(neurons, names)},
-                "induction_heads": [_head_label([h]) for h in ind_heads],
-                "baseline_heads": [_head_label([h]) for h in base_heads],
-                "synthetic": {k: v for k, v in source.items() if k != "corpus"}, "natural": nat_source,
-                "sizes": {k: getattr(config, k) for k in ("half_len", "n_seqs", "n_prefix_seqs", "n_bos_seqs",
-                                                          "n_ablation_seqs", "n_natural", "natural_seq_len", "ngram")},
-                "timings_s": timer.timings}
-    return InductionResult(tables=tables, neurons=neurons, names=names, family=family, induction_heads=ind_heads,
-                           baseline_heads=base_heads, curves=curves, half_len=T, dfa=dfa, prefix=prefix.numpy(),
-                           bos=bos.numpy(), timings=timer.timings, settings=settings, config=config)
+    tables["curves"] = pd.DataFrame(
+        {
+            "position": curves.positions,
+            "entropy_mean": curves.entropy_mean,
+            "entropy_se": curves.entropy_se,
+            "loss_mean": curves.loss_mean,
+            "loss_se": curves.loss_se,
+            **{f"act_{n}": curves.activation_mean[k] for k, n in enumerate(names)},
+            **{f"act_se_{n}": curves.activation_se[k] for k, n in enumerate(names)},
+        }
+    )
+    settings = {
+        "model": model.name,
+        "neurons": {n: family[i] for i, n in zip(neurons, names)},
+        "induction_heads": [_head_label([h]) for h in ind_heads],
+        "baseline_heads": [_head_label([h]) for h in base_heads],
+        "synthetic": {k: v for k, v in source.items() if k != "corpus"},
+        "natural": nat_source,
+        "sizes": {
+            k: getattr(config, k)
+            for k in (
+                "half_len",
+                "n_seqs",
+                "n_prefix_seqs",
+                "n_bos_seqs",
+                "n_ablation_seqs",
+                "n_natural",
+                "natural_seq_len",
+                "ngram",
+            )
+        },
+        "timings_s": timer.timings,
+    }
+    return InductionResult(
+        tables=tables,
+        neurons=neurons,
+        names=names,
+        family=family,
+        induction_heads=ind_heads,
+        baseline_heads=base_heads,
+        curves=curves,
+        half_len=T,
+        dfa=dfa,
+        prefix=prefix.numpy(),
+        bos=bos.numpy(),
+        timings=timer.timings,
+        settings=settings,
+        config=config,
+    )

@@ -1,0 +1,1 @@
+"""Loading any Hugging Face decoder through TransformerBridge, and the final layer as the paper sees it."""

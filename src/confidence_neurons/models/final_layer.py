@@ -1,5 +1,6 @@
 """The final layer as the paper's equations see it: w_out of every last-layer neuron, the final
-norm, W_U and b_U (Sec. 2, Eq. 1-2), read once from a processed bridge."""
+norm, W_U and b_U (Sec. 2, Eq. 1-2), read once from a processed bridge.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ class PostMLPNorm:
     """An RMSNorm applied to the MLP output before it joins the residual (Gemma 2 and 3).
 
     post(m) = g * m / sqrt(mean(m^2) + eps); ``g`` (d_model,) is the effective weight (for Gemma's
-    (1 + w) convention, 1 + w); ``in_hook`` reads m, the MLP output before this norm."""
+    (1 + w) convention, 1 + w); ``in_hook`` reads m, the MLP output before this norm.
+    """
 
-    g: Float[Tensor, "d_model"]
+    g: Float[Tensor, " d_model"]
     eps: float
     in_hook: str
 
@@ -40,7 +42,7 @@ class FinalLayer:
     layer: int
     W_out: Float[Tensor, "d_mlp d_model"]
     W_U: Float[Tensor, "d_model d_vocab"]
-    b_U: Float[Tensor, "d_vocab"]
+    b_U: Float[Tensor, " d_vocab"]
     norm: Literal["LN", "RMS"]
     eps: float
     softcap: float | None
@@ -84,20 +86,39 @@ def final_layer(model: LoadedModel) -> FinalLayer:
     hooks = bridge.hook_dict
     act_hook, resid_hook, scale_hook = f"blocks.{layer}.mlp.hook_post", "ln_final.hook_in", "ln_final.hook_scale"
     if act_hook not in hooks:
-        raise ModelLoadError(f"{model.name} has no MLP in its last block (no hook {act_hook}); entropy neurons live in the final MLP")
-    if resid_hook not in hooks or scale_hook not in hooks or cfg.normalization_type not in ("LN", "LNPre", "RMS", "RMSPre"):
-        raise ModelLoadError(f"{model.name} has no final LayerNorm/RMSNorm before the unembedding; the analysis needs one")
+        raise ModelLoadError(
+            f"{model.name} has no MLP in its last block (no hook {act_hook}); entropy neurons live in the final MLP"
+        )
+    if (
+        resid_hook not in hooks
+        or scale_hook not in hooks
+        or cfg.normalization_type not in ("LN", "LNPre", "RMS", "RMSPre")
+    ):
+        raise ModelLoadError(
+            f"{model.name} has no final LayerNorm/RMSNorm before the unembedding; the analysis needs one"
+        )
     post = _post_mlp_norm(model, layer)
     with torch.no_grad():
         W_out = bridge.W_out[layer].detach().float().clone()
         W_U = bridge.W_U.detach().float().clone()
-        b_U = bridge.b_U.detach().float().clone() if getattr(bridge, "b_U", None) is not None else torch.zeros(W_U.shape[1])
+        b_U = (
+            bridge.b_U.detach().float().clone()
+            if getattr(bridge, "b_U", None) is not None
+            else torch.zeros(W_U.shape[1])
+        )
     softcap = getattr(cfg, "output_logits_soft_cap", None)
     return FinalLayer(
-        layer=layer, W_out=W_out, W_U=W_U, b_U=b_U,
+        layer=layer,
+        W_out=W_out,
+        W_U=W_U,
+        b_U=b_U,
         norm="LN" if cfg.normalization_type.startswith("LN") else "RMS",
-        eps=float(cfg.eps), softcap=float(softcap) if softcap and softcap > 0 else None,
-        act_hook=act_hook, resid_hook=resid_hook, scale_hook=scale_hook, post_mlp_norm=post,
+        eps=float(cfg.eps),
+        softcap=float(softcap) if softcap and softcap > 0 else None,
+        act_hook=act_hook,
+        resid_hook=resid_hook,
+        scale_hook=scale_hook,
+        post_mlp_norm=post,
     )
 
 

@@ -73,8 +73,9 @@ def _resolve(spec: str | None) -> _Resolved:
     """Decide what ``spec`` names, with a clear error for what cannot be a model."""
     if spec is None:
         gguf = embedded_gguf_path()
-        return _Resolved("embedded", str(gguf.parent), gguf.name,
-                         {"kind": "embedded", "name": DEFAULT_MODEL_NAME, "path": str(gguf)})
+        return _Resolved(
+            "embedded", str(gguf.parent), gguf.name, {"kind": "embedded", "name": DEFAULT_MODEL_NAME, "path": str(gguf)}
+        )
     path = Path(spec).expanduser()
     description = {"name": spec, "path": str(path.resolve())}
     if path.suffix == ".gguf":

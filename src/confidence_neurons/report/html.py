@@ -135,9 +135,7 @@ def _settings_html(settings: dict) -> str:
         return '<p class="empty">(no settings recorded)</p>'
     rows = []
     for key, value in settings.items():
-        rows.append(
-            f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(_setting_text(value))}</td></tr>"
-        )
+        rows.append(f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(_setting_text(value))}</td></tr>")
     return '<div class="table-wrap"><table class="settings"><tbody>\n' + "\n".join(rows) + "\n</tbody></table></div>"
 
 

@@ -1,5 +1,6 @@
 """What the induction case study shows (Sec. 6, App. H, I): Fig. 5a-c, 9, 10c, 11, 12, 13, 14 and head
-scores, and the sections of its report."""
+scores, and the sections of its report.
+"""
 
 from __future__ import annotations
 
@@ -23,31 +24,39 @@ def induction_figures(result: InductionResult) -> dict[str, Figure]:
     index_names = dict(zip(result.neurons, names))
     change = result.tables["activation_change"]
     is_flagged = change["family"].isin(["entropy", "chosen", "candidate"]).to_numpy()
-    prefix_by_label = {F.head_label((l, h)): float(result.prefix[l, h])
-                       for l in range(result.prefix.shape[0]) for h in range(result.prefix.shape[1])}
+    prefix_by_label = {
+        F.head_label((l, h)): float(result.prefix[l, h])
+        for l in range(result.prefix.shape[0])
+        for h in range(result.prefix.shape[1])
+    }
     kind = "frequency" if set(result.family.values()) == {"token frequency"} else "entropy"  # Fig. 10a/b vs 5a/b
     figs: dict[str, object] = {
         "fig5a_induction_curves": F.fig_induction_curves(result.curves, names, T, kind=kind),
-        "fig5b_clipped_ablation": F.fig_clipped_ablation(result.tables["clipped_per_position"], summary, T,
-                                                         names=index_names, kind=kind),
+        "fig5b_clipped_ablation": F.fig_clipped_ablation(
+            result.tables["clipped_per_position"], summary, T, names=index_names, kind=kind
+        ),
         "fig5b_clipped_summary": F.fig_clipped_summary(summary, names=index_names, kind=kind),
-        "fig11_activation_change": F.fig_activation_change(change["change"].to_numpy(), change["rho"].to_numpy(),
-                                                           is_flagged, [f"{n}" for n in change["neuron"]]),
+        "fig11_activation_change": F.fig_activation_change(
+            change["change"].to_numpy(), change["rho"].to_numpy(), is_flagged, [f"{n}" for n in change["neuron"]]
+        ),
         "head_scores": F.fig_head_scores(result.prefix, result.bos, result.induction_heads, result.baseline_heads),
         "fig12_bos_ablation_summary": F.fig_head_ablation_summary(result.tables["bos_ablation"], names, T),
         "fig13_mean_z_ablation_summary": F.fig_head_ablation_summary(
-            result.tables["mean_z_ablation"], names, T, title_kind="Mean attention-output ablation (Fig. 13 analogue)"),
+            result.tables["mean_z_ablation"], names, T, title_kind="Mean attention-output ablation (Fig. 13 analogue)"
+        ),
     }
     token_effects = result.tables["second_copy_token_effects"]
     for i, name in zip(result.neurons, names):
         slug = name.replace(".", "_")
         fig = fig_loss_change_vs_initial(token_effects[token_effects["neuron"] == i], name)
-        fig.update_layout(title_text=f"Fig. 10c analogue: change of loss on clipping {name} in the second copy "
-                                     "vs initial loss")
+        fig.update_layout(
+            title_text=f"Fig. 10c analogue: change of loss on clipping {name} in the second copy vs initial loss"
+        )
         figs[f"fig10c_second_copy_loss_{slug}"] = fig
         figs[f"fig5c_bos_ablation_{slug}"] = F.fig_head_ablation(result.tables["bos_ablation"], name, T)
         figs[f"fig13_mean_z_ablation_{slug}"] = F.fig_head_ablation(
-            result.tables["mean_z_ablation"], name, T, title_kind="Mean attention-output ablation (Fig. 13 analogue)")
+            result.tables["mean_z_ablation"], name, T, title_kind="Mean attention-output ablation (Fig. 13 analogue)"
+        )
         if name in result.dfa:
             labels, diff = result.dfa[name]
             figs[f"fig14_dfa_{slug}"] = F.fig_dfa(labels, np.asarray(diff), prefix_by_label, name)
@@ -58,10 +67,12 @@ def induction_figures(result: InductionResult) -> dict[str, Figure]:
 
 
 def induction_title(result: InductionResult) -> str:
+    """The report's title."""
     return f"Induction case study on {result.settings['model']}"
 
 
 def induction_report_settings(result: InductionResult) -> dict:
+    """The settings shown at the top of the report (without the per-sequence records)."""
     return {k: v for k, v in result.settings.items() if k not in ("synthetic", "natural")}
 
 
@@ -71,39 +82,61 @@ def induction_sections(result: InductionResult, figs: dict[str, Figure]) -> list
     T, names = result.half_len, result.names
     index_names = dict(zip(result.neurons, names))
     sel = summary[summary["group"] == "selected"]
-    lines = [f"{index_names[int(r.neuron)]}: entropy {r.rel_delta_entropy_pct:+.1f}% over the second copy "
-             f"(per position down to {r.min_rel_delta_entropy_pct:+.1f}%), loss {r.delta_loss:+.4f} nats"
-             for r in sel.itertuples()]
+    lines = [
+        f"{index_names[int(r.neuron)]}: entropy {r.rel_delta_entropy_pct:+.1f}% over the second copy "
+        f"(per position down to {r.min_rel_delta_entropy_pct:+.1f}%), loss {r.delta_loss:+.4f} nats"
+        for r in sel.itertuples()
+    ]
     rnd = summary[summary["group"] == "random"]["rel_delta_entropy_pct"]
     s = result.settings
     pick = lambda prefix: [f for k, f in figs.items() if k.startswith(prefix)]  # noqa: E731
     sections = [
-        ReportSection("Entropy neurons on repeated text (Fig. 5a)",
-                      f"{s['sizes']['n_seqs']} sequences of {T} corpus tokens repeated once. Activations of the "
-                      "chosen neurons with entropy and loss per position.", figures=pick("fig5a")),
-        ReportSection("Clipped ablation in the second copy (Fig. 5b)",
-                      "Each neuron is clipped to its mean over the first copy, in the second copy only. "
-                      + " ".join(lines) + f" Random neurons: median {rnd.median():+.1f}% (range {rnd.min():+.1f}% to "
-                      f"{rnd.max():+.1f}%).", figures=pick("fig5b") + pick("fig10c"), table=sel),
+        ReportSection(
+            "Entropy neurons on repeated text (Fig. 5a)",
+            f"{s['sizes']['n_seqs']} sequences of {T} corpus tokens repeated once. Activations of the "
+            "chosen neurons with entropy and loss per position.",
+            figures=pick("fig5a"),
+        ),
+        ReportSection(
+            "Clipped ablation in the second copy (Fig. 5b)",
+            "Each neuron is clipped to its mean over the first copy, in the second copy only. "
+            + " ".join(lines)
+            + f" Random neurons: median {rnd.median():+.1f}% (range {rnd.min():+.1f}% to "
+            f"{rnd.max():+.1f}%).",
+            figures=pick("fig5b") + pick("fig10c"),
+            table=sel,
+        ),
         ReportSection("Which final-layer neurons change most (Fig. 11)", "", figures=pick("fig11")),
-        ReportSection("Induction heads (Sec. 6.2)",
-                      f"Prefix-matching score on repeated random tokens and mean attention to BOS on natural text. "
-                      f"Induction heads: {', '.join(s['induction_heads'])}; baseline heads (BOS attention > 0.6, "
-                      f"prefix score < 0.1): {', '.join(s['baseline_heads']) or 'none qualified'}.",
-                      figures=pick("head_scores")),
-        ReportSection("BOS ablation (Fig. 5c, 12)",
-                      "Each head set is made to attend only to the first position; one forward per head set and batch.",
-                      figures=pick("fig12") + pick("fig5c")),
-        ReportSection("Mean attention-output ablation (Fig. 13)",
-                      "Each induction head's z vectors are replaced by their mean over the second copy.",
-                      figures=pick("fig13")),
-        ReportSection("Direct feature attribution (Fig. 14)",
-                      "Direct contribution of every head and MLP to the neuron's pre-activation, induction minus "
-                      "corrupted sequences (first copy replaced by other text), mean over the second copy.",
-                      figures=pick("fig14")),
-        ReportSection("Natural induction (Fig. 9)",
-                      f"Corpus sequences with a repeated {s['sizes']['ngram']}-gram; neurons clipped to their mean on "
-                      "non-repeated text." if "natural_effects" in result.tables else
-                      f"Skipped: {s['natural'].get('skipped', '')}", figures=pick("fig9")),
+        ReportSection(
+            "Induction heads (Sec. 6.2)",
+            f"Prefix-matching score on repeated random tokens and mean attention to BOS on natural text. "
+            f"Induction heads: {', '.join(s['induction_heads'])}; baseline heads (BOS attention > 0.6, "
+            f"prefix score < 0.1): {', '.join(s['baseline_heads']) or 'none qualified'}.",
+            figures=pick("head_scores"),
+        ),
+        ReportSection(
+            "BOS ablation (Fig. 5c, 12)",
+            "Each head set is made to attend only to the first position; one forward per head set and batch.",
+            figures=pick("fig12") + pick("fig5c"),
+        ),
+        ReportSection(
+            "Mean attention-output ablation (Fig. 13)",
+            "Each induction head's z vectors are replaced by their mean over the second copy.",
+            figures=pick("fig13"),
+        ),
+        ReportSection(
+            "Direct feature attribution (Fig. 14)",
+            "Direct contribution of every head and MLP to the neuron's pre-activation, induction minus "
+            "corrupted sequences (first copy replaced by other text), mean over the second copy.",
+            figures=pick("fig14"),
+        ),
+        ReportSection(
+            "Natural induction (Fig. 9)",
+            f"Corpus sequences with a repeated {s['sizes']['ngram']}-gram; neurons clipped to their mean on "
+            "non-repeated text."
+            if "natural_effects" in result.tables
+            else f"Skipped: {s['natural'].get('skipped', '')}",
+            figures=pick("fig9"),
+        ),
     ]
     return sections

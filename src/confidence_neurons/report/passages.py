@@ -162,7 +162,7 @@ def _table(passage: dict, h: int, context: int) -> str:
             delta = float("nan")
         cls = ' class="cnp-hl-row"' if j == h else ""
         rows.append(
-            f"<tr{cls}><td class=\"cnp-num\">{j}</td><td><code>{_token_html(tokens[j])}</code></td><td>{nxt}</td>"
+            f'<tr{cls}><td class="cnp-num">{j}</td><td><code>{_token_html(tokens[j])}</code></td><td>{nxt}</td>'
             f'<td class="cnp-num">{_num(passage["activation"][j])}</td>'
             f"<td>{_predictions(passage['top_predictions'][j])}</td>"
             f'<td class="cnp-num">{_num(clean)}</td><td class="cnp-num">{_num(ablated)}</td>'
@@ -192,12 +192,7 @@ def passages_html(
         raise ValueError("context must be >= 0")
     mean = float(mean_activation)
     highlights = [_check(p, i) for i, p in enumerate(passages)]
-    dev = [
-        abs(float(a) - mean)
-        for p in passages
-        for a in p["activation"]
-        if a is not None and math.isfinite(float(a))
-    ]
+    dev = [abs(float(a) - mean) for p in passages for a in p["activation"] if a is not None and math.isfinite(float(a))]
     scale = max(dev) if dev and max(dev) > 0 else 1.0
     name = html.escape(str(neuron_name))
 

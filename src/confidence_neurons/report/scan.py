@@ -30,14 +30,16 @@ def scan_figures(result: ScanResult) -> dict[str, Figure]:
         "fig2c_total_vs_direct": fig_total_vs_direct(neurons, seed=result.config.seed),
         "fig2d_spectrum": fig_spectrum(result.singular_values, result.cos_sv, neurons, k),
         "fig2e_rho_vs_ln_share": fig_rho_vs_ln_share(neurons, k),
-        "fig3a_kl_vs_entropy": fig_kl_vs_entropy(result.token_metrics["entropy"].to_numpy(),
-                                                 result.token_metrics["kl"].to_numpy()),
+        "fig3a_kl_vs_entropy": fig_kl_vs_entropy(
+            result.token_metrics["entropy"].to_numpy(), result.token_metrics["kl"].to_numpy()
+        ),
         "fig3b_freq_share_vs_dkl": fig_freq_share_vs_dkl(neurons),
         "fig3c_total_vs_freq_direct": fig_total_vs_freq_direct(neurons, seed=result.config.seed),
     }
 
 
 def scan_title(result: ScanResult) -> str:
+    """The report's title."""
     return f"Confidence-regulation neurons of {result.settings['model']}: entropy and token frequency neurons"
 
 
@@ -61,24 +63,34 @@ def scan_sections(result: ScanResult, figures: dict[str, Figure]) -> list[Report
             f"({s['entropy_neuron_rule']}). The table lists them first, then the strongest other candidates.",
             table=top_neurons(neurons),
         ),
-        ReportSection("Entropy against prediction (Fig. 1)",
-                      "Mean |change of entropy| against the share of tokens whose top-1 prediction changes when the "
-                      "neuron is mean-ablated. Entropy neurons move confidence without moving the prediction.",
-                      figures=[figures["fig1_entropy_vs_prediction"]]),
-        ReportSection("Weight norm and LogitVar (Fig. 2a)",
-                      "Entropy neurons have a large output-weight norm and a low variance of their direct logit effect.",
-                      figures=[figures["fig2a_norm_vs_logitvar"]]),
-        ReportSection("Total and direct effect (Fig. 2c)",
-                      "TE lets the final norm's scale respond to the ablation (Eq. 5); DE freezes it (Eq. 6). "
-                      "For entropy neurons DE is a small part of TE.",
-                      figures=[figures["fig2c_total_vs_direct"]]),
-        ReportSection("The unembedding's null space (Fig. 2d)",
-                      f"Singular values of W_U and |cos| of entropy neurons' w_out with each singular vector; "
-                      f"rho uses the bottom k = {k}.",
-                      figures=[figures["fig2d_spectrum"]]),
-        ReportSection("rho against the norm-mediated share (Fig. 2e)",
-                      "Neurons that write into the null space act through the final norm's scale.",
-                      figures=[figures["fig2e_rho_vs_ln_share"]]),
+        ReportSection(
+            "Entropy against prediction (Fig. 1)",
+            "Mean |change of entropy| against the share of tokens whose top-1 prediction changes when the "
+            "neuron is mean-ablated. Entropy neurons move confidence without moving the prediction.",
+            figures=[figures["fig1_entropy_vs_prediction"]],
+        ),
+        ReportSection(
+            "Weight norm and LogitVar (Fig. 2a)",
+            "Entropy neurons have a large output-weight norm and a low variance of their direct logit effect.",
+            figures=[figures["fig2a_norm_vs_logitvar"]],
+        ),
+        ReportSection(
+            "Total and direct effect (Fig. 2c)",
+            "TE lets the final norm's scale respond to the ablation (Eq. 5); DE freezes it (Eq. 6). "
+            "For entropy neurons DE is a small part of TE.",
+            figures=[figures["fig2c_total_vs_direct"]],
+        ),
+        ReportSection(
+            "The unembedding's null space (Fig. 2d)",
+            f"Singular values of W_U and |cos| of entropy neurons' w_out with each singular vector; "
+            f"rho uses the bottom k = {k}.",
+            figures=[figures["fig2d_spectrum"]],
+        ),
+        ReportSection(
+            "rho against the norm-mediated share (Fig. 2e)",
+            "Neurons that write into the null space act through the final norm's scale.",
+            figures=[figures["fig2e_rho_vs_ln_share"]],
+        ),
         ReportSection(
             "Token frequency neurons (Sec. 4)",
             f"{int(neurons['is_token_frequency_neuron'].sum())} neurons meet the rule "
@@ -87,13 +99,18 @@ def scan_sections(result: ScanResult, figures: dict[str, Figure]) -> list[Report
             "pushes away from frequent tokens.",
             table=top_token_frequency_neurons(neurons),
         ),
-        ReportSection("Distance to the unigram distribution against entropy (Fig. 3a)",
-                      "Per token: the more uncertain the model, the closer its output to P_freq.",
-                      figures=[figures["fig3a_kl_vs_entropy"]]),
-        ReportSection("Token-frequency-mediated effect (Fig. 3b)",
-                      "1 - DE_freq/TE against the mean |change of KL(P_freq || P_model)| on mean ablation; DE_freq "
-                      "holds the ablated logits' component along v_freq at its clean value (Eq. 7-8).",
-                      figures=[figures["fig3b_freq_share_vs_dkl"]]),
-        ReportSection("Total and frequency-direct effect (Fig. 3c)", "",
-                      figures=[figures["fig3c_total_vs_freq_direct"]]),
+        ReportSection(
+            "Distance to the unigram distribution against entropy (Fig. 3a)",
+            "Per token: the more uncertain the model, the closer its output to P_freq.",
+            figures=[figures["fig3a_kl_vs_entropy"]],
+        ),
+        ReportSection(
+            "Token-frequency-mediated effect (Fig. 3b)",
+            "1 - DE_freq/TE against the mean |change of KL(P_freq || P_model)| on mean ablation; DE_freq "
+            "holds the ablated logits' component along v_freq at its clean value (Eq. 7-8).",
+            figures=[figures["fig3b_freq_share_vs_dkl"]],
+        ),
+        ReportSection(
+            "Total and frequency-direct effect (Fig. 3c)", "", figures=[figures["fig3c_total_vs_freq_direct"]]
+        ),
     ]

@@ -30,8 +30,15 @@ from confidence_neurons.figures.style import (
 __all__ = ["fig_activation_change"]
 
 
-def fig_activation_change(change: np.ndarray, rho: np.ndarray, is_entropy: np.ndarray, names: Sequence[str], *,
-                          label_top: int = 8, setting: Literal["synthetic", "natural"] = "synthetic") -> go.Figure:
+def fig_activation_change(
+    change: np.ndarray,
+    rho: np.ndarray,
+    is_entropy: np.ndarray,
+    names: Sequence[str],
+    *,
+    label_top: int = 8,
+    setting: Literal["synthetic", "natural"] = "synthetic",
+) -> go.Figure:
     """Fig. 11: change of mean activation on induction for every final-layer neuron.
 
     x = neuron index, y = ``change`` (mean activation in the second copy − in the first
@@ -47,20 +54,30 @@ def fig_activation_change(change: np.ndarray, rho: np.ndarray, is_entropy: np.nd
     names = [str(n) for n in names]
     n = change.size
     if not (rho.size == is_entropy.size == len(names) == n):
-        raise ValueError(f"change ({n}), rho ({rho.size}), is_entropy ({is_entropy.size}) and names ({len(names)}) "
-                         "must all have one entry per neuron")
+        raise ValueError(
+            f"change ({n}), rho ({rho.size}), is_entropy ({is_entropy.size}) and names ({len(names)}) "
+            "must all have one entry per neuron"
+        )
     if label_top < 0:
         raise ValueError("label_top must be >= 0")
     idx = np.arange(n)
-    what = ("second copy − first copy" if setting == "synthetic"
-            else "second occurrence − first occurrence of the n-gram")
+    what = (
+        "second copy − first copy" if setting == "synthetic" else "second occurrence − first occurrence of the n-gram"
+    )
     fig = go.Figure()
     other = ~is_entropy
-    fig.add_trace(go.Scatter(
-        x=idx[other], y=change[other], mode="markers", name=OTHER_TRACE,
-        marker={"color": OTHER_COLOR, "size": 5, "opacity": 0.6},
-        text=[names[i] for i in idx[other]], customdata=rho[other],
-        hovertemplate="%{text}<br>Δ activation = %{y:.4g}<br>ρ = %{customdata:.3f}<extra></extra>"))
+    fig.add_trace(
+        go.Scatter(
+            x=idx[other],
+            y=change[other],
+            mode="markers",
+            name=OTHER_TRACE,
+            marker={"color": OTHER_COLOR, "size": 5, "opacity": 0.6},
+            text=[names[i] for i in idx[other]],
+            customdata=rho[other],
+            hovertemplate="%{text}<br>Δ activation = %{y:.4g}<br>ρ = %{customdata:.3f}<extra></extra>",
+        )
+    )
     ent = idx[is_entropy]
     r = np.nan_to_num(np.clip(rho[ent], 0.0, 1.0), nan=0.0)
     top = ent[np.argsort(-np.abs(np.nan_to_num(change[ent], nan=0.0)), kind="stable")[:label_top]]
@@ -69,14 +86,24 @@ def fig_activation_change(change: np.ndarray, rho: np.ndarray, is_entropy: np.nd
     custom = np.empty((ent.size, 2), dtype=object)
     custom[:, 0] = [names[i] for i in ent]
     custom[:, 1] = rho[ent]
-    fig.add_trace(go.Scatter(
-        x=ent, y=change[ent], mode="markers+text", name=ENTROPY_TRACE,
-        text=labels, textposition=label_positions(change[ent]) if ent.size else None,
-        textfont={"color": ENTROPY_COLOR, "size": 10},
-        marker={"color": ENTROPY_COLOR, "size": (7 + 10 * r).tolist(),
-                "line": {"color": ENTROPY_EDGE_COLOR, "width": 1}},
-        customdata=custom,
-        hovertemplate="%{customdata[0]}<br>Δ activation = %{y:.4g}<br>ρ = %{customdata[1]:.3f}<extra></extra>"))
+    fig.add_trace(
+        go.Scatter(
+            x=ent,
+            y=change[ent],
+            mode="markers+text",
+            name=ENTROPY_TRACE,
+            text=labels,
+            textposition=label_positions(change[ent]) if ent.size else None,
+            textfont={"color": ENTROPY_COLOR, "size": 10},
+            marker={
+                "color": ENTROPY_COLOR,
+                "size": (7 + 10 * r).tolist(),
+                "line": {"color": ENTROPY_EDGE_COLOR, "width": 1},
+            },
+            customdata=custom,
+            hovertemplate="%{customdata[0]}<br>Δ activation = %{y:.4g}<br>ρ = %{customdata[1]:.3f}<extra></extra>",
+        )
+    )
     base_layout(
         fig,
         f"Fig. 11 analogue: change of mean activation of final-layer neurons on {setting} induction "

@@ -44,8 +44,10 @@ def second_copy_start(seq_len: int, half_len: int) -> int:
         raise ValueError(f"half_len must be >= 1, got {half_len}")
     offset = int(seq_len) - 2 * int(half_len)
     if offset not in (0, 1):
-        raise ValueError(f"a sequence of {seq_len} tokens is not two copies of {half_len} tokens "
-                         "(with or without a BOS token); pass the half_len the sequences were built with")
+        raise ValueError(
+            f"a sequence of {seq_len} tokens is not two copies of {half_len} tokens "
+            "(with or without a BOS token); pass the half_len the sequences were built with"
+        )
     return offset + int(half_len)
 
 
@@ -58,22 +60,51 @@ def neuron_palette(kind: str) -> tuple[str, ...]:
 
 def shade_from(fig: go.Figure, x0: float, x1: float, label: str = "second copy") -> None:
     """Shade x0..x1 (data x, full height) and label it at the top."""
-    fig.add_shape(type="rect", xref="x", yref="paper", x0=x0, x1=x1, y0=0, y1=1,
-                  fillcolor=SECOND_COPY_FILL, line={"width": 0}, layer="below")
-    fig.add_annotation(text=label, xref="x", yref="paper", x=x0, y=1.0, xanchor="left", yanchor="bottom",
-                       showarrow=False, font={"size": 11, "color": SECOND_COPY_COLOR})
+    fig.add_shape(
+        type="rect",
+        xref="x",
+        yref="paper",
+        x0=x0,
+        x1=x1,
+        y0=0,
+        y1=1,
+        fillcolor=SECOND_COPY_FILL,
+        line={"width": 0},
+        layer="below",
+    )
+    fig.add_annotation(
+        text=label,
+        xref="x",
+        yref="paper",
+        x=x0,
+        y=1.0,
+        xanchor="left",
+        yanchor="bottom",
+        showarrow=False,
+        font={"size": 11, "color": SECOND_COPY_COLOR},
+    )
 
 
-def band(x: np.ndarray, mean: np.ndarray, se: np.ndarray, color: str, group: str, yaxis: str = "y"
-         ) -> list[go.Scatter]:
+def band(x: np.ndarray, mean: np.ndarray, se: np.ndarray, color: str, group: str, yaxis: str = "y") -> list[go.Scatter]:
     """Two faint lines at mean ± SE (nothing where SE is all NaN, e.g. a single sequence)."""
     se = np.asarray(se, dtype=float)
     if not np.isfinite(se).any():
         return []
-    return [go.Scatter(x=x, y=mean + sign * se, mode="lines", name=f"{group} ± SE", legendgroup=group,
-                       showlegend=False, opacity=BAND_OPACITY, line={"color": color, "width": 1},
-                       yaxis=yaxis, hoverinfo="skip")
-            for sign in (1.0, -1.0)]
+    return [
+        go.Scatter(
+            x=x,
+            y=mean + sign * se,
+            mode="lines",
+            name=f"{group} ± SE",
+            legendgroup=group,
+            showlegend=False,
+            opacity=BAND_OPACITY,
+            line={"color": color, "width": 1},
+            yaxis=yaxis,
+            hoverinfo="skip",
+        )
+        for sign in (1.0, -1.0)
+    ]
 
 
 def no_data(fig: go.Figure, text: str = NO_DATA_TEXT) -> go.Figure:

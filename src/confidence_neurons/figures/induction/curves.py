@@ -50,8 +50,17 @@ _START_LINE = {"color": "rgba(31,119,180,0.9)", "width": 1.5, "dash": "dot"}
 
 def _start_line(fig: go.Figure, x: float, label: str = "second copy starts") -> None:
     fig.add_shape(type="line", xref="x", yref="paper", x0=x, x1=x, y0=0, y1=1, line=_START_LINE)
-    fig.add_annotation(text=label, xref="x", yref="paper", x=x, y=1.0, xanchor="left", yanchor="bottom",
-                       showarrow=False, font={"size": 11, "color": SECOND_COPY_COLOR})
+    fig.add_annotation(
+        text=label,
+        xref="x",
+        yref="paper",
+        x=x,
+        y=1.0,
+        xanchor="left",
+        yanchor="bottom",
+        showarrow=False,
+        font={"size": 11, "color": SECOND_COPY_COLOR},
+    )
 
 
 def _neuron_label(names: Mapping[int, str] | None, neuron: int) -> str:
@@ -67,8 +76,7 @@ def _copy_title(kind: str, a: str, b: str) -> str:
 # --------------------------------------------------------------------------- Fig. 5a / 10a
 
 
-def fig_induction_curves(curves, names: Sequence[str], half_len: int, *, kind: NeuronKind = "entropy"
-                         ) -> go.Figure:
+def fig_induction_curves(curves, names: Sequence[str], half_len: int, *, kind: NeuronKind = "entropy") -> go.Figure:
     """Fig. 5a (``kind="entropy"``) / Fig. 10a (``kind="frequency"``): the clean pass by position.
 
     ``curves`` is a :class:`~confidence_neurons.induction.neurons.PositionCurves`;
@@ -83,19 +91,28 @@ def fig_induction_curves(curves, names: Sequence[str], half_len: int, *, kind: N
     act_mean = np.atleast_2d(np.asarray(curves.activation_mean, dtype=float))
     act_se = np.atleast_2d(np.asarray(curves.activation_se, dtype=float))
     if len(names) != len(curves.neurons) or act_mean.shape[0] != len(names):
-        raise ValueError(f"names ({len(names)}) must label each of the curves' {len(curves.neurons)} neurons "
-                         f"(activation rows: {act_mean.shape[0]})")
+        raise ValueError(
+            f"names ({len(names)}) must label each of the curves' {len(curves.neurons)} neurons "
+            f"(activation rows: {act_mean.shape[0]})"
+        )
     x = np.asarray(curves.positions, dtype=float)
     fig = go.Figure()
     which = _copy_title(kind, "entropy neurons", "token frequency neurons")
-    title = (f"{_copy_title(kind, 'Fig. 5a', 'Fig. 10a')} analogue: {which}' activations, entropy and loss "
-             f"by position on duplicated sequences (n = {int(curves.n_seqs)} sequences, T = {int(half_len)})")
+    title = (
+        f"{_copy_title(kind, 'Fig. 5a', 'Fig. 10a')} analogue: {which}' activations, entropy and loss "
+        f"by position on duplicated sequences (n = {int(curves.n_seqs)} sequences, T = {int(half_len)})"
+    )
     base_layout(
-        fig, title,
+        fig,
+        title,
         "token position p (predicting token p + 1)",
         "mean activation (dotted lines)",
-        yaxis2={"title": {"text": "entropy and loss (nats, solid lines)"}, "overlaying": "y", "side": "right",
-                "showgrid": False},
+        yaxis2={
+            "title": {"text": "entropy and loss (nats, solid lines)"},
+            "overlaying": "y",
+            "side": "right",
+            "showgrid": False,
+        },
         legend=legend_below(),
     )
     fig.update_layout(margin={"r": 80, "b": 120})
@@ -105,16 +122,35 @@ def fig_induction_curves(curves, names: Sequence[str], half_len: int, *, kind: N
     for k, name in enumerate(names):
         color = palette[k % len(palette)]
         fig.add_traces(band(x, act_mean[k], act_se[k], color, name))
-        fig.add_trace(go.Scatter(x=x, y=act_mean[k], mode="lines", name=name, legendgroup=name,
-                                 line={"color": color, "width": 2, "dash": "dot"},
-                                 hovertemplate=f"{name}<br>p = %{{x}}<br>activation = %{{y:.4g}}<extra></extra>"))
-    for label, mean, se, color in (("entropy", curves.entropy_mean, curves.entropy_se, H_COLOR),
-                                   ("loss", curves.loss_mean, curves.loss_se, LOSS_COLOR)):
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=act_mean[k],
+                mode="lines",
+                name=name,
+                legendgroup=name,
+                line={"color": color, "width": 2, "dash": "dot"},
+                hovertemplate=f"{name}<br>p = %{{x}}<br>activation = %{{y:.4g}}<extra></extra>",
+            )
+        )
+    for label, mean, se, color in (
+        ("entropy", curves.entropy_mean, curves.entropy_se, H_COLOR),
+        ("loss", curves.loss_mean, curves.loss_se, LOSS_COLOR),
+    ):
         mean = np.asarray(mean, dtype=float)
         fig.add_traces(band(x, mean, np.asarray(se, dtype=float), color, label, yaxis="y2"))
-        fig.add_trace(go.Scatter(x=x, y=mean, mode="lines", name=label, legendgroup=label, yaxis="y2",
-                                 line={"color": color, "width": 2.5},
-                                 hovertemplate=f"{label}<br>p = %{{x}}<br>%{{y:.4g}} nats<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=mean,
+                mode="lines",
+                name=label,
+                legendgroup=label,
+                yaxis="y2",
+                line={"color": color, "width": 2.5},
+                hovertemplate=f"{label}<br>p = %{{x}}<br>%{{y:.4g}} nats<extra></extra>",
+            )
+        )
     start = second_copy_start(x.size + 1, half_len)
     shade_from(fig, start - 0.5, float(x.max()) + 0.5)
     return fig
@@ -127,8 +163,14 @@ _PP_COLS = ("group", "draw", "neuron", "position", "copy", "rel_delta_entropy_pc
 _SUMMARY_COLS = ("group", "draw", "neuron", "delta_entropy", "delta_loss", "rel_delta_entropy_pct")
 
 
-def fig_clipped_ablation(per_position: pd.DataFrame, summary: pd.DataFrame, half_len: int, *,
-                         names: Mapping[int, str] | None = None, kind: NeuronKind = "entropy") -> go.Figure:
+def fig_clipped_ablation(
+    per_position: pd.DataFrame,
+    summary: pd.DataFrame,
+    half_len: int,
+    *,
+    names: Mapping[int, str] | None = None,
+    kind: NeuronKind = "entropy",
+) -> go.Figure:
     """Fig. 5b / 10b: relative change of entropy (%) by position when clipping in the second copy.
 
     ``per_position`` and ``summary`` are ``clipped_ablation_curves(...)["per_position"]`` /
@@ -169,12 +211,30 @@ def fig_clipped_ablation(per_position: pd.DataFrame, summary: pd.DataFrame, half
         label = f"{RANDOM_TRACE}: mean ± SD (n={n_rand})"
         for sign in (1.0, -1.0):
             if np.isfinite(sd).any():
-                fig.add_trace(go.Scatter(x=x, y=mean + sign * sd, mode="lines", name=f"{label} band",
-                                         legendgroup=RANDOM_TRACE, showlegend=False, opacity=0.6,
-                                         line={"color": RANDOM_COLOR, "width": 1}, hoverinfo="skip"))
-        fig.add_trace(go.Scatter(x=x, y=mean, mode="lines", name=label, legendgroup=RANDOM_TRACE,
-                                 line={"color": RANDOM_COLOR, "width": 2, "dash": "dash"},
-                                 hovertemplate="random neurons<br>p = %{x}<br>mean ΔH/H = %{y:.3g}%<extra></extra>"))
+                fig.add_trace(
+                    go.Scatter(
+                        x=x,
+                        y=mean + sign * sd,
+                        mode="lines",
+                        name=f"{label} band",
+                        legendgroup=RANDOM_TRACE,
+                        showlegend=False,
+                        opacity=0.6,
+                        line={"color": RANDOM_COLOR, "width": 1},
+                        hoverinfo="skip",
+                    )
+                )
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=mean,
+                mode="lines",
+                name=label,
+                legendgroup=RANDOM_TRACE,
+                line={"color": RANDOM_COLOR, "width": 2, "dash": "dash"},
+                hovertemplate="random neurons<br>p = %{x}<br>mean ΔH/H = %{y:.3g}%<extra></extra>",
+            )
+        )
 
     sel = second[second["group"] == "selected"]
     sel_summary = summary[summary["group"] == "selected"].set_index("neuron")
@@ -185,15 +245,23 @@ def fig_clipped_ablation(per_position: pd.DataFrame, summary: pd.DataFrame, half
             overall = float(np.asarray(sel_summary.loc[neuron, "rel_delta_entropy_pct"]).reshape(-1)[0])
             label = f"{label} (overall {overall:+.3g}%)"
         color = palette[k % len(palette)]
-        fig.add_trace(go.Scatter(x=floats(rows["position"]), y=floats(rows["rel_delta_entropy_pct"]),
-                                 mode="lines", name=label, line={"color": color, "width": 2},
-                                 hovertemplate=f"{label}<br>p = %{{x}}<br>ΔH/H = %{{y:.3g}}%<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=floats(rows["position"]),
+                y=floats(rows["rel_delta_entropy_pct"]),
+                mode="lines",
+                name=label,
+                line={"color": color, "width": 2},
+                hovertemplate=f"{label}<br>p = %{{x}}<br>ΔH/H = %{{y:.3g}}%<extra></extra>",
+            )
+        )
     _start_line(fig, start - 0.5)
     return fig
 
 
-def fig_clipped_summary(summary: pd.DataFrame, *, kind: NeuronKind = "entropy",
-                        names: Mapping[int, str] | None = None) -> go.Figure:
+def fig_clipped_summary(
+    summary: pd.DataFrame, *, kind: NeuronKind = "entropy", names: Mapping[int, str] | None = None
+) -> go.Figure:
     """Fig. 5b / 10b summary: overall change of entropy and of loss, chosen vs random neurons.
 
     Two box traces, ``"ΔH (entropy)"`` and ``"Δ loss"``, of ``summary``'s
@@ -209,14 +277,28 @@ def fig_clipped_summary(summary: pd.DataFrame, *, kind: NeuronKind = "entropy",
     rand_label = f"{RANDOM_TRACE} (n={len(rand)})"
     x = [sel_label] * len(sel) + [rand_label] * len(rand)
     hover = [_neuron_label(names, i) for i in sel["neuron"]] + [
-        f"{_neuron_label(names, i)} (draw {d})" for d, i in zip(rand["draw"], rand["neuron"])]
+        f"{_neuron_label(names, i)} (draw {d})" for d, i in zip(rand["draw"], rand["neuron"])
+    ]
     fig = go.Figure()
-    for col, color, label in (("delta_entropy", ENTROPY_COLOR if kind == "entropy" else FREQ_COLOR, "ΔH (entropy)"),
-                              ("delta_loss", LOSS_EFFECT_COLOR, "Δ loss")):
+    for col, color, label in (
+        ("delta_entropy", ENTROPY_COLOR if kind == "entropy" else FREQ_COLOR, "ΔH (entropy)"),
+        ("delta_loss", LOSS_EFFECT_COLOR, "Δ loss"),
+    ):
         y = np.concatenate([floats(sel[col]), floats(rand[col])])
-        fig.add_trace(go.Box(x=x, y=y, name=label, marker={"color": color, "size": 5}, line={"color": color},
-                             boxpoints="all", jitter=0.35, pointpos=0, text=hover,
-                             hovertemplate="%{text}<br>" + col + " = %{y:.4g}<extra></extra>"))
+        fig.add_trace(
+            go.Box(
+                x=x,
+                y=y,
+                name=label,
+                marker={"color": color, "size": 5},
+                line={"color": color},
+                boxpoints="all",
+                jitter=0.35,
+                pointpos=0,
+                text=hover,
+                hovertemplate="%{text}<br>" + col + " = %{y:.4g}<extra></extra>",
+            )
+        )
     base_layout(
         fig,
         f"{_copy_title(kind, 'Fig. 5b', 'Fig. 10b')} analogue: mean change of entropy and loss over the second copy "

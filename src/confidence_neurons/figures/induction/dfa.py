@@ -40,8 +40,14 @@ def _component_order(labels: Sequence[str]) -> tuple[list[int], int, int]:
     return order, len(heads), len(mlps)
 
 
-def fig_dfa(labels: Sequence[str], diff: np.ndarray, prefix_by_label: Mapping[str, float], neuron_name: str, *,
-            label_top: int = 6) -> go.Figure:
+def fig_dfa(
+    labels: Sequence[str],
+    diff: np.ndarray,
+    prefix_by_label: Mapping[str, float],
+    neuron_name: str,
+    *,
+    label_top: int = 6,
+) -> go.Figure:
     """Fig. 14: change of each component's direct feature attribution on induction.
 
     ``labels`` / ``diff`` follow ``direct_feature_attribution``: ``diff[i]`` is component
@@ -56,8 +62,10 @@ def fig_dfa(labels: Sequence[str], diff: np.ndarray, prefix_by_label: Mapping[st
     labels = [str(lab) for lab in labels]
     diff = np.asarray(diff, dtype=float)
     if diff.ndim != 1 or diff.size != len(labels):
-        raise ValueError(f"diff must be 1-D with one value per label ({len(labels)}), got shape {diff.shape}; "
-                         "average the (n_components, seq_len) attribution over the second copy first")
+        raise ValueError(
+            f"diff must be 1-D with one value per label ({len(labels)}), got shape {diff.shape}; "
+            "average the (n_components, seq_len) attribution over the second copy first"
+        )
     order, n_heads, n_mlps = _component_order(labels)
     lab = [labels[i] for i in order]
     y = diff[order]
@@ -79,17 +87,34 @@ def fig_dfa(labels: Sequence[str], diff: np.ndarray, prefix_by_label: Mapping[st
     for xi, yi in zip(x, y):
         stems_x += [xi, xi, None]
         stems_y += [0.0, yi, None]
-    fig.add_trace(go.Scatter(x=stems_x, y=stems_y, mode="lines", name="stems", showlegend=False,
-                             line={"color": "rgba(120,120,120,0.7)", "width": 1.5}, hoverinfo="skip"))
+    fig.add_trace(
+        go.Scatter(
+            x=stems_x,
+            y=stems_y,
+            mode="lines",
+            name="stems",
+            showlegend=False,
+            line={"color": "rgba(120,120,120,0.7)", "width": 1.5},
+            hoverinfo="skip",
+        )
+    )
     top = set(np.argsort(-np.abs(np.nan_to_num(y, nan=0.0)), kind="stable")[:label_top].tolist())
 
     def add(sel: np.ndarray, name: str, marker: dict) -> None:
-        fig.add_trace(go.Scatter(
-            x=x[sel], y=y[sel], mode="markers+text", name=name, marker=marker,
-            text=[lab[i] if i in top else "" for i in sel],
-            textposition=["top center" if y[i] >= 0 else "bottom center" for i in sel],
-            textfont={"size": 10}, customdata=[lab[i] for i in sel],
-            hovertemplate="%{customdata}<br>Δ DFA = %{y:.4g}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=x[sel],
+                y=y[sel],
+                mode="markers+text",
+                name=name,
+                marker=marker,
+                text=[lab[i] if i in top else "" for i in sel],
+                textposition=["top center" if y[i] >= 0 else "bottom center" for i in sel],
+                textfont={"size": 10},
+                customdata=[lab[i] for i in sel],
+                hovertemplate="%{customdata}<br>Δ DFA = %{y:.4g}<extra></extra>",
+            )
+        )
 
     h_sel = np.arange(n_heads)
     if n_heads:
@@ -98,16 +123,27 @@ def fig_dfa(labels: Sequence[str], diff: np.ndarray, prefix_by_label: Mapping[st
         lo = float(finite.min()) if finite.size else 0.0
         hi = float(finite.max()) if finite.size else 1.0
         fig.update_layout(coloraxis={"cmin": min(lo, 0.0), "cmax": hi if hi > min(lo, 0.0) else 1.0})
-        add(h_sel, "attention heads (colour: prefix-matching score)",
-            {"color": prefix, "coloraxis": "coloraxis", "size": 8, "line": {"color": OUTLINE_COLOR, "width": 0.5}})
+        add(
+            h_sel,
+            "attention heads (colour: prefix-matching score)",
+            {"color": prefix, "coloraxis": "coloraxis", "size": 8, "line": {"color": OUTLINE_COLOR, "width": 0.5}},
+        )
     if n_mlps:
         add(np.arange(n_heads, n_heads + n_mlps), "MLPs", {"color": MLP_COLOR, "size": 9})
     if len(order) > n_heads + n_mlps:
         add(np.arange(n_heads + n_mlps, len(order)), "embeddings and biases", {"color": MISC_COLOR, "size": 8})
     hline(fig)
     if n_heads and len(order) > n_heads:
-        fig.add_shape(type="line", xref="x", yref="paper", x0=n_heads - 0.5, x1=n_heads - 0.5, y0=0, y1=1,
-                      line={"color": OUTLINE_COLOR, "width": 1.5, "dash": "dot"})
+        fig.add_shape(
+            type="line",
+            xref="x",
+            yref="paper",
+            x0=n_heads - 0.5,
+            x1=n_heads - 0.5,
+            y0=0,
+            y1=1,
+            line={"color": OUTLINE_COLOR, "width": 1.5, "dash": "dot"},
+        )
     # ticks: each layer's first head ("L5"), every MLP and the rest by name
     tickvals, ticktext, seen = [], [], set()
     for i in range(n_heads):

@@ -61,13 +61,18 @@ def head_label(head: Sequence[int]) -> str:
     return f"L{int(layer)}H{int(h)}"
 
 
-
 # --------------------------------------------------------------------------- heads (Sec. 6.2 / App. D)
 
 
-def fig_head_scores(prefix: np.ndarray, bos: np.ndarray, induction: Sequence[tuple[int, int]],
-                    baseline: Sequence[tuple[int, int]], *, min_bos: float | None = 0.6,
-                    max_prefix: float | None = 0.1) -> go.Figure:
+def fig_head_scores(
+    prefix: np.ndarray,
+    bos: np.ndarray,
+    induction: Sequence[tuple[int, int]],
+    baseline: Sequence[tuple[int, int]],
+    *,
+    min_bos: float | None = 0.6,
+    max_prefix: float | None = 0.1,
+) -> go.Figure:
     """Sec. 6.2 head choice: every head's prefix-matching score vs its mean attention to BOS.
 
     ``prefix`` and ``bos`` are (n_layers, n_heads) (``prefix_matching_scores`` /
@@ -94,12 +99,20 @@ def fig_head_scores(prefix: np.ndarray, bos: np.ndarray, induction: Sequence[tup
         x = np.array([bos[h] for h in heads], dtype=float)
         y = np.array([prefix[h] for h in heads], dtype=float)
         labels = [head_label(h) for h in heads]
-        trace = {"x": x, "y": y, "name": name, "text": labels,
-                 "hovertemplate": "%{text}<br>BOS attention = %{x:.3f}<br>prefix score = %{y:.3f}<extra></extra>"}
+        trace = {
+            "x": x,
+            "y": y,
+            "name": name,
+            "text": labels,
+            "hovertemplate": "%{text}<br>BOS attention = %{x:.3f}<br>prefix score = %{y:.3f}<extra></extra>",
+        }
         if labelled:
-            trace.update(mode="markers+text", textposition=label_positions(x) if len(heads) else None,
-                         textfont={"color": color, "size": 11},
-                         marker={"color": color, "size": size, "line": {"color": OUTLINE_COLOR, "width": 1}})
+            trace.update(
+                mode="markers+text",
+                textposition=label_positions(x) if len(heads) else None,
+                textfont={"color": color, "size": 11},
+                marker={"color": color, "size": size, "line": {"color": OUTLINE_COLOR, "width": 1}},
+            )
         else:
             trace.update(mode="markers", marker={"color": color, "size": size, "opacity": 0.6})
         fig.add_trace(go.Scatter(**trace))
@@ -134,8 +147,9 @@ def _head_rows(df: pd.DataFrame, neuron_name: str | None) -> pd.DataFrame:
     return df
 
 
-def fig_head_ablation(df: pd.DataFrame, neuron_name: str, half_len: int, *,
-                      title_kind: str = "BOS ablation (Fig. 5c analogue)") -> go.Figure:
+def fig_head_ablation(
+    df: pd.DataFrame, neuron_name: str, half_len: int, *, title_kind: str = "BOS ablation (Fig. 5c analogue)"
+) -> go.Figure:
     """Fig. 5c / 12 (BOS ablation) and Fig. 13 (mean attention-output ablation, via ``title_kind``).
 
     ``df`` columns: ``head_set`` (label such as ``"L5H1+L5H5"``, ``"none"`` for clean),
@@ -172,32 +186,66 @@ def fig_head_ablation(df: pd.DataFrame, neuron_name: str, half_len: int, *,
     base_sets = list(pd.unique(base["head_set"]))
     for hs in base_sets:
         x, y = line(base[base["head_set"] == hs])
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"baseline: {hs}", legendgroup="baseline",
-                                 showlegend=False, opacity=0.7, line={"color": BASELINE_COLOR, "width": 1.2},
-                                 hovertemplate=f"baseline {hs}<br>p = %{{x}}<br>%{{y:.4g}}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="lines",
+                name=f"baseline: {hs}",
+                legendgroup="baseline",
+                showlegend=False,
+                opacity=0.7,
+                line={"color": BASELINE_COLOR, "width": 1.2},
+                hovertemplate=f"baseline {hs}<br>p = %{{x}}<br>%{{y:.4g}}<extra></extra>",
+            )
+        )
     if base_sets:  # one legend entry for all baseline sets
-        fig.add_trace(go.Scatter(x=[np.nan], y=[np.nan], mode="lines", legendgroup="baseline",
-                                 name=f"baseline head sets (n={len(base_sets)})",
-                                 line={"color": BASELINE_COLOR, "width": 1.2}, hoverinfo="skip"))
+        fig.add_trace(
+            go.Scatter(
+                x=[np.nan],
+                y=[np.nan],
+                mode="lines",
+                legendgroup="baseline",
+                name=f"baseline head sets (n={len(base_sets)})",
+                line={"color": BASELINE_COLOR, "width": 1.2},
+                hoverinfo="skip",
+            )
+        )
     ind = df[kinds == "induction"]
     for j, hs in enumerate(pd.unique(ind["head_set"])):
         x, y = line(ind[ind["head_set"] == hs])
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"induction: {hs}",
-                                 line={"color": INDUCTION_PALETTE[j % len(INDUCTION_PALETTE)], "width": 2},
-                                 hovertemplate=f"induction {hs}<br>p = %{{x}}<br>%{{y:.4g}}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="lines",
+                name=f"induction: {hs}",
+                line={"color": INDUCTION_PALETTE[j % len(INDUCTION_PALETTE)], "width": 2},
+                hovertemplate=f"induction {hs}<br>p = %{{x}}<br>%{{y:.4g}}<extra></extra>",
+            )
+        )
     clean = df[kinds == "clean"]
     if not clean.empty:
         x, y = line(clean)
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=CLEAN_TRACE, line={"color": CLEAN_COLOR, "width": 3},
-                                 hovertemplate="clean<br>p = %{x}<br>%{y:.4g}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                mode="lines",
+                name=CLEAN_TRACE,
+                line={"color": CLEAN_COLOR, "width": 3},
+                hovertemplate="clean<br>p = %{x}<br>%{y:.4g}<extra></extra>",
+            )
+        )
     n_positions = int(pd.to_numeric(df["position"]).max()) + 1
     start = second_copy_start(n_positions, half_len)
     shade_from(fig, start - 0.5, n_positions - 0.5)
     return fig
 
 
-def fig_head_ablation_summary(df: pd.DataFrame, neuron_names: Sequence[str], half_len: int, *,
-                              title_kind: str = "BOS ablation (Fig. 12 analogue)") -> go.Figure:
+def fig_head_ablation_summary(
+    df: pd.DataFrame, neuron_names: Sequence[str], half_len: int, *, title_kind: str = "BOS ablation (Fig. 12 analogue)"
+) -> go.Figure:
     """Compact Fig. 12 / 13: mean activation over the second copy per ablated head set, per neuron.
 
     ``df`` as in :func:`fig_head_ablation` plus a ``neuron`` column matching
@@ -242,28 +290,50 @@ def fig_head_ablation_summary(df: pd.DataFrame, neuron_names: Sequence[str], hal
                 xs += [xi[n] - 0.35, xi[n] + 0.35, None]
                 ys += [float(v), float(v), None]
         if xs:
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=name,
-                                     line={"color": CLEAN_COLOR, "width": 2.5, "dash": dash},
-                                     hovertemplate=name + " = %{y:.4g}<extra></extra>"))
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    mode="lines",
+                    name=name,
+                    line={"color": CLEAN_COLOR, "width": 2.5, "dash": dash},
+                    hovertemplate=name + " = %{y:.4g}<extra></extra>",
+                )
+            )
 
     ref_lines(means[means["kind"] == "clean"].drop_duplicates("neuron"), CLEAN_TRACE, "solid")
     ref_lines(first_means[first_means["kind"] == "clean"], "clean, first-copy mean", "dot")
     base = means[means["kind"] == "baseline"]
     if not base.empty:
-        fig.add_trace(go.Scatter(x=[xi[n] + 0.2 for n in base["neuron"]], y=floats(base["activation"]),
-                                 mode="markers", name="baseline head sets",
-                                 text=[f"{n}: {hs}" for n, hs in zip(base["neuron"], base["head_set"])],
-                                 marker={"color": BASELINE_COLOR, "size": 7, "opacity": 0.8},
-                                 hovertemplate="%{text}<br>%{y:.4g}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=[xi[n] + 0.2 for n in base["neuron"]],
+                y=floats(base["activation"]),
+                mode="markers",
+                name="baseline head sets",
+                text=[f"{n}: {hs}" for n, hs in zip(base["neuron"], base["head_set"])],
+                marker={"color": BASELINE_COLOR, "size": 7, "opacity": 0.8},
+                hovertemplate="%{text}<br>%{y:.4g}<extra></extra>",
+            )
+        )
     ind = means[means["kind"] == "induction"]
     sets = list(pd.unique(ind["head_set"]))
     for j, hs in enumerate(sets):
         shift = -0.25 + 0.2 * j / max(len(sets) - 1, 1)
         rows = ind[ind["head_set"] == hs]
-        fig.add_trace(go.Scatter(x=[xi[n] + shift for n in rows["neuron"]], y=floats(rows["activation"]),
-                                 mode="markers", name=f"induction: {hs}",
-                                 marker={"color": INDUCTION_PALETTE[j % len(INDUCTION_PALETTE)], "size": 9,
-                                         "line": {"color": OUTLINE_COLOR, "width": 0.5}},
-                                 hovertemplate=f"induction {hs}<br>%{{y:.4g}}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=[xi[n] + shift for n in rows["neuron"]],
+                y=floats(rows["activation"]),
+                mode="markers",
+                name=f"induction: {hs}",
+                marker={
+                    "color": INDUCTION_PALETTE[j % len(INDUCTION_PALETTE)],
+                    "size": 9,
+                    "line": {"color": OUTLINE_COLOR, "width": 0.5},
+                },
+                hovertemplate=f"induction {hs}<br>%{{y:.4g}}<extra></extra>",
+            )
+        )
     fig.update_xaxes(tickvals=list(xi.values()), ticktext=names, range=[-0.6, len(names) - 0.4])
     return fig

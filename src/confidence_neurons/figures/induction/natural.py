@@ -23,7 +23,7 @@ _NAT_COLS = ("seq", "neuron", "occurrence", "label", "offset")
 
 
 def natural_x_layout(n: int) -> tuple[dict[tuple[str, int], float], list[float], list[str]]:
-    """x positions of Fig. 9: first occurrence A0..A{n-1}, B at 0..n, a gap, second A0..A{n-1}, X.
+    """X positions of Fig. 9: first occurrence A0..A{n-1}, B at 0..n, a gap, second A0..A{n-1}, X.
 
     Returns ({(occurrence, offset): x}, tickvals, ticktext).
     """
@@ -42,21 +42,33 @@ def _natural_groups(effects: pd.DataFrame, names: Sequence[str], func: str) -> t
     neurons = list(pd.unique(effects["neuron"]))
     names = [str(n) for n in names]
     if len(names) != len(neurons):
-        raise ValueError(f"{func}: names ({len(names)}) must label each neuron of `effects` in order of "
-                         f"appearance ({len(neurons)}: {neurons})")
+        raise ValueError(
+            f"{func}: names ({len(names)}) must label each neuron of `effects` in order of "
+            f"appearance ({len(neurons)}: {neurons})"
+        )
     n = int(pd.to_numeric(effects["offset"]).max()) if len(effects) else 0
     return neurons, names, n
 
 
 def _natural_layout(fig: go.Figure, n: int, title: str, ytitle: str) -> None:
-    base_layout(fig, title, "position in the repeated n-gram (A0..A5), B / X: the token after it",
-                 ytitle, legend=legend_below())
+    base_layout(
+        fig, title, "position in the repeated n-gram (A0..A5), B / X: the token after it", ytitle, legend=legend_below()
+    )
     fig.update_layout(margin={"b": 120})
     if n:
         _, vals, text = natural_x_layout(n)
         fig.update_xaxes(tickvals=vals, ticktext=text, range=[-0.6, 2 * n + 2.6])
-        fig.add_annotation(text="first occurrence", xref="x", yref="paper", x=n / 2, y=1.0, xanchor="center",
-                           yanchor="bottom", showarrow=False, font={"size": 11, "color": MUTED_TEXT_COLOR})
+        fig.add_annotation(
+            text="first occurrence",
+            xref="x",
+            yref="paper",
+            x=n / 2,
+            y=1.0,
+            xanchor="center",
+            yanchor="bottom",
+            showarrow=False,
+            font={"size": 11, "color": MUTED_TEXT_COLOR},
+        )
         shade_from(fig, n + 1.5, 2 * n + 2.6, label="second occurrence")
 
 
@@ -79,8 +91,7 @@ def _mean_se_by(df: pd.DataFrame, col: str) -> pd.DataFrame:
     return out
 
 
-def fig_natural_induction(effects: pd.DataFrame, names: Sequence[str], *, kind: NeuronKind = "entropy"
-                          ) -> go.Figure:
+def fig_natural_induction(effects: pd.DataFrame, names: Sequence[str], *, kind: NeuronKind = "entropy") -> go.Figure:
     """Fig. 9a: mean activation at A0..A5, B (first occurrence) and A0..A5, X (second).
 
     ``effects`` is ``natural_induction_effects``' table (one row per sequence, neuron,
@@ -93,8 +104,12 @@ def fig_natural_induction(effects: pd.DataFrame, names: Sequence[str], *, kind: 
     check_columns(effects, ("activation",), "fig_natural_induction", "effects")
     palette = neuron_palette(kind)
     fig = go.Figure()
-    _natural_layout(fig, n, "Fig. 9a analogue: mean activation at naturally repeated n-grams "
-                    f"(n = {effects['seq'].nunique()} sequences)", "mean activation")
+    _natural_layout(
+        fig,
+        n,
+        f"Fig. 9a analogue: mean activation at naturally repeated n-grams (n = {effects['seq'].nunique()} sequences)",
+        "mean activation",
+    )
     if effects.empty:
         return no_data(fig)
     for k, (neuron, name) in enumerate(zip(neurons, names)):
@@ -104,14 +119,24 @@ def fig_natural_induction(effects: pd.DataFrame, names: Sequence[str], *, kind: 
         se = np.array([np.nan if v is None else v for v in s], dtype=float)
         xf = np.array([np.nan if v is None else v for v in x], dtype=float)
         fig.add_traces(band(xf, mean, se, color, name))
-        fig.add_trace(go.Scatter(x=xf, y=mean, mode="lines+markers", name=name, legendgroup=name,
-                                 line={"color": color, "width": 2}, marker={"color": color, "size": 6},
-                                 hovertemplate=f"{name}<br>activation = %{{y:.4g}}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=xf,
+                y=mean,
+                mode="lines+markers",
+                name=name,
+                legendgroup=name,
+                line={"color": color, "width": 2},
+                marker={"color": color, "size": 6},
+                hovertemplate=f"{name}<br>activation = %{{y:.4g}}<extra></extra>",
+            )
+        )
     return fig
 
 
-def fig_natural_induction_entropy(effects: pd.DataFrame, names: Sequence[str], *, relative: bool = True,
-                                  kind: NeuronKind = "entropy") -> go.Figure:
+def fig_natural_induction_entropy(
+    effects: pd.DataFrame, names: Sequence[str], *, relative: bool = True, kind: NeuronKind = "entropy"
+) -> go.Figure:
     """Fig. 9b: change of entropy on clip mean-ablation at A0..A5, B and A0..A5, X.
 
     With ``relative`` (default) y = 100 · mean ΔH / mean clean H over sequences at each
@@ -122,10 +147,14 @@ def fig_natural_induction_entropy(effects: pd.DataFrame, names: Sequence[str], *
     check_columns(effects, ("delta_entropy", "entropy"), "fig_natural_induction_entropy", "effects")
     palette = neuron_palette(kind)
     fig = go.Figure()
-    ytitle = ("relative change of entropy, 100 · ΔH / H (%)" if relative
-              else "mean change of entropy ΔH, ablated − clean (nats)")
-    _natural_layout(fig, n, "Fig. 9b analogue: change of entropy on clip mean-ablation at naturally repeated "
-                    "n-grams", ytitle)
+    ytitle = (
+        "relative change of entropy, 100 · ΔH / H (%)"
+        if relative
+        else "mean change of entropy ΔH, ablated − clean (nats)"
+    )
+    _natural_layout(
+        fig, n, "Fig. 9b analogue: change of entropy on clip mean-ablation at naturally repeated n-grams", ytitle
+    )
     if effects.empty:
         return no_data(fig)
     hline(fig)
@@ -145,7 +174,16 @@ def fig_natural_induction_entropy(effects: pd.DataFrame, names: Sequence[str], *
         if not relative:
             fig.add_traces(band(xf, mean, se, color, name))
         unit = "%" if relative else " nats"
-        fig.add_trace(go.Scatter(x=xf, y=mean, mode="lines+markers", name=name, legendgroup=name,
-                                 line={"color": color, "width": 2}, marker={"color": color, "size": 6},
-                                 hovertemplate=f"{name}<br>ΔH = %{{y:.4g}}{unit}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=xf,
+                y=mean,
+                mode="lines+markers",
+                name=name,
+                legendgroup=name,
+                line={"color": color, "width": 2},
+                marker={"color": color, "size": 6},
+                hovertemplate=f"{name}<br>ΔH = %{{y:.4g}}{unit}<extra></extra>",
+            )
+        )
     return fig
