@@ -18,8 +18,12 @@ def test_open_creates_resumes_and_refuses(tmp_path):
     rd = RunDir.open(out, kind="scan", fingerprint=FP)
     assert not rd.resumed and out.is_dir()
     rd.write_config(config={"seed": 0}, status="running")
+    with pytest.raises(RunDirError, match="in use by another confidence-neurons process"):
+        RunDir.open(out, kind="scan", fingerprint=FP)  # the lock is held until close()
+    rd.close()
     again = RunDir.open(out, kind="scan", fingerprint=FP)
     assert again.resumed
+    again.close()
     with pytest.raises(RunDirError, match="already holds a different run"):
         RunDir.open(out, kind="scan", fingerprint={**FP, "seed": 1})
     with pytest.raises(RunDirError, match="already holds a different run"):
@@ -59,6 +63,7 @@ def test_tables_arrays_json_round_trip_with_no_temporary_files(tmp_path):
     np.testing.assert_array_equal(rd.read_array("tokens"), np.arange(6).reshape(2, 3))
     assert rd.read_json("passages") == [{"a": 1}]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".lock",
         "neurons.csv",
         "neurons.parquet",
         "passages.json",

@@ -2,8 +2,9 @@
 
 Each subcommand's flags come from its config dataclass (``commands/``); this module parses them,
 calls the command's ``run`` and prints a short summary. Bad input (the toolkit's own error types)
-is one line on stderr and exit code 2; Ctrl-C is exit code 130; anything else is a bug and keeps
-its traceback.
+is one line on stderr and exit code 2; a failure during the run is one line and exit code 1 (the
+run directory records it, with the traceback, in config.json); Ctrl-C is exit code 130. ``--debug``
+shows the full traceback instead.
 """
 
 from __future__ import annotations
@@ -73,11 +74,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, dict[str, str]]]:
                 metavar="FILE",
                 help="settings from a JSON file: a run's config.json or its 'config' block; flags override",
             )
+            field_flags[name]["config"] = "--config"
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     rerun = sub.add_parser("rerun", help="repeat a finished or stopped run from its config.json")
     rerun.add_argument("run_dir", type=Path, help="the run directory to repeat")
     rerun.add_argument("--out", type=Path, help="where the repeat goes (default: RUN_DIR-rerun)")
     rerun.add_argument("--quiet", action="store_true", help="no progress bars")
+    rerun.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     return parser, field_flags
 
 
@@ -99,6 +103,8 @@ def _print_scan(result) -> None:
 
     fmt = lambda v: f"{v:.4g}"  # noqa: E731
     s = result.settings
+    if s.get("sweep_chunks_reused"):
+        print(f"resumed: reused {s['sweep_chunks_reused']} finished sweep chunks of an earlier attempt")
     print(
         f"\n{len(result.entropy_neurons)} entropy neurons in layer {s['final_layer']} "
         f"({s['entropy_neuron_rule']}); top neurons:"
@@ -166,8 +172,15 @@ def _config(kind: str, args: argparse.Namespace) -> Any:
     return F.options_from_args(cls, args, base)
 
 
+def _out_of(kind: str, args: argparse.Namespace) -> Path | None:
+    """The run directory of this invocation, as far as the command line says."""
+    if kind == "rerun":
+        return args.out or args.run_dir.with_name(args.run_dir.name + "-rerun")
+    return getattr(args, "out", None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; return the exit code (0, 2 for bad input, 130 for Ctrl-C)."""
+    """Run the command line; return the exit code (0; 2 bad input; 1 a failure during the run; 130 Ctrl-C)."""
     parser, field_flags = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -177,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    kind = args.command
+    command = kind = args.command
     try:
-        if kind == "rerun":
+        if command == "rerun":
             kind, settings = _read_config_file(args.run_dir / "config.json")
             if kind not in COMMANDS or not COMMANDS[kind].run_dir:
                 raise ConfigError(f"{args.run_dir} holds no run this version can repeat (kind {kind!r})")
@@ -189,12 +202,27 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _run(kind, _config(kind, args), getattr(args, "out", None), args.quiet)
     except ToolkitError as exc:
-        flag = field_flags.get(kind, {}).get(getattr(exc, "field", None) or "")
+        if args.debug:
+            raise
+        flag = field_flags.get(command, {}).get(getattr(exc, "field", None) or "")
         print(f"error: {flag + ': ' if flag else ''}{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # a failure during the run: one sentence, the details in the run's config.json
+        if args.debug:
+            raise
+        where = _out_of(command, args)
+        record = (
+            f"; the run directory {where} records it as failed" if where and (where / "config.json").is_file() else ""
+        )
+        message = str(exc).splitlines()[0][:300] if str(exc) else ""
+        print(
+            f"error: the run failed ({type(exc).__name__}: {message}){record}; rerun with --debug for the traceback",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -30,6 +30,7 @@ CONFIG = "config.json"
 REPORT = "report.html"
 FIGURES = "figures"
 CHECKPOINTS = "checkpoints"
+LOCK = ".lock"
 
 
 class RunDirError(ToolkitError, ValueError):
@@ -52,6 +53,23 @@ def atomic_write(path: Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def check_writable(path: Path, what: str = "--out") -> None:
+    """Refuse a place where the run directory cannot be created or written, by trying it."""
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunDirError(f"cannot create {what} {path}: {existing} is a file; choose another {what}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise RunDirError(
+            f"cannot write {what} {path}: {existing} is not writable ({exc.strerror}); choose another {what}"
+        ) from None
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -102,24 +120,66 @@ class RunDir:
         self._record: dict[str, Any] = {}
 
     @classmethod
-    def open(cls, path: Path, *, kind: str, fingerprint: dict[str, Any]) -> RunDir:
-        """Create ``path`` for a ``kind`` run with this fingerprint, or resume an earlier attempt of it."""
-        rd = cls(path)
-        if rd.path.exists() and not rd.path.is_dir():
-            raise RunDirError(f"--out {rd.path} is a file, not a directory; choose another --out")
-        if rd.path.is_dir() and any(rd.path.iterdir()):
-            if not (rd.path / CONFIG).is_file():
-                raise RunDirError(f"output directory {rd.path} is not empty and holds no run; choose another --out")
-            earlier = rd.read_config()
+    def preflight(cls, path: Path, *, kind: str, fingerprint: dict[str, Any]) -> bool:
+        """Check, creating nothing, that ``path`` can take this run: return True when it holds an
+        earlier attempt of it to resume. Refuses a file, a folder of other files, a different run,
+        a folder in use by another process and a place this user cannot write.
+        """
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise RunDirError(f"--out {path} is a file, not a directory; choose another --out")
+        resumed = False
+        if path.is_dir() and any(p.name != LOCK for p in path.iterdir()):
+            if not (path / CONFIG).is_file():
+                raise RunDirError(f"output directory {path} is not empty and holds no run; choose another --out")
+            earlier = cls(path).read_config()
             if earlier.get("fingerprint") != fingerprint or earlier.get("kind", kind) != kind:
                 raise RunDirError(
-                    f"output directory {rd.path} already holds a different run; "
+                    f"output directory {path} already holds a different run; "
                     "choose another --out or delete that directory"
                 )
-            rd.resumed = True
-        rd.path.mkdir(parents=True, exist_ok=True)
+            resumed = True
+        check_writable(path)
+        if path.is_dir():
+            cls(path)._lock().close()  # in use by another process: refused now, before any model loads
+        return resumed
+
+    @classmethod
+    def open(cls, path: Path, *, kind: str, fingerprint: dict[str, Any]) -> RunDir:
+        """Create ``path`` for a ``kind`` run with this fingerprint, or resume an earlier attempt of it,
+        and hold its lock until ``close``.
+        """
+        rd = cls(path)
+        rd.resumed = cls.preflight(rd.path, kind=kind, fingerprint=fingerprint)
+        try:
+            rd.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"cannot create --out {rd.path} ({exc.strerror}); choose another --out") from None
+        rd._lock_file = rd._lock()
         rd._record = {"kind": kind, "fingerprint": fingerprint}
         return rd
+
+    def _lock(self):
+        """An exclusive lock on the run directory (``.lock``), or RunDirError if another process holds it."""
+        import fcntl
+
+        fh = open(self.path / LOCK, "a+")  # noqa: SIM115 - held for the run's life, closed by close()
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            raise RunDirError(
+                f"output directory {self.path} is in use by another confidence-neurons process; "
+                "wait for it to finish or choose another --out"
+            ) from None
+        return fh
+
+    def close(self) -> None:
+        """Release the run directory's lock."""
+        fh = getattr(self, "_lock_file", None)
+        if fh is not None:
+            fh.close()
+            self._lock_file = None
 
     # ------------------------------------------------------------------ config.json and status
 

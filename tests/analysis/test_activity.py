@@ -11,7 +11,6 @@ from confidence_neurons.analysis.effects import per_token_effects
 from confidence_neurons.analysis.forward import run_forward
 from confidence_neurons.cli import main
 from confidence_neurons.models.final_layer import final_layer
-from tests.cli.test_scan_cli import corpus, tiny_model  # noqa: F401  (fixtures)
 from tests.tiny import load_tiny, random_tokens
 
 
@@ -46,11 +45,11 @@ def test_parse_neuron(setup):
         parse_neuron("0.5", layer)
     with pytest.raises(ValueError, match="outside the last layer"):
         parse_neuron(f"{layer.layer}.{layer.d_mlp}", layer)
-    with pytest.raises(ValueError, match="not of the form"):
+    with pytest.raises(ValueError, match="is not a neuron of the form"):
         parse_neuron("five", layer)
 
 
-def test_inspect_cli_end_to_end(tiny_model, corpus, tmp_path, capsys):  # noqa: F811
+def test_inspect_cli_end_to_end(tiny_model, corpus, tmp_path, capsys):
     out = tmp_path / "inspect"
     argv = [
         "inspect",
@@ -91,7 +90,7 @@ def test_inspect_cli_end_to_end(tiny_model, corpus, tmp_path, capsys):  # noqa: 
     assert "report:" in capsys.readouterr().out
 
 
-def test_inspect_rejects_a_neuron_outside_the_last_layer(tiny_model, corpus, tmp_path, capsys):  # noqa: F811
+def test_inspect_rejects_a_neuron_outside_the_last_layer(tiny_model, corpus, tmp_path, capsys):
     out = tmp_path / "inspect"
     assert (
         main(
@@ -103,6 +102,8 @@ def test_inspect_rejects_a_neuron_outside_the_last_layer(tiny_model, corpus, tmp
                 str(corpus),
                 "--neuron",
                 "1.4096",
+                "--seq-len",
+                "16",
                 "--out",
                 str(out),
                 "--quiet",

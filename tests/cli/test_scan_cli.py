@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 
 from confidence_neurons.analysis.table import NEURON_COLUMNS
 from confidence_neurons.cli import main
-from tests.tiny import N_SPECIAL, VOCAB_SIZE, make_tiny_dir
+from tests.tiny import VOCAB_SIZE
 
 RUN_FILES = [
     "config.json",
@@ -36,23 +35,6 @@ FIGURES = [
     "fig3b_freq_share_vs_dkl",
     "fig3c_total_vs_freq_direct",
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return make_tiny_dir("gpt2", tmp_path_factory.mktemp("model"))
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """Documents of words the tiny tokenizer knows, with a Zipf-like frequency profile."""
-    rng = random.Random(0)
-    words = [f"w{i}" for i in range(VOCAB_SIZE - N_SPECIAL)]
-    weights = [1 / (r + 1) for r in range(len(words))]
-    folder = tmp_path_factory.mktemp("corpus")
-    for d in range(6):
-        (folder / f"doc{d}.txt").write_text(" ".join(rng.choices(words, weights, k=400)))
-    return folder
 
 
 def _scan(model: Path, corpus: Path, out: Path, *extra: str) -> int:

@@ -9,11 +9,11 @@ import pytest
 
 import confidence_neurons as cn
 from confidence_neurons.cli import main
-from tests.cli.test_scan_cli import _scan, corpus, tiny_model  # noqa: F401  (fixtures)
+from tests.cli.test_scan_cli import _scan
 
 
 @pytest.fixture(scope="module")
-def scan_run(tiny_model, corpus, tmp_path_factory):  # noqa: F811
+def scan_run(tiny_model, corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "scan"
     assert _scan(tiny_model, corpus, out) == 0
     return out
@@ -73,7 +73,7 @@ def test_version_flag(capsys):
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"confidence-neurons {cn.__version__}"
 
 
-def test_notebook_api_reuses_a_loaded_model(tiny_model, corpus, tmp_path, monkeypatch):  # noqa: F811
+def test_notebook_api_reuses_a_loaded_model(tiny_model, corpus, tmp_path, monkeypatch):
     model = cn.load_model(str(tiny_model))
     import confidence_neurons.commands.inspect as inspect_cmd
 

@@ -219,7 +219,7 @@ def test_unreachable_hub_id(tokenizer, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True, raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(CorpusError, match="could not reach the Hugging Face hub for dataset nobody-x/no-such-corpus"):
+    with pytest.raises(CorpusError, match="no-such-corpus is not an existing file or folder, and the Hugging Face hub"):
         sample_token_sequences(tokenizer, "nobody-x/no-such-corpus", n_seqs=1, seq_len=8)
 
 

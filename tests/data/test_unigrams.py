@@ -236,13 +236,13 @@ def test_not_npy_and_unreadable_raise(tmp_path):
         load_counts(txt, 3)
     junk = tmp_path / "junk.npy"
     junk.write_bytes(b"not numpy at all")
-    with pytest.raises(UnigramError, match="could not be read"):
+    with pytest.raises(UnigramError, match="is not a numeric .npy array"):
         load_counts(junk, 3)
     with pytest.raises(UnigramError, match="does not exist"):
         load_counts(tmp_path / "missing.npy", 3)
     obj = tmp_path / "obj.npy"
     np.save(obj, np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True)
-    with pytest.raises(UnigramError, match="could not be read"):
+    with pytest.raises(UnigramError, match="is not a numeric .npy array"):
         load_counts(obj, 3)
 
 

@@ -21,22 +21,32 @@ from confidence_neurons.errors import ConfigError
 from confidence_neurons.models.final_layer import FinalLayer
 
 
-def parse_neuron(spec: str, layer: FinalLayer) -> int:
-    """'L.I' -> I, checking that L is the final layer and I a neuron of it."""
-    try:
-        layer_idx, neuron = (int(part) for part in spec.split("."))
-    except ValueError:
-        raise ConfigError(f"{spec!r} is not of the form LAYER.INDEX (e.g. {layer.layer}.42)", field="neuron") from None
-    if layer_idx != layer.layer:
+def split_neuron(spec: str, field: str = "neuron") -> tuple[int, int]:
+    """'L.I' -> (L, I); a ConfigError naming ``field`` for anything else."""
+    parts = str(spec).split(".")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(f"{spec!r} is not a neuron of the form LAYER.INDEX (e.g. 29.830)", field=field)
+    return int(parts[0]), int(parts[1])
+
+
+def check_neuron(spec: str, final_layer: int, d_mlp: int | None, field: str = "neuron") -> int:
+    """The index I of 'L.I', checking that L is the final layer and I one of its ``d_mlp`` neurons."""
+    layer_idx, neuron = split_neuron(spec, field)
+    if layer_idx != final_layer:
         raise ConfigError(
-            f"neuron {spec} is not in the last layer: this model's final MLP is layer {layer.layer}", field="neuron"
+            f"neuron {spec} is not in the last layer: this model's final MLP is layer {final_layer}", field=field
         )
-    if not 0 <= neuron < layer.d_mlp:
+    if d_mlp is not None and not 0 <= neuron < d_mlp:
         raise ConfigError(
-            f"neuron index {neuron} is outside the last layer, which has {layer.d_mlp} neurons (0-{layer.d_mlp - 1})",
-            field="neuron",
+            f"neuron index {neuron} is outside the last layer, which has {d_mlp} neurons (0-{d_mlp - 1})",
+            field=field,
         )
     return neuron
+
+
+def parse_neuron(spec: str, layer: FinalLayer, field: str = "neuron") -> int:
+    """'L.I' -> I, checking that L is the final layer and I a neuron of it."""
+    return check_neuron(spec, layer.layer, layer.d_mlp, field)
 
 
 @torch.no_grad()

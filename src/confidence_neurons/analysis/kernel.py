@@ -103,8 +103,10 @@ def _load_library() -> ctypes.CDLL | None:
         :16
     ]
     lib_path = cache_dir() / "kernels" / f"ablation_kernel_{key}.so"
+    lib_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not _safe_to_load(lib_path):
+        return None
     if not lib_path.exists():
-        lib_path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=lib_path.parent) as tmp:
             tmp_lib = Path(tmp) / lib_path.name
             cmd = [cc, *_FLAGS, str(_SOURCE), "-o", str(tmp_lib), "-lm"]
@@ -118,6 +120,25 @@ def _load_library() -> ctypes.CDLL | None:
     if lib.ablation_kernel_nmom() != NMOM:
         raise RuntimeError(f"the compiled kernel {lib_path} computes {lib.ablation_kernel_nmom()} moments, not {NMOM}")
     return lib
+
+
+def _safe_to_load(lib_path: Path) -> bool:
+    """A compiled library is only loaded from a folder, and as a file, that this user owns and no one
+    else can write: loading it runs its code.
+    """
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    for path in (lib_path.parent, lib_path):
+        if not path.exists() or uid is None:
+            continue
+        st = path.stat()
+        if st.st_uid != uid or st.st_mode & 0o022:
+            log.warning(
+                "not loading the kernel from %s: it is owned by another user or writable by others; "
+                "using the torch path (delete it, or set CONFIDENCE_NEURONS_CACHE to a private folder)",
+                path,
+            )
+            return False
+    return True
 
 
 def c_kernel_available() -> bool:

@@ -7,6 +7,7 @@ store every finished chunk is kept, so a stopped sweep resumes where it was.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
@@ -31,6 +32,8 @@ from confidence_neurons.analysis.frequency import FreqDirection
 from confidence_neurons.analysis.kernel import NMOM, Backend
 from confidence_neurons.models.final_layer import FinalLayer
 from confidence_neurons.rundir import CheckpointStore
+
+log = logging.getLogger(__name__)
 
 #: Bumped whenever what a checkpoint holds changes, so older chunks are recomputed, not misread.
 CHECKPOINT_FORMAT = 3
@@ -68,6 +71,7 @@ class NeuronEffects:
     mean_delta_loss_DE_freq: Float[Tensor, " d_mlp"] | None = None
     abs_delta_kl: Float[Tensor, " d_mlp"] | None = None  # mean |change of KL(P_freq || P_model)|, TE
     de_freq_exact_share: Float[Tensor, " d_mlp"] | None = None  # share of tokens whose DE_freq took exact exponentials
+    chunks_reused: int = 0  # neuron chunks read back from checkpoints rather than computed
 
 
 #: The per-neuron means the sweep accumulates, without and with a frequency direction.
@@ -150,6 +154,7 @@ def sweep(
         "freq_sum": None if freq is None else float((freq.v.double() * freq.p.double()).sum()),
     }
     bar = tqdm(total=d_mlp, desc="ablation sweep", unit="neuron", disable=not progress)
+    reused = 0
     for k0 in range(0, d_mlp, neuron_chunk):
         idx = all_neurons[k0 : k0 + neuron_chunk]
         name = f"sweep_{k0:06d}"
@@ -157,6 +162,7 @@ def sweep(
         if saved is not None:
             for f in names:
                 acc[f][idx] = torch.from_numpy(saved[f])
+            reused += 1
             bar.update(len(idx))
             continue
         part = {f: torch.zeros(len(idx), dtype=torch.float64) for f in names}
@@ -172,12 +178,14 @@ def sweep(
         if on_chunk is not None:
             on_chunk(k0, len(idx))
     bar.close()
+    if reused:
+        log.info("resumed: reused %d of %d finished sweep chunks", reused, -(-d_mlp // neuron_chunk))
     clean = CleanTokenStats(
         loss=torch.cat([b.loss for b in bases]),
         entropy=torch.cat([b.entropy for b in bases]),
         kl=torch.cat(base_kls) if freq is not None else None,
     )
-    return NeuronEffects(mean_activation=mean, clean=clean, **{f: acc[f].float() for f in names})
+    return NeuronEffects(mean_activation=mean, clean=clean, chunks_reused=reused, **{f: acc[f].float() for f in names})
 
 
 def effects_arrays(effects: NeuronEffects) -> dict[str, np.ndarray]:

@@ -6,6 +6,7 @@ reason).
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,18 +60,26 @@ def unigram_distribution(
 
 @contextmanager
 def recording(out: Path, kind: str, config: Options, **record: Any) -> Iterator[RunDir]:
-    """Open (or resume) the run directory and keep its status true: "running" while the body runs,
-    "failed" with the error or "interrupted" if it stops; the body marks it "complete".
+    """Open (or resume) the run directory, holding its lock, and keep its status true: "running"
+    while the body runs, "failed" with the error and traceback or "interrupted" if it stops; the
+    body marks it "complete".
     """
     rd = RunDir.open(out, kind=kind, fingerprint=config.fingerprint())
-    if rd.resumed:
-        log.info("resuming the run in %s", out)
-    rd.write_config(config=config.to_dict(), status="running", provenance=provenance(), **record)
     try:
+        if rd.resumed:
+            log.info("resuming the run in %s", out)
+        rd.write_config(config=config.to_dict(), status="running", provenance=provenance(), **record)
         yield rd
     except KeyboardInterrupt:
         rd.set_status("interrupted", error="stopped by the user; rerun the same command to resume")
         raise
     except BaseException as exc:
-        rd.set_status("failed", error=f"{type(exc).__name__}: {exc}")
+        rd.set_status("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         raise
+    finally:
+        rd.close()
+
+
+def preflight(out: Path, kind: str, config: Options) -> None:
+    """Everything about the output directory that can be checked before a model loads."""
+    RunDir.preflight(out, kind=kind, fingerprint=config.fingerprint())

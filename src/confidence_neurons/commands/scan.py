@@ -22,6 +22,7 @@ from confidence_neurons.analysis.selection import EntropyNeuronRule, TokenFreque
 from confidence_neurons.analysis.sweep import sweep
 from confidence_neurons.analysis.table import neuron_table, top_neurons
 from confidence_neurons.analysis.weights import check_k, default_k, weight_stats
+from confidence_neurons.commands.checks import check_inputs, check_limits
 from confidence_neurons.commands.common import recording, sample_tokens, unigram_distribution
 from confidence_neurons.commands.options import (
     KernelOptions,
@@ -34,7 +35,7 @@ from confidence_neurons.commands.options import (
 from confidence_neurons.data.corpus import TokenSample
 from confidence_neurons.data.unigrams import UnigramCounts
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
-from confidence_neurons.models.loading import LoadedModel, load_model
+from confidence_neurons.models.loading import LoadedModel, limits_of, load_model
 from confidence_neurons.report.scan import scan_figures, scan_report_settings, scan_sections, scan_title
 from confidence_neurons.rundir import CheckpointStore, RunDir
 
@@ -171,6 +172,7 @@ def scan(
         "closed_form_logits_max_abs_err": cache.logits_check,
         "kernel": "fused C" if config.backend != "torch" and c_kernel_available() else "torch",
         "timings_s": {"forward": round(t_forward, 2), "sweep": round(t_sweep, 2)},
+        "sweep_chunks_reused": effects.chunks_reused,
     }
     if freq is not None:
         settings["de_freq"] = {
@@ -221,13 +223,13 @@ def run(
     config: ScanConfig, out: Path | None = None, *, model: LoadedModel | None = None, progress: bool = True
 ) -> ScanResult:
     """Load and check everything, then scan and write the run directory (resuming one in ``out``)."""
+    out = Path(out) if out is not None else run_name("scan", config)
+    check_inputs(config, "scan", out, model)
     model = model if model is not None else load_model(config.model)
+    check_limits(config, limits_of(model))
     layer = final_layer(model)
-    if config.k is not None:
-        check_k(config.k, layer.d_model)
     tokens = sample_tokens(model, config)
     unigrams = unigram_distribution(model, layer, config, progress=progress)
-    out = Path(out) if out is not None else run_name("scan", config)
     with recording(out, "scan", config, model_source=model.source, corpus=tokens.source) as rd:
         rd.array("tokens", tokens.tokens.numpy())
         result = scan(

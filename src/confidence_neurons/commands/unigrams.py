@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from confidence_neurons.commands.options import TextOptions, option
+from confidence_neurons.data.corpus import check_dataset
 from confidence_neurons.data.unigrams import UnigramCounts, count_unigrams, save_counts
 from confidence_neurons.errors import ConfigError
 from confidence_neurons.models.loading import load_tokenizer
+from confidence_neurons.rundir import check_writable
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +31,8 @@ def run(config: UnigramsConfig, *, progress: bool = True) -> UnigramCounts:
     out = Path(config.out)
     if out.exists():
         raise ConfigError(f"{out} already exists; choose another --out or delete it", field="out")
+    check_dataset(config.dataset, config.text_field)
+    check_writable(out)
     counts = count_unigrams(
         load_tokenizer(config.model),
         config.dataset,

@@ -85,13 +85,34 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: Largest share of undecodable bytes a text file may have; more, and it is not text.
+MAX_UNDECODABLE = 0.2
+
+
 def _decode(raw: bytes, where: str, record: dict) -> str:
+    """UTF-8 text; binary data (NUL bytes, many undecodable bytes) is refused, a few bad bytes are
+    replaced by U+FFFD with a warning that says so.
+    """
+    if b"\x00" in raw:
+        raise CorpusError(f"{where} holds NUL bytes: it is binary data, not text; pass .txt/.jsonl text files")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        log.warning("%s is not valid UTF-8; undecodable bytes are replaced by U+FFFD", where)
+        text = raw.decode("utf-8", errors="replace")
+        bad = text.count("\ufffd")
+        if bad > MAX_UNDECODABLE * max(len(text), 1):
+            raise CorpusError(
+                f"{where} is not text: {bad} of its {len(text)} characters are not valid UTF-8; "
+                "convert it to UTF-8 text or pass another --dataset"
+            ) from None
+        log.warning(
+            "%s is not valid UTF-8: read as UTF-8 with %d undecodable bytes replaced by U+FFFD "
+            "(convert it to UTF-8 to keep them)",
+            where,
+            bad,
+        )
         record["invalid_utf8_replaced"] = True
-        return raw.decode("utf-8", errors="replace")
+        return text
 
 
 def _file_docs(path: Path, text_field: str, record: dict) -> Iterator[str]:
@@ -192,6 +213,13 @@ def _open(dataset: str | None, text_field: str, split: str) -> tuple[dict, Itera
 
         return info, gen()
     if _HUB_ID.match(dataset) and not dataset.endswith((".txt", ".jsonl", ".json")):
+        from confidence_neurons.models.loading import hub_reachable
+
+        if not hub_reachable():
+            raise CorpusError(
+                f"dataset {dataset} is not an existing file or folder, and the Hugging Face hub is unreachable; "
+                "check the path, or omit --dataset for the built-in corpus"
+            )
         info = {"kind": "hub", "id": dataset, "split": split, "text_field": text_field}
         return info, _hub_docs(dataset, text_field, split)
     raise CorpusError(
@@ -316,3 +344,13 @@ def sample_token_sequences(
         n_tokens,
     )
     return TokenSample(tokens=torch.from_numpy(body.astype(np.int64)), source=info)
+
+
+def check_dataset(dataset: str | None, text_field: str = "text") -> None:
+    """Check a corpus before any model loads: the path exists (or the hub is reachable), and every
+    local file is text; .jsonl files hold ``text_field``. Reads local files once, opens nothing remote.
+    """
+    info, docs = _open(dataset, text_field, "train")
+    if info["kind"] in ("txt", "jsonl", "folder"):
+        for _ in docs:
+            pass

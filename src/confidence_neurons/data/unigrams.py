@@ -171,7 +171,7 @@ def count_unigrams(
         "tokens_per_second": round(n_tokens / seconds, 1) if seconds > 0 else None,
     }
     if n_tokens == 0:
-        log.warning("the corpus produced no tokens; every count is 0")
+        raise UnigramError("the corpus produced no tokens, so there is nothing to count; pass a --dataset with text")
     log.info("counted %d tokens in %d documents (%.0f tok/s)", n_tokens, n_docs, n_tokens / max(seconds, 1e-9))
     return UnigramCounts(counts=counts, meta=meta)
 
@@ -229,6 +229,8 @@ def _as_counts(arr: np.ndarray, name: str) -> np.ndarray:
             f"{name} has {int(np.sum(out < 0))} negative entries (smallest {int(out.min())}), "
             f"which counts cannot be; recount the corpus"
         )
+    if int(out.sum()) == 0:
+        raise UnigramError(f"{name} sums to zero: no token was counted, so it defines no P_freq; recount the corpus")
     return out
 
 
@@ -257,6 +259,15 @@ def load_counts(path: Path, d_vocab: int) -> UnigramCounts:
     file may be shorter than ``d_vocab`` (the rest are padded rows, see :func:`p_freq`) but not
     longer, nor shorter than ``MIN_COVERAGE * d_vocab``. The counts are returned unpadded.
     """
+    counts = read_count_file(path)
+    _check_width(counts.counts.shape[0], d_vocab, Path(path).name)
+    return counts
+
+
+def read_count_file(path: Path) -> UnigramCounts:
+    """Read and check a count file on its own (no model needed): a 1-D array of non-negative whole
+    numbers that sums to more than zero, and its metadata (see :func:`load_counts`).
+    """
     path = Path(path)
     name = path.name
     if path.suffix != ".npy":
@@ -267,13 +278,12 @@ def load_counts(path: Path, d_vocab: int) -> UnigramCounts:
         arr = np.load(path, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is one clear error
         raise UnigramError(
-            f"{path} could not be read as a .npy array ({type(exc).__name__}: {exc}); "
+            f"{path} is not a numeric .npy array ({type(exc).__name__}: {str(exc)[:120]}); "
             f"pass a count file saved with numpy.save"
         ) from exc
     if not isinstance(arr, np.ndarray):
         raise UnigramError(f"{path} holds an archive, not a single array; pass a .npy count vector")
     counts = _as_counts(arr, name)
-    _check_width(counts.shape[0], d_vocab, name)
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
         try:

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 def chosen_neurons(config: InductionConfig, layer) -> tuple[list[int], dict[int, str]]:
     """Neuron indices and their family ("entropy", "token frequency" or "chosen")."""
     if config.neurons:
-        idx = [parse_neuron(s, layer) for s in config.neurons]
+        idx = [parse_neuron(s, layer, field="neurons") for s in config.neurons]
         return idx, {i: "chosen" for i in idx}
     table_path = Path(config.scan_dir) / "neurons.parquet"
     if not table_path.is_file():

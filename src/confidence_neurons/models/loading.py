@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -91,7 +92,114 @@ def _resolve(spec: str | None) -> _Resolved:
         return _Resolved("path", str(path), None, {"kind": "path", **description})
     if not _looks_like_hub_id(spec):
         raise ModelLoadError(f"{spec} is neither an existing path nor a Hugging Face model id")
+    if not _hub_cached(spec) and not hub_reachable():
+        raise ModelLoadError(
+            f"{spec} is not a local path, not in the Hugging Face cache, and the hub is unreachable"
+            f"{' (HF_HUB_OFFLINE is set)' if _hub_offline_env() else ''}; "
+            "pass a local model directory or a GGUF file with --model"
+        )
     return _Resolved("hub", spec, None, {"kind": "hub", "name": spec})
+
+
+def _hub_offline_env() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@lru_cache(maxsize=1)
+def _hub_probe() -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub can be asked at all: False at once under HF_HUB_OFFLINE, else one
+    connection attempt (3 s at most) per process, so an offline machine is told in seconds.
+    """
+    if _hub_offline_env():
+        return False
+    try:
+        import huggingface_hub.constants as hub_constants
+
+        if hub_constants.HF_HUB_OFFLINE:
+            return False
+    except ImportError:  # pragma: no cover - transformers always brings huggingface_hub
+        pass
+    return _hub_probe()
+
+
+def _hub_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - a malformed id or cache is "not cached"
+        return False
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """The sizes a run is checked against: layers, widths, context length and vocabulary."""
+
+    n_layers: int
+    d_model: int
+    d_mlp: int | None
+    n_ctx: int | None
+    d_vocab: int | None
+
+
+def limits_from_hf_config(cfg) -> ModelLimits | None:
+    """Sizes from a transformers config (before any weight loads), or None when it does not say."""
+    text = getattr(cfg, "text_config", None) or cfg
+    n_layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
+    d_model = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
+    if not n_layers or not d_model:
+        return None
+    d_mlp = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None)
+    if d_mlp is None and getattr(text, "model_type", "") == "gpt2":
+        d_mlp = 4 * d_model
+    n_ctx = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+    return ModelLimits(
+        int(n_layers), int(d_model), d_mlp and int(d_mlp), n_ctx and int(n_ctx), getattr(text, "vocab_size", None)
+    )
+
+
+def model_limits(spec: str | None) -> ModelLimits | None:
+    """The model's sizes read from its config alone, where that is possible without loading weights
+    (a model directory, a cached hub model, the embedded model once dequantised); else None.
+    """
+    from transformers import AutoConfig
+
+    r = _resolve(spec)
+    if r.kind == "embedded":
+        folder = _dequantised_dir(r)
+        if not (folder / "config.json").is_file():
+            return None
+        location = str(folder)
+    elif r.kind in ("path", "hub"):
+        location = r.location
+    else:
+        return None
+    try:
+        return limits_from_hf_config(AutoConfig.from_pretrained(location))
+    except Exception:  # noqa: BLE001 - the full load reports a broken config with its own message
+        return None
+
+
+def limits_of(model: LoadedModel) -> ModelLimits:
+    """The loaded model's sizes, from the bridge's config."""
+    cfg = model.cfg
+    return ModelLimits(
+        cfg.n_layers,
+        cfg.d_model,
+        getattr(cfg, "d_mlp", None),
+        getattr(cfg, "n_ctx", None),
+        getattr(cfg, "d_vocab", None),
+    )
 
 
 def _from_pretrained(loader, r: _Resolved, **kwargs):
