@@ -95,3 +95,21 @@ def test_scan_of_a_soft_capped_model_skips_only_the_frequency_part(tmp_path):
     rd = RunDir.open(tmp_path / "run", kind="scan", fingerprint=result.config.fingerprint())
     write(rd, result)
     assert rd.report_path.is_file() and (tmp_path / "run" / "figures" / "fig3b_freq_share_vs_dkl.png").is_file()
+
+
+def test_a_gemma3_config_without_architectures_loads(tmp_path):
+    """GGUF configs of Gemma 3 text models carry no architectures list (model_type gemma3_text);
+    the loaded class names the architecture for TransformerBridge.
+    """
+    import json
+
+    from confidence_neurons.models.loading import load_model
+
+    _tiny_gemma(3, None, tmp_path / "m")
+    config_file = tmp_path / "m" / "config.json"
+    config = json.loads(config_file.read_text())
+    assert config.pop("architectures") and config["model_type"] == "gemma3_text"
+    config_file.write_text(json.dumps(config))
+    model = load_model(str(tmp_path / "m"))
+    layer = final_layer(model)
+    assert model.source["architecture"] == "Gemma3ForCausalLM" and layer.post_mlp_norm is not None

@@ -279,6 +279,10 @@ def boot(hf_model, tokenizer, name: str, source: dict | None = None) -> LoadedMo
     from transformer_lens.model_bridge import TransformerBridge
 
     hf_model.eval()
+    if not getattr(hf_model.config, "architectures", None):
+        # GGUF configs of newer models (Gemma 3 text: model_type gemma3_text) carry no architectures
+        # list; the class transformers loaded names it.
+        hf_model.config.architectures = [type(hf_model).__name__]
     bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer)
     bridge.enable_compatibility_mode()
     bridge.eval()
