@@ -73,10 +73,10 @@ def plant(model) -> None:
 
 
 def null_k(layer: FinalLayer) -> int:
-    """Size of W_U's exact null space after the plant, in the residual directions the final norm
-    lets through (weight_stats leaves out the all-ones direction on LayerNorm models).
+    """Size of W_U's exact null space after the plant, counted as the paper counts it: the planted
+    direction, plus on LayerNorm models the all-ones direction the processed W_U annihilates.
     """
-    return 1
+    return 2 if layer.norm == "LN" else 1
 
 
 @dataclass
@@ -152,7 +152,39 @@ def test_entropy_neuron_rule_flags_only_the_planted_neuron(planted: Planted):
 
 
 @pytest.mark.parametrize("planted", ["gpt2"], indirect=True)
-def test_ln_rho_k1_ignores_the_all_ones_direction(planted: Planted):
-    """On RMSNorm models k = 1 already finds A (test above); on LayerNorm models it should too."""
-    assert planted.layer.norm == "LN"
-    assert weight_stats(planted.layer, 1).rho[NEURON_A] > 0.999
+def test_ln_null_space_holds_the_all_ones_direction_and_the_planted_one(planted: Planted):
+    """The paper's k counts every bottom singular vector of the processed W_U: on LayerNorm models the
+    all-ones direction is one of them (value 0), so the planted neuron needs k = 2 to be found.
+    """
+    from confidence_neurons.analysis.weights import residual_singular_vectors
+
+    layer = planted.layer
+    assert layer.norm == "LN"
+    V, S = residual_singular_vectors(layer)
+    assert V.shape == (layer.d_model, layer.d_model) and S[-2:].max() < 1e-5 * S[0]
+    ones = torch.full((layer.d_model,), layer.d_model**-0.5, dtype=torch.float64)
+    assert (V[:, -2:].T @ ones).norm() > 0.999, "the all-ones direction lies in the bottom two"
+    assert weight_stats(layer, 2).rho[NEURON_A] > 0.999
+    assert weight_stats(layer, 1).singular_values.shape == (layer.d_model,)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_rho_equals_a_plain_full_svd(arch, tmp_path):
+    """rho(k) = |V_0^T w_out| / |w_out| with V_0 the bottom k left singular vectors of the processed
+    W_U from a plain full SVD (Sec. 3.4), on a LayerNorm and an RMSNorm model.
+    """
+    layer = final_layer(load_tiny(arch, tmp_path))
+    W_U, W_out = layer.W_U.double(), layer.W_out.double()
+    U, S, _ = torch.linalg.svd(W_U, full_matrices=True)  # U: (d_model, d_model), S descending
+    for k in (1, 2, 3, layer.d_model - 1):
+        V0 = U[:, layer.d_model - k :]
+        expected = (W_out @ V0).norm(dim=-1) / W_out.norm(dim=-1)
+        torch.testing.assert_close(weight_stats(layer, k).rho.double(), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(weight_stats(layer, 1).singular_values.double(), S, atol=1e-4, rtol=1e-5)
+
+
+def test_default_k_is_the_papers():
+    from confidence_neurons.analysis.weights import default_k
+
+    assert default_k(768, "gpt2") == 12 and default_k(4096, "meta-llama/Llama-2-7b-hf") == 40
+    assert default_k(4096) == 40 and default_k(576) == 5 and default_k(2048) == 20 and default_k(32) == 1

@@ -78,7 +78,7 @@ CASES = [
         True,
     ),
     ("scan", ["--k", "0"], "--k: k = 0 is out of range", True),
-    ("scan", ["--k", "31"], "--k: k = 31 is out of range", True),
+    ("scan", ["--k", "32"], "--k: k = 32 is out of range", True),
     ("scan", ["--min-rho", "2"], "--min-rho: min_rho = 2.0 must lie in [0, 1]", True),
     ("scan", ["--unigrams", "MISSING.npy"], "count file MISSING.npy does not exist", True),
     ("scan", ["--unigrams", "{zeros}"], "zeros.npy sums to zero", True),

@@ -103,7 +103,7 @@ def test_rerun_resumes_and_another_run_is_refused(tiny_model, corpus, tmp_path, 
     [
         (["--model", "/nonexistent/model-dir"], "neither an existing path nor a Hugging Face model id"),
         (["--k", "0"], "k = 0 is out of range"),
-        (["--k", "31"], "k = 31 is out of range"),
+        (["--k", "32"], "k = 32 is out of range"),
         (["--n-seqs", "500"], "the corpus has only"),
         (["--unigrams", "MISSING.npy"], "count file MISSING.npy does not exist"),
     ],

@@ -14,25 +14,30 @@ from torch import Tensor
 from confidence_neurons.errors import ConfigError
 from confidence_neurons.models.final_layer import FinalLayer
 
+#: k where the paper states it: GPT-2 Small with k = 12 (Sec. 3.4, Fig. 2e); LLaMA2 7B with
+#: k = 40 = 0.01 d_model (Fig. 2f). Keys are the hub ids (and their short names).
+PAPER_K = {"gpt2": 12, "openai-community/gpt2": 12, "meta-llama/Llama-2-7b-hf": 40, "Llama-2-7b-hf": 40}
 
-def default_k(d_model: int) -> int:
-    """The paper's null-space size: 1% of d_model, at least 1."""
-    return max(1, round(0.01 * d_model))
+
+def default_k(d_model: int, model: str | None = None) -> int:
+    """The paper's null-space size: its own choice for the models it names (``PAPER_K``), else
+    floor(0.01 d_model), at least 1 (App. E: "the bottom 1% W_U singular vectors").
+    """
+    if model is not None and model in PAPER_K:
+        return PAPER_K[model]
+    return max(1, int(0.01 * d_model))
 
 
 def check_k(k: int, d_model: int) -> None:
-    """Refuse a null-space size outside 1 <= k < d_model - 1."""
-    if not 1 <= k < d_model - 1:
-        raise ConfigError(
-            f"k = {k} is out of range: the null space needs 1 <= k < d_model - 1 = {d_model - 1}", field="k"
-        )
+    """Refuse a null-space size outside 1 <= k < d_model."""
+    if not 1 <= k < d_model:
+        raise ConfigError(f"k = {k} is out of range: the null space needs 1 <= k < d_model = {d_model}", field="k")
 
 
 @dataclass(frozen=True)
 class WeightStats:
-    """Shapes: per-neuron fields (d_mlp,); singular_values (r,) descending; cos_sv (d_mlp, r), cosine
-    of w_out with each residual-space singular vector of W_U; r = d_model, or d_model - 1 before a
-    LayerNorm (see ``residual_singular_vectors``).
+    """Shapes: per-neuron fields (d_mlp,); singular_values (d_model,) descending; cos_sv
+    (d_mlp, d_model), cosine of w_out with each residual-space singular vector of W_U.
     """
 
     w_out_norm: Float[Tensor, " d_mlp"]
@@ -60,21 +65,12 @@ def residual_singular_vectors(layer: FinalLayer) -> tuple[Tensor, Tensor]:
     """Singular vectors of W_U in the residual stream (columns, by descending singular value) and the values.
 
     W_U here is (d_model, d_vocab), the paper's W_U transposed, so the paper's V is our left
-    singular vectors. Before a LayerNorm the all-ones direction is projected out by the norm
-    itself: it is an exact null direction of the processed W_U that no centred w_out can use, so
-    for LN models the SVD is taken in its complement (d_model - 1 directions); otherwise it would
-    take one of the k null-space slots of rho.
+    singular vectors: all d_model of them, as the paper counts them (Sec. 3.4). On LayerNorm models
+    the processed W_U annihilates the all-ones direction, so the bottom singular vector is that
+    direction (singular value 0): it is one of the k, as in the paper.
     """
-    W_U = layer.W_U.double()
-    if layer.norm != "LN":
-        V_res, S, _ = torch.linalg.svd(W_U, full_matrices=False)
-        return V_res, S
-    d = layer.d_model
-    ones = torch.full((d, 1), d**-0.5, dtype=torch.float64)
-    Q, _ = torch.linalg.qr(torch.cat([ones, torch.eye(d, dtype=torch.float64)[:, : d - 1]], dim=1))
-    Q = Q[:, 1:]  # orthonormal basis of the complement of the all-ones vector, (d_model, d_model - 1)
-    V_sub, S, _ = torch.linalg.svd(Q.T @ W_U, full_matrices=False)
-    return Q @ V_sub, S
+    V_res, S, _ = torch.linalg.svd(layer.W_U.double(), full_matrices=False)
+    return V_res, S
 
 
 @torch.no_grad()

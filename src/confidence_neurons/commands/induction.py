@@ -42,7 +42,11 @@ class InductionConfig(KernelOptions, SourceOptions):
     n_natural: int = option(64, "natural induction sequences (paper: 1000)", minimum=1)
     natural_seq_len: int = option(256, "tokens per natural induction sequence", minimum=2)
     ngram: int = option(6, "repeated n-gram length for natural induction (paper: 6)", minimum=1)
-    k: int | None = option(None, "null-space size for rho in Fig. 11 (default: 1%% of d_model, at least 1)")
+    k: int | None = option(
+        None,
+        "null-space size for rho in Fig. 11 (default: the paper's: 12 for GPT-2 Small, "
+        "else floor(1%% of d_model), at least 1)",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

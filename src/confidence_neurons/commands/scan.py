@@ -46,7 +46,10 @@ log = logging.getLogger(__name__)
 class ScanConfig(KernelOptions, UnigramOptions, TokenOptions, SourceOptions):
     """Settings of a scan; defaults follow the paper (App. D)."""
 
-    k: int | None = option(None, "null-space size for rho (default: 1%% of d_model, at least 1)")
+    k: int | None = option(
+        None,
+        "null-space size for rho (default: the paper's: 12 for GPT-2 Small, else floor(1%% of d_model), at least 1)",
+    )
     rule: EntropyNeuronRule = option(default_factory=EntropyNeuronRule, prefix="")
     tf_rule: TokenFrequencyNeuronRule = option(default_factory=TokenFrequencyNeuronRule, prefix="tf-")
     neuron_chunk: int = option(128, "neurons per sweep chunk (also the checkpoint unit)", volatile=True, minimum=1)
@@ -124,7 +127,7 @@ def scan(
 ) -> ScanResult:
     """Weight statistics, closed-form TE/DE/DE_freq of every final-layer neuron, and the two rules."""
     layer = layer if layer is not None else final_layer(model)
-    k = config.k if config.k is not None else default_k(layer.d_model)
+    k = config.k if config.k is not None else default_k(layer.d_model, config.model)
     check_k(k, layer.d_model)
     tokens = tokens if tokens is not None else sample_tokens(model, config)
     t0 = time.perf_counter()

@@ -250,7 +250,7 @@ def induction(
         )
     with timer("activation change of every neuron (Fig. 11)"):
         change = N.activation_change(N.acts_by_position(cache), T)
-        rho = weight_stats(layer, config.k or default_k(layer.d_model)).rho.numpy()
+        rho = weight_stats(layer, config.k or default_k(layer.d_model, config.model)).rho.numpy()
         tables["activation_change"] = pd.DataFrame(
             {
                 "neuron": np.arange(layer.d_mlp),
