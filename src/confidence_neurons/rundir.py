@@ -107,9 +107,6 @@ class CheckpointStore:
         np.savez(buf, stamp=np.asarray(json.dumps(stamp, sort_keys=True)), **arrays)
         atomic_write(self.folder / f"{name}.npz", buf.getvalue())
 
-    def names(self) -> list[str]:
-        return sorted(p.stem for p in self.folder.glob("*.npz")) if self.folder.is_dir() else []
-
 
 class RunDir:
     """One run's folder. ``RunDir.open`` creates or resumes it; ``RunDir(path)`` only reads."""

@@ -10,9 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import confidence_neurons.commands.induction as induction_cmd
-import confidence_neurons.commands.inspect as inspect_cmd
-import confidence_neurons.commands.scan as scan_cmd
+import confidence_neurons.commands.checks as checks
 import confidence_neurons.commands.unigrams as unigrams_cmd
 from confidence_neurons.cli import main
 from confidence_neurons.data.corpus import _decode
@@ -144,8 +142,7 @@ def test_bad_input_is_one_sentence_exit_2_and_leaves_nothing(
     files = _files(tmp_path)
     extra = [a.format(**files) for a in extra]
     if before_model:  # these must be told before any weight loads
-        for module in (scan_cmd, inspect_cmd, induction_cmd):
-            monkeypatch.setattr(module, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+        monkeypatch.setattr(checks, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
         monkeypatch.setattr(unigrams_cmd, "load_tokenizer", lambda *a, **k: pytest.fail("the tokenizer was loaded"))
     out = tmp_path / "run"
     argv = [command, "--model", str(tiny_model), "--dataset", str(corpus), "--quiet"]

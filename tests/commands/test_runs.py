@@ -75,9 +75,9 @@ def test_version_flag(capsys):
 
 def test_notebook_api_reuses_a_loaded_model(tiny_model, corpus, tmp_path, monkeypatch):
     model = cn.load_model(str(tiny_model))
-    import confidence_neurons.commands.inspect as inspect_cmd
+    import confidence_neurons.commands.checks as checks
 
-    monkeypatch.setattr(inspect_cmd, "load_model", lambda *a, **k: pytest.fail("the model was loaded again"))
+    monkeypatch.setattr(checks, "load_model", lambda *a, **k: pytest.fail("the model was loaded again"))
     config = cn.InspectConfig(model=str(tiny_model), dataset=str(corpus), neuron="1.3", n_seqs=2, seq_len=16)
     result = cn.run_inspect(config, tmp_path / "inspect", model=model, progress=False)
     assert cn.load_run(tmp_path / "inspect").activity.tokens.equals(result.activity.tokens)

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -186,12 +185,3 @@ def sweep(
         kl=torch.cat(base_kls) if freq is not None else None,
     )
     return NeuronEffects(mean_activation=mean, clean=clean, chunks_reused=reused, **{f: acc[f].float() for f in names})
-
-
-def effects_arrays(effects: NeuronEffects) -> dict[str, np.ndarray]:
-    """The per-neuron fields as numpy arrays (those that are set)."""
-    return {
-        f.name: getattr(effects, f.name).numpy()
-        for f in fields(effects)
-        if isinstance(getattr(effects, f.name), Tensor)
-    }

@@ -16,7 +16,7 @@ from confidence_neurons.commands.options import Options
 from confidence_neurons.data.corpus import check_dataset
 from confidence_neurons.data.unigrams import read_count_file
 from confidence_neurons.errors import ConfigError
-from confidence_neurons.models.loading import LoadedModel, ModelLimits, limits_of, model_limits
+from confidence_neurons.models.loading import LoadedModel, ModelLimits, limits_of, load_model, model_limits
 
 
 def _neuron_specs(config: Options) -> list[tuple[str, str]]:
@@ -69,3 +69,11 @@ def check_inputs(config: Options, kind: str, out: Path | None, model: LoadedMode
     limits = limits_of(model) if model is not None else model_limits(config.model)
     if limits is not None:
         check_limits(config, limits)
+
+
+def load_checked(config: Options, kind: str, out: Path, model: LoadedModel | None = None) -> LoadedModel:
+    """Check the inputs, load the model (unless given) and check the settings against its own sizes."""
+    check_inputs(config, kind, out, model)
+    model = model if model is not None else load_model(config.model)
+    check_limits(config, limits_of(model))
+    return model

@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from confidence_neurons.commands.checks import check_inputs, check_limits
+from confidence_neurons.commands.checks import load_checked
 from confidence_neurons.commands.common import recording
 from confidence_neurons.commands.options import KernelOptions, SourceOptions, option, run_name
 from confidence_neurons.errors import ConfigError
 from confidence_neurons.induction.study import InductionResult, chosen_neurons, induction
 from confidence_neurons.models.final_layer import final_layer
-from confidence_neurons.models.loading import LoadedModel, limits_of, load_model
+from confidence_neurons.models.loading import LoadedModel
 from confidence_neurons.report.induction import (
     induction_figures,
     induction_report_settings,
@@ -76,9 +76,7 @@ def run(
 ) -> InductionResult:
     """Load and check, then run the case study and write the run directory."""
     out = Path(out) if out is not None else run_name("induction", config)
-    check_inputs(config, "induction", out, model)
-    model = model if model is not None else load_model(config.model)
-    check_limits(config, limits_of(model))
+    model = load_checked(config, "induction", out, model)
     layer = final_layer(model)
     chosen_neurons(config, layer)  # a scan made on another model fails before anything is written
     with recording(out, "induction", config, model_source=model.source) as rd:

@@ -12,7 +12,7 @@ from plotly.graph_objects import Figure
 from confidence_neurons.analysis.activity import NeuronActivity, neuron_activity, parse_neuron, passages
 from confidence_neurons.analysis.forward import run_forward
 from confidence_neurons.analysis.frequency import FreqDirection
-from confidence_neurons.commands.checks import check_inputs, check_limits
+from confidence_neurons.commands.checks import load_checked
 from confidence_neurons.commands.common import recording, sample_tokens, unigram_distribution
 from confidence_neurons.commands.options import (
     KernelOptions,
@@ -25,7 +25,7 @@ from confidence_neurons.commands.options import (
 from confidence_neurons.data.corpus import TokenSample
 from confidence_neurons.data.unigrams import UnigramCounts
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
-from confidence_neurons.models.loading import LoadedModel, limits_of, load_model
+from confidence_neurons.models.loading import LoadedModel
 from confidence_neurons.report.inspect import inspect_figures, inspect_sections, inspect_summary
 from confidence_neurons.rundir import RunDir
 
@@ -101,14 +101,25 @@ def inspect_neuron(
     return InspectResult(config=config, activity=activity, passages=found, settings=settings)
 
 
+def write(rd: RunDir, result: InspectResult) -> None:
+    """Per-token effects, passages, figures and report of an inspected neuron."""
+    rd.table("token_effects", result.activity.tokens)
+    rd.json("passages", result.passages)
+    figures = result.figures()
+    rd.figures(figures)
+    rd.report(
+        title=f"Neuron {result.activity.name} of {result.settings['model']}",
+        settings=result.settings,
+        sections=inspect_sections(result, figures),
+    )
+
+
 def run(
     config: InspectConfig, out: Path | None = None, *, model: LoadedModel | None = None, progress: bool = True
 ) -> InspectResult:
     """Load and check, then inspect the neuron and write the run directory."""
     out = Path(out) if out is not None else run_name("inspect", config, config.neuron)
-    check_inputs(config, "inspect", out, model)
-    model = model if model is not None else load_model(config.model)
-    check_limits(config, limits_of(model))
+    model = load_checked(config, "inspect", out, model)
     layer = final_layer(model)
     tokens = sample_tokens(model, config)
     unigrams = unigram_distribution(model, layer, config, progress=progress)
@@ -116,14 +127,6 @@ def run(
         rd.array("tokens", tokens.tokens.numpy())
         result = inspect_neuron(model, config, tokens=tokens, unigrams=unigrams, layer=layer, progress=progress)
         result.run_dir = result.activity.run_dir = rd.path
-        rd.table("token_effects", result.activity.tokens)
-        rd.json("passages", result.passages)
-        figures = result.figures()
-        rd.figures(figures)
-        rd.report(
-            title=f"Neuron {result.activity.name} of {model.name}",
-            settings=result.settings,
-            sections=inspect_sections(result, figures),
-        )
+        write(rd, result)
         rd.set_status("complete", settings=result.settings)
     return result

@@ -9,7 +9,6 @@ rerun with another chunk size resumes the same run) and its lower bound.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import types
@@ -110,9 +109,6 @@ class Options:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Options:
         return from_dict(cls, data)
-
-    def replace(self, **changes: Any) -> Options:
-        return dataclasses.replace(self, **changes)
 
 
 def run_name(kind: str, config: Options, *extra: str) -> Path:

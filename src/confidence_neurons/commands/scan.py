@@ -22,7 +22,7 @@ from confidence_neurons.analysis.selection import EntropyNeuronRule, TokenFreque
 from confidence_neurons.analysis.sweep import sweep
 from confidence_neurons.analysis.table import neuron_table, top_neurons
 from confidence_neurons.analysis.weights import check_k, default_k, weight_stats
-from confidence_neurons.commands.checks import check_inputs, check_limits
+from confidence_neurons.commands.checks import load_checked
 from confidence_neurons.commands.common import recording, sample_tokens, unigram_distribution
 from confidence_neurons.commands.options import (
     KernelOptions,
@@ -35,7 +35,7 @@ from confidence_neurons.commands.options import (
 from confidence_neurons.data.corpus import TokenSample
 from confidence_neurons.data.unigrams import UnigramCounts
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
-from confidence_neurons.models.loading import LoadedModel, limits_of, load_model
+from confidence_neurons.models.loading import LoadedModel
 from confidence_neurons.report.scan import scan_figures, scan_report_settings, scan_sections, scan_title
 from confidence_neurons.rundir import CheckpointStore, RunDir
 
@@ -227,9 +227,7 @@ def run(
 ) -> ScanResult:
     """Load and check everything, then scan and write the run directory (resuming one in ``out``)."""
     out = Path(out) if out is not None else run_name("scan", config)
-    check_inputs(config, "scan", out, model)
-    model = model if model is not None else load_model(config.model)
-    check_limits(config, limits_of(model))
+    model = load_checked(config, "scan", out, model)
     layer = final_layer(model)
     tokens = sample_tokens(model, config)
     unigrams = unigram_distribution(model, layer, config, progress=progress)
