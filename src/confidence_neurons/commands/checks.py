@@ -16,6 +16,7 @@ from confidence_neurons.commands.options import Options
 from confidence_neurons.data.corpus import check_dataset
 from confidence_neurons.data.unigrams import read_count_file
 from confidence_neurons.errors import ConfigError
+from confidence_neurons.induction.study import scan_table
 from confidence_neurons.models.loading import LoadedModel, ModelLimits, limits_of, load_model, model_limits
 
 
@@ -60,11 +61,8 @@ def check_inputs(config: Options, kind: str, out: Path | None, model: LoadedMode
         split_neuron(spec, field)
     if getattr(config, "unigrams", None) is not None:
         read_count_file(Path(config.unigrams))
-    if getattr(config, "scan_dir", None) is not None and not (Path(config.scan_dir) / "neurons.parquet").is_file():
-        raise ConfigError(
-            f"{config.scan_dir} holds no finished scan (no neurons.parquet); run `confidence-neurons scan` first",
-            field="scan_dir",
-        )
+    if getattr(config, "scan_dir", None) is not None:
+        scan_table(config.scan_dir)
     check_dataset(config.dataset, config.text_field)
     limits = limits_of(model) if model is not None else model_limits(config.model)
     if limits is not None:

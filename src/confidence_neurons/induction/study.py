@@ -41,18 +41,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def scan_table(scan_dir: str) -> pd.DataFrame:
+    """The neuron table of a finished scan, or a ConfigError naming ``--scan``."""
+    table_path = Path(scan_dir) / "neurons.parquet"
+    if not table_path.is_file():
+        raise ConfigError(
+            f"{scan_dir} holds no finished scan (no neurons.parquet); run `confidence-neurons scan` first",
+            field="scan_dir",
+        )
+    return pd.read_parquet(table_path)
+
+
 def chosen_neurons(config: InductionConfig, layer) -> tuple[list[int], dict[int, str]]:
     """Neuron indices and their family ("entropy", "token frequency" or "chosen")."""
     if config.neurons:
         idx = [parse_neuron(s, layer, field="neurons") for s in config.neurons]
         return idx, {i: "chosen" for i in idx}
-    table_path = Path(config.scan_dir) / "neurons.parquet"
-    if not table_path.is_file():
-        raise ConfigError(
-            f"{config.scan_dir} holds no finished scan (no neurons.parquet); run `confidence-neurons scan` first",
-            field="scan_dir",
-        )
-    t = pd.read_parquet(table_path)
+    t = scan_table(config.scan_dir)
     if int(t["layer"].iloc[0]) != layer.layer or len(t) != layer.d_mlp:
         raise ConfigError(
             f"the scan in {config.scan_dir} was made on another model (layer {t['layer'].iloc[0]}, {len(t)} neurons)",
