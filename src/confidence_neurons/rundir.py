@@ -30,6 +30,7 @@ CONFIG = "config.json"
 REPORT = "report.html"
 FIGURES = "figures"
 CHECKPOINTS = "checkpoints"
+ACTIVATIONS = "activations"
 LOCK = ".lock"
 
 
@@ -106,6 +107,94 @@ class CheckpointStore:
         buf = io.BytesIO()
         np.savez(buf, stamp=np.asarray(json.dumps(stamp, sort_keys=True)), **arrays)
         atomic_write(self.folder / f"{name}.npz", buf.getvalue())
+
+
+@dataclass(frozen=True)
+class ActivationStore:
+    """The forward pass's cache as memory-mapped ``.npy`` files in ``folder``, filled batch by batch.
+
+    ``store.json`` records the stamp (tokens, model, dtype: what the activations were made from),
+    the shapes and how many batches are written. Array files are written in place through the
+    memory map and flushed before ``store.json`` moves on, so a forward pass stopped half-way
+    resumes at its first unwritten batch, and a finished store is read back without the model.
+    """
+
+    folder: Path
+
+    @property
+    def _meta_path(self) -> Path:
+        return self.folder / "store.json"
+
+    def _meta(self) -> dict | None:
+        try:
+            return json.loads(self._meta_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def load(self, stamp: dict) -> tuple[dict[str, np.ndarray], dict] | None:
+        """(arrays, extra) of a finished store made from ``stamp``; arrays are copy-on-write maps."""
+        meta = self._meta()
+        if meta is None or meta.get("stamp") != stamp or not meta.get("complete"):
+            return None
+        return {name: np.load(self.folder / f"{name}.npy", mmap_mode="c") for name in meta["shapes"]}, meta["extra"]
+
+    def begin(
+        self, stamp: dict, shapes: dict[str, tuple[tuple[int, ...], str]], n_batches: int
+    ) -> tuple[dict[str, np.ndarray], int, dict]:
+        """Writable maps for a store made from ``stamp``: (arrays, batches already written, extra).
+        An earlier store of other data is replaced.
+        """
+        meta = self._meta()
+        if meta is not None and meta.get("stamp") == stamp and meta.get("n_batches") == n_batches:
+            arrays = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r+") for name in meta["shapes"]}
+            return arrays, int(meta["done"]), meta.get("extra", {})
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._meta_path.unlink(missing_ok=True)
+        arrays = {
+            name: np.lib.format.open_memmap(self.folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+            for name, (shape, dtype) in shapes.items()
+        }
+        meta = {
+            "stamp": stamp,
+            "shapes": {k: [list(v[0]), v[1]] for k, v in shapes.items()},
+            "n_batches": n_batches,
+            "done": 0,
+            "complete": False,
+            "extra": {},
+        }
+        atomic_write(self._meta_path, _json_bytes(meta))
+        return arrays, 0, {}
+
+    def mark(self, arrays: dict[str, np.ndarray], done: int, extra: dict, *, complete: bool = False) -> None:
+        """Flush the maps, then record that ``done`` batches are written (and, finally, ``complete``)."""
+        for a in arrays.values():
+            if isinstance(a, np.memmap):
+                a.flush()
+        meta = self._meta() or {}
+        meta.update(done=done, extra=extra, complete=complete)
+        atomic_write(self._meta_path, _json_bytes(meta))
+
+    def subset(self, arrays: dict[str, np.ndarray], rows: np.ndarray, *, chunk: int = 4096) -> dict[str, np.ndarray]:
+        """The given ``rows`` of ``arrays`` copied, ``chunk`` rows at a time, into ``analysed_*.npy`` maps
+        here, so that the selection costs disk, not memory.
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        out = {}
+        for name, a in arrays.items():
+            path = self.folder / f"analysed_{name}.npy"
+            m = np.lib.format.open_memmap(path, mode="w+", dtype=a.dtype, shape=(len(rows), *a.shape[1:]))
+            for c0 in range(0, len(rows), chunk):
+                m[c0 : c0 + chunk] = a[rows[c0 : c0 + chunk]]
+            m.flush()
+            del m
+            out[name] = np.load(path, mmap_mode="c")
+        return out
+
+    def size_bytes(self) -> int:
+        """Bytes of the stored forward pass (without the analysed-token copy)."""
+        if not self.folder.is_dir():
+            return 0
+        return sum(f.stat().st_size for f in self.folder.glob("*.npy") if not f.name.startswith("analysed_"))
 
 
 class RunDir:
@@ -271,3 +360,8 @@ class RunDir:
     @property
     def checkpoints(self) -> CheckpointStore:
         return CheckpointStore(self.path / CHECKPOINTS)
+
+    @property
+    def activations(self) -> ActivationStore:
+        """The forward pass's cache, memory-mapped (``analysis.forward.run_forward``)."""
+        return ActivationStore(self.path / ACTIVATIONS)

@@ -188,3 +188,33 @@ void ablation_softmax_stats(
                        (int64_t)t * K + k);
     }
 }
+
+/* The benchmark's floor: out[t,k] = sum_v exp(A[t,k] L[t,v] + B[t,k] U[k,v] + bias[v]) with the same
+ * blocks and vocabulary tiles as ablation_softmax_stats, and nothing else (no max, shift, Sz or target).
+ * Any exact method evaluates every logit and one exponential of it; this is that work alone. */
+void exp_sum_floor(int T, int K, int V, const float *L, const float *U, const float *bias, const float *A,
+                   const float *B, float *out)
+{
+    int ntb = (T + TB - 1) / TB, nkb = (K + KB - 1) / KB;
+    #pragma omp parallel for schedule(dynamic) collapse(2)
+    for (int tb = 0; tb < ntb; tb++)
+    for (int kb = 0; kb < nkb; kb++) {
+        int t0 = tb * TB, t1 = t0 + TB < T ? t0 + TB : T;
+        int k0 = kb * KB, k1 = k0 + KB < K ? k0 + KB : K;
+        float r[TB * KB];
+        for (int i = 0; i < TB * KB; i++) r[i] = 0.f;
+        for (int v0 = 0; v0 < V; v0 += TILE) {
+            int n = V - v0 < TILE ? V - v0 : TILE;
+            for (int t = t0; t < t1; t++)
+                for (int k = k0; k < k1; k++) {
+                    const float *Lt = L + (int64_t)t * V + v0, *Uk = U + (int64_t)k * V + v0, *bb = bias + v0;
+                    float a = A[(int64_t)t * K + k], b = B[(int64_t)t * K + k], acc = 0.f;
+                    #pragma omp simd reduction(+:acc)
+                    for (int j = 0; j < n; j++) acc += expf(lin(a, Lt[j], b, Uk[j], bb[j]));
+                    r[(t - t0) * KB + (k - k0)] += acc;
+                }
+        }
+        for (int t = t0; t < t1; t++)
+            for (int k = k0; k < k1; k++) out[(int64_t)t * K + k] = r[(t - t0) * KB + (k - k0)];
+    }
+}

@@ -91,9 +91,14 @@ def neuron_activity(
     tokenizer,
     *,
     backend="auto",
+    analysed: Tensor | None = None,
 ) -> NeuronActivity:
-    """Per-token effects of clip-mean-ablating ``neuron`` (Sec. 5), one row per analysed position."""
-    mean = cache.acts.mean(0)
+    """Per-token effects of clip-mean-ablating ``neuron`` (Sec. 5), one row per cached position; the
+    mean (the ablation value) is taken over the ``analysed`` positions (default: all), which the
+    table's ``analysed`` column marks.
+    """
+    analysed = torch.ones(cache.n_tokens, dtype=torch.bool) if analysed is None else analysed
+    mean = cache.acts[analysed].mean(0)
     eff = per_token_effects(layer, cache, [neuron], mode="clip", mean_act=mean, freq=freq, backend=backend)
     acts = cache.acts[:, neuron]
     n_seqs, per_seq = tokens.shape[0], tokens.shape[1] - 1
@@ -112,6 +117,7 @@ def neuron_activity(
             "reciprocal_rank": (1.0 / clean_ranks(layer, cache).double()).numpy(),
             "clipped": (acts > mean[neuron]).numpy(),
             "ablated_loss": eff.TE.loss[:, 0].numpy(),
+            "analysed": analysed.numpy(),
         }
     )
     return NeuronActivity(neuron, f"{layer.layer}.{neuron}", float(mean[neuron]), table)

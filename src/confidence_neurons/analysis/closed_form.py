@@ -16,13 +16,14 @@ logits over the vocabulary without storing them; ``AblatedLogits.materialize`` f
 readers and tests.
 
 Memory is bounded by the chunk sizes, whatever the token count: a chunk holds
-(neuron_chunk + token_chunk) x d_vocab floats for U and L.
+(neuron_chunk + token_chunk) x d_vocab floats for U and L, on the device of the layer's W_U
+(``layer_on``), while the ForwardCache stays on the host.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -76,24 +77,54 @@ class Chunk:
     post: PostNormChunk | None = None
 
 
+def layer_on(layer: FinalLayer, device: torch.device | str | None) -> FinalLayer:
+    """``layer`` with the tensors the closed form reads per chunk (W_U, b_U, a post-MLP norm's g) as
+    float32 on ``device``; W_out stays where it is (``chunks`` moves the rows of each neuron chunk).
+    """
+    if device is None:
+        return layer
+    move = lambda x: x.to(device, torch.float32)  # noqa: E731
+    post = layer.post_mlp_norm
+    return replace(
+        layer,
+        W_U=move(layer.W_U),
+        b_U=move(layer.b_U),
+        post_mlp_norm=None if post is None else replace(post, g=move(post.g)),
+    )
+
+
+NewValues = Tensor | Callable[[Tensor], Tensor]
+
+
 def chunks(
-    layer: FinalLayer, cache: ForwardCache, neurons: Tensor, new_values: Tensor, token_chunk: int
+    layer: FinalLayer, cache: ForwardCache, neurons: Tensor, new_values: NewValues, token_chunk: int
 ) -> Iterator[tuple[slice, Chunk]]:
     """Yield (token slice, Chunk) over the cached tokens for a fixed set of neurons, whose activations
-    become ``new_values`` (N, K).
+    become ``new_values``: an (N, K) tensor, or a function from a token chunk's (T, K) activations
+    to their new values (so that nothing of size N x K is formed).
+
+    Everything is computed in float32 on the device of ``layer.W_U`` (``layer_on``); the cache may
+    stay on the host (even memory-mapped): only one token chunk of it is moved at a time, so memory
+    is O(token_chunk x (d_model + d_mlp + d_vocab) + neuron_chunk x d_vocab).
     """
+    device = layer.W_U.device
+    to_dev = lambda x: x.to(device, torch.float32)  # noqa: E731
     post = layer.post_mlp_norm
-    w = layer.W_out[neurons]
+    neurons = neurons.to(layer.W_out.device)
+    w = to_dev(layer.W_out[neurons])
     wc = layer.center(w if post is None else post.g * w)
     U = wc @ layer.W_U
     ww = wc.pow(2).sum(-1)
+    host_idx = neurons.to("cpu")
     for t0 in range(0, cache.n_tokens, token_chunk):
         sl = slice(t0, t0 + token_chunk)
-        xc = layer.center(cache.resid[sl])
+        xc = layer.center(to_dev(cache.resid[sl]))
         xx = xc.pow(2).sum(-1, keepdim=True)
+        acts = to_dev(cache.acts[sl][:, host_idx])
+        new = new_values(acts) if callable(new_values) else to_dev(new_values[sl])
         extra = None
         if post is not None:
-            m = cache.mlp_out[sl]
+            m = to_dev(cache.mlp_out[sl])
             Pc = layer.center(post.g * m)
             mm = m.pow(2).sum(-1, keepdim=True)
             extra = PostNormChunk(
@@ -116,7 +147,7 @@ def chunks(
                 U=U,
                 xw=xc @ wc.T,
                 ww=ww,
-                delta=new_values[sl] - cache.acts[sl][:, neurons],
+                delta=new - acts,
                 post=extra,
             ),
         )

@@ -20,6 +20,7 @@ from confidence_neurons.analysis.closed_form import (
     chunks,
     de_freq_shift,
     de_logits,
+    layer_on,
     te_logits,
 )
 from confidence_neurons.analysis.forward import ForwardCache
@@ -64,10 +65,10 @@ def clean_stats(L: Tensor, s: Tensor, layer: FinalLayer, target: Tensor, backend
     if layer.softcap:
         z = layer.softcap * torch.tanh(z / layer.softcap)
     shift, argmax = z.max(-1)
-    zeros = torch.zeros(L.shape[0], 1)
+    zeros = L.new_zeros(L.shape[0], 1)
     st = softmax_stats(
         L,
-        torch.zeros(1, L.shape[1]),
+        L.new_zeros(1, L.shape[1]),
         layer.b_U,
         1.0 / s,
         zeros,
@@ -198,18 +199,25 @@ def per_token_effects(
     freq: FreqDirection | None = None,
     token_chunk: int = 256,
     backend: Backend = "auto",
+    device: torch.device | str | None = None,
 ) -> TokenEffects:
-    """Per-token clean and ablated statistics for a few neurons; DE_freq by an exact third pass."""
+    """Per-token clean and ablated statistics for a few neurons; DE_freq by an exact third pass.
+
+    The work runs on ``device`` (default CPU; ``sweep`` says how), the results are on the CPU.
+    """
+    dev = torch.device(device if device is not None else "cpu")
     idx = torch.tensor(neurons, dtype=torch.long)
     mean = cache.acts.mean(0) if mean_act is None else mean_act
-    new = ablated_values(cache.acts[:, idx], mean[idx], mode)
+    mean_k = mean[idx].to(dev, torch.float32)
+    layer = layer_on(layer, dev)
+    freq = None if freq is None else FreqDirection(freq.p.to(dev), freq.v.to(dev))
     parts: dict[str, list[Tensor]] = {}
 
     def add(key: str, value: Tensor) -> None:
-        parts.setdefault(key, []).append(value)
+        parts.setdefault(key, []).append(value.cpu())
 
-    for sl, c in chunks(layer, cache, idx, new, token_chunk):
-        tgt = cache.target[sl]
+    for sl, c in chunks(layer, cache, idx, lambda a: ablated_values(a, mean_k, mode), token_chunk):
+        tgt = cache.target[sl].to(dev)
         base = clean_stats(c.L, c.s, layer, tgt, backend)
         add("loss", base.loss)
         add("entropy", base.entropy)

@@ -2,20 +2,38 @@
 
 Mean-ablating a final-layer neuron moves only the final residual, so everything the sweep,
 ``inspect`` and the induction statistics compute follows from the clean pass's final residual and
-final-layer activations. ``run_forward`` caches them and checks the closed form against the model.
+final-layer activations. ``run_forward`` caches them (in float32 on the host, whatever the model's
+device and dtype) and checks the closed form against the model. Given an
+:class:`~confidence_neurons.rundir.ActivationStore` it writes them memory-mapped into the run
+directory batch by batch, so a stopped pass resumes and a finished one is read back without the model.
+
+Which cached tokens the averages count is ``analysed_tokens`` (``--token-filter``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from dataclasses import dataclass
+from typing import Literal
 
+import numpy as np
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from confidence_neurons.errors import ToolkitError
 from confidence_neurons.models.final_layer import FinalLayer
 from confidence_neurons.models.loading import LoadedModel
+from confidence_neurons.models.placement import LOGPROB_TOLERANCE
+
+log = logging.getLogger(__name__)
+
+#: Bumped whenever what the activation store holds changes.
+STORE_FORMAT = 1
+
+TokenFilter = Literal["paper", "all"]
 
 
 @dataclass
@@ -24,7 +42,8 @@ class ForwardCache:
 
     resid: (N, d_model) input of the final norm; acts: (N, d_mlp) final-layer neuron activations;
     target: (N,) next token; logits_check: max |closed-form clean logits - model logits|.
-    Position p of each sequence predicts token p + 1, so N = n_seqs * (seq_len - 1).
+    Position p of each sequence predicts token p + 1, so N = n_seqs * (seq_len - 1); after
+    ``select`` only some of those rows remain and ``rows`` holds their flat indices.
     """
 
     resid: Float[Tensor, "N d_model"]
@@ -33,10 +52,151 @@ class ForwardCache:
     seq_len: int
     logits_check: float = 0.0
     mlp_out: Float[Tensor, "N d_model"] | None = None  # the last MLP's output before a post-MLP norm
+    rows: Int[Tensor, " N"] | None = None  # flat (seq * (seq_len - 1) + pos) index of each row; None: all
+    from_store: bool = False  # read back from a finished activation store, without running the model
 
     @property
     def n_tokens(self) -> int:
         return self.target.shape[0]
+
+    @property
+    def flat_rows(self) -> Tensor:
+        return self.rows if self.rows is not None else torch.arange(self.n_tokens)
+
+    def select(self, keep: Bool[Tensor, " N"], store=None) -> ForwardCache:
+        """The rows where ``keep`` is True (every row kept: this cache itself). With ``store`` (an
+        ``ActivationStore``) the selected rows are copied into memory-mapped files there, chunk by
+        chunk, rather than into memory.
+        """
+        if bool(keep.all()):
+            return self
+        idx = keep.nonzero()[:, 0]
+        named = {"resid": self.resid, "acts": self.acts, "target": self.target}
+        if self.mlp_out is not None:
+            named["mlp_out"] = self.mlp_out
+        if store is not None:
+            picked = store.subset({k: v.numpy() for k, v in named.items()}, idx.numpy())
+            picked = {k: torch.from_numpy(v) for k, v in picked.items()}
+        else:
+            picked = {k: v[idx] for k, v in named.items()}
+        return ForwardCache(
+            resid=picked["resid"],
+            acts=picked["acts"],
+            target=picked["target"],
+            seq_len=self.seq_len,
+            logits_check=self.logits_check,
+            mlp_out=picked.get("mlp_out"),
+            rows=self.flat_rows[idx],
+            from_store=self.from_store,
+        )
+
+
+def newline_ids(tokenizer, ids: np.ndarray) -> set[int]:
+    """The token ids among ``ids`` whose text contains a line break."""
+    out = set()
+    for i in np.unique(ids).tolist():
+        try:
+            text = tokenizer.decode([i])
+        except Exception:  # noqa: BLE001 - a tokenizer that cannot decode an id alone: not a newline
+            continue
+        if "\n" in text or "\r" in text:
+            out.add(int(i))
+    return out
+
+
+def analysed_tokens(
+    tokens: Int[Tensor, "n_seqs seq_len"], mode: TokenFilter, *, special: set[int], first_position: int = 3
+) -> Bool[Tensor, " N"]:
+    """Which predictions the averages count, flattened like ``ForwardCache`` rows.
+
+    ``all``: every position. ``paper`` (the authors' filter): positions >= ``first_position``
+    (3), and neither the token read at the position nor the one before it is in ``special`` (BOS,
+    EOS and newline tokens): so BOS, EOS and newlines and the tokens right after them are left out.
+    """
+    n_seqs, seq_len = tokens.shape
+    P = seq_len - 1
+    if mode == "all":
+        return torch.ones(n_seqs * P, dtype=torch.bool)
+    if mode != "paper":
+        raise ValueError(f"unknown token filter {mode!r}")
+    inp = tokens[:, :P]
+    is_special = (
+        torch.isin(inp, torch.tensor(sorted(special), dtype=inp.dtype))
+        if special
+        else torch.zeros_like(inp, dtype=torch.bool)
+    )
+    prev_special = torch.zeros_like(is_special)
+    prev_special[:, 1:] = is_special[:, :-1]
+    pos = torch.arange(P).expand(n_seqs, P)
+    return ((pos >= first_position) & ~is_special & ~prev_special).reshape(-1)
+
+
+def special_ids(model: LoadedModel, tokens: Tensor) -> set[int]:
+    """BOS, EOS and the newline tokens that occur in ``tokens``."""
+    out = newline_ids(model.tokenizer, tokens.numpy())
+    for name in ("bos_token_id", "eos_token_id"):
+        value = getattr(model.tokenizer, name, None)
+        if value is None:
+            value = getattr(model.bridge.original_model.config, name, None)
+        if isinstance(value, list):
+            out.update(int(v) for v in value)
+        elif value is not None:
+            out.add(int(value))
+    if model.bos_id is not None:
+        out.add(model.bos_id)
+    return out
+
+
+def sweep_device(model: LoadedModel) -> str:
+    """Where the sweep runs: the model's GPU when it has one (the first, under a device map), else the CPU."""
+    placement = getattr(model, "placement", None)
+    if placement is None or placement.device == "cpu":
+        return "cpu"
+    return str(_input_device(model)) if placement.device_map is not None else placement.device
+
+
+def _input_device(model: LoadedModel) -> torch.device:
+    dev = getattr(model.cfg, "device", None)
+    return torch.device(dev) if dev is not None else torch.device("cpu")
+
+
+def _model_dtype(model: LoadedModel) -> torch.dtype:
+    placement = getattr(model, "placement", None)
+    return placement.dtype if placement is not None else torch.float32
+
+
+def store_stamp(model: LoadedModel, layer: FinalLayer, tokens: Tensor) -> dict:
+    """What a stored forward pass was made from: the tokens, the model's identity and final weights, dtype."""
+    return {
+        "format": STORE_FORMAT,
+        "tokens_sha256": hashlib.sha256(np.ascontiguousarray(tokens.numpy()).tobytes()).hexdigest(),
+        "tokens_shape": list(tokens.shape),
+        "model": model.name,
+        "dtype": str(_model_dtype(model)).removeprefix("torch."),
+        "W_U_sum": float(layer.W_U.double().sum()),
+        "W_out_sum": float(layer.W_out.double().sum()),
+        "post_mlp_norm": layer.post_mlp_norm is not None,
+    }
+
+
+def _shapes(layer: FinalLayer, n: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    shapes = {
+        "resid": ((n, layer.d_model), "float32"),
+        "acts": ((n, layer.d_mlp), "float32"),
+        "target": ((n,), "int64"),
+    }
+    if layer.post_mlp_norm is not None:
+        shapes["mlp_out"] = ((n, layer.d_model), "float32")
+    return shapes
+
+
+def _cache_of(arrays: dict[str, np.ndarray], seq_len: int, check: float, from_store: bool) -> ForwardCache:
+    t = {name: torch.from_numpy(a) for name, a in arrays.items()}
+    return ForwardCache(t["resid"], t["acts"], t["target"], seq_len, check, t.get("mlp_out"), from_store=from_store)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
 
 
 @torch.no_grad()
@@ -46,38 +206,71 @@ def run_forward(
     tokens: Int[Tensor, "n_seqs seq_len"],
     batch_size: int = 8,
     progress: bool = True,
+    store=None,
 ) -> ForwardCache:
-    """Cache the final residual and neuron activations, and check the closed form's clean logits."""
-    resid, acts, targets, worst = [], [], [], 0.0
+    """Cache the final residual and neuron activations, and check the closed form's clean logits.
+
+    With ``store`` (an ``ActivationStore``) the cache is written there memory-mapped; a finished
+    store of the same tokens and model is read back without running the model.
+    """
+    n_seqs, seq_len = tokens.shape
+    n = n_seqs * (seq_len - 1)
+    n_batches = -(-n_seqs // batch_size)
+    stamp = store_stamp(model, layer, tokens) if store is not None else None
+    if store is not None and (done := store.load(stamp)) is not None:
+        arrays, extra = done
+        log.info("read the forward pass back from %s (the model is not run)", store.folder)
+        return _cache_of(arrays, seq_len, float(extra.get("logits_check", 0.0)), True)
+    if store is not None:
+        arrays, start, extra = store.begin(stamp, _shapes(layer, n), n_batches)
+    else:
+        arrays = {name: np.empty(shape, dtype=dtype) for name, (shape, dtype) in _shapes(layer, n).items()}
+        start, extra = 0, {}
+    worst = float(extra.get("logits_check", 0.0))
+    tol = LOGPROB_TOLERANCE.get(_model_dtype(model), 1e-2)
     post = layer.post_mlp_norm
     names = {layer.act_hook, layer.resid_hook, layer.scale_hook} | ({post.in_hook} if post else set())
-    mlp_out = []
-    for b0 in tqdm(range(0, tokens.shape[0], batch_size), desc="forward pass", disable=not progress, unit="batch"):
-        batch = tokens[b0 : b0 + batch_size]
-        logits, cache = model.bridge.run_with_cache(batch, names_filter=lambda n: n in names)
-        x = cache[layer.resid_hook][:, :-1].float()
+    device = _input_device(model)
+    P = seq_len - 1
+    bar = tqdm(total=n_batches, initial=start, desc="forward pass", disable=not progress, unit="batch")
+    for b in range(start, n_batches):
+        batch = tokens[b * batch_size : (b + 1) * batch_size]
+        rows = slice(b * batch_size * P, (b * batch_size + batch.shape[0]) * P)
+        try:
+            logits, cache = model.bridge.run_with_cache(batch.to(device), names_filter=lambda name: name in names)
+        except (RuntimeError, MemoryError) as exc:
+            if _out_of_memory(exc):
+                raise ToolkitError(
+                    f"out of memory in the forward pass of {batch.shape[0]} sequences of {seq_len} tokens; "
+                    "lower --batch-size (or use --device-map auto to spread the model over more devices)"
+                ) from exc
+            raise
+        x = cache[layer.resid_hook][:, :-1].float().cpu()
         mine = layer.logits(x).log_softmax(-1)
-        worst = max(worst, (mine - logits[:, :-1].float().log_softmax(-1)).abs().max().item())
-        scale_err = (layer.scale(x) - cache[layer.scale_hook][:, :-1].float()).abs().max().item()
-        if scale_err > 1e-3 * max(1.0, cache[layer.scale_hook].abs().max().item()):
+        worst = max(worst, (mine - logits[:, :-1].float().cpu().log_softmax(-1)).abs().max().item())
+        theirs = cache[layer.scale_hook][:, :-1].float().cpu()
+        scale_err = (layer.scale(x) - theirs).abs().max().item()
+        if scale_err > max(1e-3, tol / 10) * max(1.0, theirs.abs().max().item()):
             raise RuntimeError(
                 f"the final norm's scale differs from the closed form by {scale_err:.3g}: unsupported norm"
             )
-        resid.append(x.reshape(-1, x.shape[-1]))
-        acts.append(cache[layer.act_hook][:, :-1].float().reshape(-1, layer.d_mlp))
-        targets.append(batch[:, 1:].reshape(-1))
+        arrays["resid"][rows] = x.reshape(-1, layer.d_model).numpy()
+        arrays["acts"][rows] = cache[layer.act_hook][:, :-1].float().cpu().reshape(-1, layer.d_mlp).numpy()
+        arrays["target"][rows] = batch[:, 1:].reshape(-1).numpy()
         if post is not None:
-            mlp_out.append(cache[post.in_hook][:, :-1].float().reshape(-1, layer.d_model))
-    if worst > 1e-2:
+            arrays["mlp_out"][rows] = cache[post.in_hook][:, :-1].float().cpu().reshape(-1, layer.d_model).numpy()
+        del logits, cache
+        if store is not None:
+            store.mark(arrays, b + 1, {"logits_check": worst})
+        bar.update(1)
+    bar.close()
+    if worst > tol:
         raise RuntimeError(
-            f"closed-form logits differ from the model's by {worst:.3g} (log-prob): the final norm or "
-            "unembedding of this architecture is not what the closed form assumes"
+            f"closed-form logits differ from the model's by {worst:.3g} (log-prob; {tol:g} allowed in "
+            f"{_model_dtype(model)}): the final norm or unembedding of this architecture is not what the "
+            "closed form assumes"
         )
-    return ForwardCache(
-        torch.cat(resid),
-        torch.cat(acts),
-        torch.cat(targets),
-        tokens.shape[1],
-        worst,
-        torch.cat(mlp_out) if post is not None else None,
-    )
+    if store is not None:
+        store.mark(arrays, n_batches, {"logits_check": worst}, complete=True)
+        arrays, _ = store.load(stamp)
+    return _cache_of(arrays, seq_len, worst, False)

@@ -1,15 +1,23 @@
-"""Softmax statistics of closed-form ablated logits: a fused C kernel and its torch twin.
+"""Softmax statistics of closed-form ablated logits: a fused C kernel and fused torch paths.
 
-Both compute, for every (token t, neuron k) of a chunk, the logits
+All compute, for every (token t, neuron k) of a chunk, the logits
 ``y = cap(A*L[t] + B*U[k] + C*P[t] + bias) + D*Q`` and reduce them over the vocabulary to
 (max, S = sum exp(y - shift), Sz = sum (y - shift) exp(y - shift), shift, y[target], y[ref]),
 from which loss, entropy and "did the top-1 prediction change" follow exactly. Given a vector w and
 a coefficient G per pair, also logsumexp(y + G w), of the logits moved along w (DE_freq, Eq. 7),
 in the same pass: by a series in G with an error below ``tol`` where
-that is cheaper, by a second exponential where not (``series_orders``).
-The C kernel (``ablation_kernel.c``) never materialises the (T, K, d_vocab) logits; it is
-compiled once with the system C compiler into the user cache and loaded with ctypes. Where no
-compiler is available the torch twin is used (same numbers, far slower).
+that is cheaper (C kernel), by a second exponential where not (``series_orders``).
+
+Backends (``resolve_backend``):
+  * "c": ``ablation_kernel.c``, compiled once with the system C compiler into the user cache and
+    loaded with ctypes; CPU only; never materialises the (T, K, d_vocab) logits.
+  * "compiled": ``fused_tile`` (one pass over a (T, K, V) tile) through ``torch.compile``: Triton on
+    CUDA, C++ on the CPU. Where compilation fails it warns once and runs eagerly
+    (``describe_backend`` says which ran).
+  * "torch": ``fused_tile`` eagerly, in row groups of ``tile_elements`` (T, K, V) elements.
+  * "auto": "c" on the CPU where it compiles, "compiled" on CUDA, "torch" otherwise.
+``softmax_stats_torch`` materialises the logits and takes exponentials around each pair's own
+maximum: the slow twin the tests hold every backend to.
 """
 
 from __future__ import annotations
@@ -32,11 +40,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from confidence_neurons.errors import ConfigError
 from confidence_neurons.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["auto", "c", "torch"]
+Backend = Literal["auto", "c", "torch", "compiled"]
 _SOURCE = Path(__file__).with_name("ablation_kernel.c")
 _FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
 NMOM = 4  # highest order of the kernel's series for S2 (its NMOM)
@@ -117,6 +126,7 @@ def _load_library() -> ctypes.CDLL | None:
             os.replace(tmp_lib, lib_path)
     lib = ctypes.CDLL(str(lib_path))
     lib.ablation_softmax_stats.restype = None
+    lib.exp_sum_floor.restype = None
     if lib.ablation_kernel_nmom() != NMOM:
         raise RuntimeError(f"the compiled kernel {lib_path} computes {lib.ablation_kernel_nmom()} moments, not {NMOM}")
     return lib
@@ -150,8 +160,8 @@ def _ptr(x: Tensor | None) -> ctypes.c_void_p | None:
     return None if x is None else ctypes.c_void_p(x.data_ptr())
 
 
-def _prep(x: Tensor | None, dtype=torch.float32) -> Tensor | None:
-    return None if x is None else x.detach().to("cpu", dtype).contiguous()
+def _prep(x: Tensor | None, device: torch.device | str = "cpu") -> Tensor | None:
+    return None if x is None else x.detach().to(device, torch.float32).contiguous()
 
 
 def moment_powers(w: Float[Tensor, " V"]) -> Float[Tensor, "m V"]:
@@ -177,12 +187,231 @@ def series_orders(G: Float[Tensor, "T K"], w_max: float, tol: float) -> Int[Tens
     lowest series order whose bound is below tol, else EXACT_ORDER, or FAR_ORDER beyond MAX_TILT.
     """
     x = G.double().abs() * w_max
-    order = torch.full(G.shape, EXACT_ORDER, dtype=torch.int32)
+    order = torch.full(G.shape, EXACT_ORDER, dtype=torch.int32, device=G.device)
     for n in range(NMOM, 0, -1):
         order[series_error_bound(x, n) <= tol] = n
     order[x == 0] = 0
     order[x > MAX_TILT] = FAR_ORDER
     return order
+
+
+def resolve_backend(backend: Backend, device: torch.device | str | None = None) -> str:
+    """The kernel that ``backend`` means on ``device`` (default CPU): "c", "compiled" or "torch".
+
+    "auto" is the fused C kernel on the CPU where it compiles (measured faster there than the
+    compiled torch path, see the README), the compiled fused reduction on CUDA, and the eager torch
+    path elsewhere. The C kernel only runs on the CPU.
+    """
+    dev = torch.device(device if device is not None else "cpu")
+    if backend not in ("auto", "c", "torch", "compiled"):
+        raise ConfigError(f"unknown kernel backend {backend!r}; choose auto, c, torch or compiled", field="backend")
+    if backend == "c" and dev.type != "cpu":
+        raise ConfigError(
+            f"the C kernel runs on the CPU, not on {dev}; use --backend compiled or torch with this device",
+            field="backend",
+        )
+    if backend != "auto":
+        return backend
+    if dev.type == "cpu":
+        return "c" if c_kernel_available() else "torch"
+    return "compiled" if dev.type == "cuda" else "torch"
+
+
+def describe_backend(backend: Backend, device: torch.device | str | None = None) -> str:
+    """What runs for ``backend`` on ``device``, in words, including a compiled path that fell back to eager."""
+    kind = resolve_backend(backend, device)
+    if kind == "c":
+        return "fused C"
+    if kind == "compiled":
+        return "torch eager (torch.compile failed)" if _COMPILE_ERROR else "torch.compile"
+    return "torch eager"
+
+
+#: Elements of one (tokens x neurons x vocabulary) tile on the CPU: 2^24 (64 MiB per float32
+#: intermediate of the eager path; the compiled path keeps none of that size).
+CPU_TILE_ELEMENTS = 2**24
+#: Share of the device's free memory one tile may use, and how many float32 (T, K, V) intermediates
+#: the eager path keeps alive at once (the compiled path fuses them away; the bound holds for both).
+TILE_MEMORY_FRACTION = 0.25
+EAGER_INTERMEDIATES = 8
+
+
+def tile_elements(device: torch.device | str | None = None) -> int:
+    """Elements per (T, K, V) tile for the torch paths: CPU_TILE_ELEMENTS on the CPU; on CUDA, such that
+    EAGER_INTERMEDIATES float32 buffers of the tile fit in TILE_MEMORY_FRACTION of the free memory.
+    """
+    dev = torch.device(device if device is not None else "cpu")
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return max(2**20, int(free * TILE_MEMORY_FRACTION) // (4 * EAGER_INTERMEDIATES))
+    return CPU_TILE_ELEMENTS
+
+
+def fused_tile(
+    L: Tensor,
+    U: Tensor,
+    bias: Tensor,
+    A: Tensor,
+    B: Tensor,
+    shift: Tensor,
+    ref: Tensor,
+    P: Tensor | None,
+    C: Tensor | None,
+    Q: Tensor | None,
+    D: Tensor | None,
+    w: Tensor | None,
+    G: Tensor | None,
+    softcap: float | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """One (T, K, V) tile of the reduction, in one pass over the vocabulary (what ``torch.compile`` fuses).
+
+    With y = cap(A L + B U + C P + bias) + D Q and d = y - shift (shift and the outputs (T, K)):
+    (max over v != ref[t] of y, sum exp(d), sum d exp(d), and with w: sum exp(d + G w)).
+    The reference token is left out of the max so that top-1 is decided against one value of y[ref]
+    (computed by the caller), whatever rounding the fused code uses.
+    """
+    y = A[:, :, None] * L[:, None, :] + B[:, :, None] * U[None, :, :] + bias
+    if P is not None:
+        y = y + C[:, :, None] * P[:, None, :]
+    if softcap:
+        y = softcap * torch.tanh(y / softcap)
+    if Q is not None:
+        y = y + D[:, :, None] * Q
+    is_ref = torch.arange(L.shape[1], device=L.device) == ref[:, None, None]
+    mx = torch.where(is_ref, float("-inf"), y).amax(-1)
+    d = y - shift[:, :, None]
+    e = d.exp()
+    S2 = None if w is None else (d + G[:, :, None] * w).exp().sum(-1)
+    return mx, e.sum(-1), (d * e).sum(-1), S2
+
+
+_COMPILE_ERROR: str | None = None  # why torch.compile failed, once it has
+#: Inductor realises (stores) a pointwise result that several consumers read once it reads more than
+#: ``realize_reads_threshold`` (4) inputs: the logits y read 5-8 (L, U, A, B, bias, ...), so by default
+#: they would be written out as a (T, K, V) buffer. Recomputing them in each consumer keeps the tile
+#: fused (checked in the generated code: no (T, K, V) store on CUDA; the CPU backend still stores
+#: exp(y - shift), which it always keeps when reused).
+_INDUCTOR_OPTIONS = {"realize_reads_threshold": 64}
+
+
+@lru_cache(maxsize=1)
+def _compiled_tile():
+    """``fused_tile`` through torch.compile (Triton on CUDA, C++ on the CPU); dynamic shapes, so token
+    and neuron chunks of any size share one compiled kernel per combination of optional terms.
+    """
+    return torch.compile(fused_tile, dynamic=True, options=_INDUCTOR_OPTIONS)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for an out-of-memory error of any device (torch's, the host's, or a RuntimeError saying so)."""
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+def _pad_unit_dims(args: tuple) -> tuple:
+    """Arguments of ``fused_tile`` with a token or neuron dimension of size 1 doubled (a copy of the row),
+    so that torch.compile, which specialises sizes 0 and 1, keeps one kernel for every chunk size.
+    """
+    L, U, bias, A, B, shift, ref, P, C, Q, D, w, G, softcap = args
+    two = lambda x, dim: None if x is None else torch.cat([x, x], dim)  # noqa: E731
+    if L.shape[0] == 1:
+        L, A, B, shift, ref, P, C, D, G = (two(x, 0) for x in (L, A, B, shift, ref, P, C, D, G))
+    if U.shape[0] == 1:
+        U = two(U, 0)
+        A, B, shift, C, D, G = (two(x, 1) for x in (A, B, shift, C, D, G))
+    return L, U, bias, A, B, shift, ref, P, C, Q, D, w, G, softcap
+
+
+def _run_tile(compiled: bool, *args):
+    global _COMPILE_ERROR
+    if compiled and _COMPILE_ERROR is None:
+        try:
+            T, K = args[0].shape[0], args[1].shape[0]
+            out = _compiled_tile()(*_pad_unit_dims(args))
+            return tuple(None if x is None else x[:T, :K] for x in out)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure falls back; memory errors do not
+            if is_out_of_memory(exc):
+                raise
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            _COMPILE_ERROR = f"{type(exc).__name__}: {first_line[:300]}"
+            log.warning("torch.compile of the sweep kernel failed (%s); using the eager torch path", _COMPILE_ERROR)
+    return fused_tile(*args)
+
+
+def _logits_at(idx, L, U, bias, A, B, P, C, Q, D, softcap) -> Tensor:
+    """y[t, k, idx[t]], (T, K), from the columns at idx (the same expression as ``fused_tile``)."""
+    col = idx[:, None]
+    y = A * L.gather(1, col) + B * U[:, idx].T + bias[col]
+    if P is not None:
+        y = y + C * P.gather(1, col)
+    if softcap:
+        y = softcap * torch.tanh(y / softcap)
+    if Q is not None:
+        y = y + D * Q[col]
+    return y
+
+
+#: A pair whose logits' maximum lies further than this (nats) from the shift is redone around its maximum.
+FAR_SHIFT = 60.0
+
+
+def _tiled(compiled, L, U, bias, A, B, sh, ref, P, C, Q, D, w, G, softcap):
+    """``fused_tile`` over row groups of at most ``tile_elements`` (T, K, V) elements; sh is (T, K)."""
+    K, V = U.shape
+    rows = max(1, tile_elements(L.device) // max(1, K * V))
+    parts = []
+    for t0 in range(0, L.shape[0], rows):
+        sl = slice(t0, t0 + rows)
+        sub = lambda x: None if x is None else x[sl]  # noqa: E731
+        parts.append(
+            _run_tile(
+                compiled, L[sl], U, bias, A[sl], B[sl], sh[sl], ref[sl], sub(P), sub(C), Q, sub(D), w, sub(G), softcap
+            )
+        )
+    return tuple(torch.cat(p) if p[0] is not None else None for p in zip(*parts))
+
+
+def _stats_fused(L, U, bias, A, B, target, shift, ref, P, C, Q, D, w, G, softcap, compiled) -> SoftmaxStats:
+    """The torch paths: ``fused_tile`` in row groups, relative to each token's shift; pairs whose
+    maximum is far from it are redone around their own.
+    """
+    T, K = A.shape
+    sh = shift[:, None].expand(T, K).contiguous()
+    mx, S, Sz, S2 = _tiled(compiled, L, U, bias, A, B, sh, ref, P, C, Q, D, w, G, softcap)
+    y_ref = _logits_at(ref, L, U, bias, A, B, P, C, Q, D, softcap)
+    y_target = _logits_at(target, L, U, bias, A, B, P, C, Q, D, softcap)
+    top = torch.maximum(mx, y_ref)
+    far = ((top - sh).abs() > FAR_SHIFT) | ~torch.isfinite(S) | (S <= 0)
+    if bool(far.any()):  # rare: exponentials around the pair's own maximum, on the rows and columns concerned
+        ti, ki = far.nonzero(as_tuple=True)
+        (r, ri), (c, ci) = ti.unique(return_inverse=True), ki.unique(return_inverse=True)
+        pick = lambda x: None if x is None else x[r][:, c]  # noqa: E731
+        rows_of = lambda x: None if x is None else x[r]  # noqa: E731
+        _, S_f, Sz_f, S2_f = _tiled(
+            compiled,
+            L[r],
+            U[c],
+            bias,
+            pick(A),
+            pick(B),
+            pick(top),
+            ref[r],
+            rows_of(P),
+            pick(C),
+            Q,
+            pick(D),
+            w,
+            pick(G),
+            softcap,
+        )
+        S[ti, ki], Sz[ti, ki], sh[ti, ki] = S_f[ri, ci], Sz_f[ri, ci], top[ti, ki]
+        if S2 is not None:
+            S2[ti, ki] = S2_f[ri, ci]
+    out = SoftmaxStats(top, S, Sz, sh, y_target, y_ref)
+    if S2 is not None:
+        out.tilt = (S2.double().log() - S.double().log()).float()
+    return out
 
 
 def softmax_stats(
@@ -213,33 +442,71 @@ def softmax_stats(
     With ``w`` and ``G`` (only without Q and soft-capping) ``tilt`` holds
     logsumexp(y + G w) - logsumexp(y) = log E_softmax(y)[exp(G w)], within ``tol`` of exact
     (``w_max``, default max |w|, enters the bound); pairs with |G| w_max > MAX_TILT get a separate
-    exact pass.
+    exact pass. The outputs are float32 on the inputs' device; ``backend`` picks the kernel
+    (``resolve_backend``): the C kernel takes the series where it is cheaper, the torch paths
+    (eager or compiled) always take the tilt by a second exponential.
     """
     if (P is None) != (C is None) or (Q is None) != (D is None) or (w is None) != (G is None):
         raise ValueError("P and C (and Q and D, and w and G) must be given together")
     if w is not None and (Q is not None or softcap):
         raise ValueError("the tilt along w (w, G) is computed for logits without a D Q term or soft-capping")
+    device = L.device
+    kind = resolve_backend(backend, device)
+    if kind == "c" and _load_library() is None:
+        raise RuntimeError("the C kernel is not available (no working C compiler); use backend='torch'")
+    L, U, bias, A, B, P, C, Q, D, G = (_prep(x, device) for x in (L, U, bias, A, B, P, C, Q, D, G))
     if shift is None or ref is None:
-        base = L.float() + bias.float()
+        base = L + bias
         shift = base.max(-1).values if shift is None else shift
         ref = base.argmax(-1) if ref is None else ref
-    lib = _load_library() if backend in ("auto", "c") else None
-    if backend == "c" and lib is None:
-        raise RuntimeError("the C kernel is not available (no working C compiler); use backend='torch'")
-    if lib is None:
-        out = softmax_stats_torch(L, U, bias, A, B, target, ref=ref, P=P, C=C, Q=Q, D=D, w=w, G=G, softcap=softcap)
-        if w is not None:
-            out.order = torch.full(G.shape, EXACT_ORDER, dtype=torch.int32)
+    target, ref = (x.to(device, torch.int64).contiguous() for x in (target, ref))
+    shift = _prep(shift, device)
+    order = None
+    if w is not None:
+        w = _prep(w, device)
+        wm = float(w.abs().max()) if w_max is None else w_max
+        if kind == "c":
+            order = series_orders(G, wm, tol)
+        else:
+            order = torch.full(G.shape, EXACT_ORDER, dtype=torch.int32, device=device)
+            order[G.abs() * wm > MAX_TILT] = FAR_ORDER
+    if kind == "c":
+        out = _stats_c(L, U, bias, A, B, target, shift, ref, P, C, Q, D, w, G, order, softcap)
+    else:
+        G_near = None if w is None else torch.where(order == FAR_ORDER, 0.0, G)
+        out = _stats_fused(L, U, bias, A, B, target, shift, ref, P, C, Q, D, w, G_near, softcap, kind == "compiled")
+    if w is None:
         return out
-    L, U, bias, A, B, P, C, Q, D, G = (_prep(x) for x in (L, U, bias, A, B, P, C, Q, D, G))
-    target, ref = (x.to("cpu", torch.int64).contiguous() for x in (target, ref))
-    shift = _prep(shift)
+    out.order = order
+    if bool((order == FAR_ORDER).any()):  # rare: the logits y + G w themselves, on the rows and columns concerned
+        ti, ki = (order == FAR_ORDER).nonzero(as_tuple=True)
+        (rows, ri), (cols, ci) = ti.unique(return_inverse=True), ki.unique(return_inverse=True)
+        sub = lambda x: None if x is None else x[rows][:, cols]  # noqa: E731
+        far = softmax_stats(
+            L[rows],
+            U[cols],
+            bias,
+            sub(A),
+            sub(B),
+            target[rows],
+            shift=shift[rows],
+            ref=ref[rows],
+            P=None if P is None else P[rows],
+            C=sub(C),
+            Q=w,
+            D=sub(G),
+            backend=kind,
+        )
+        out.tilt[ti, ki] = far.logsumexp[ri, ci] - out.logsumexp[ti, ki]
+    return out
+
+
+def _stats_c(L, U, bias, A, B, target, shift, ref, P, C, Q, D, w, G, order, softcap) -> SoftmaxStats:
+    """The fused C kernel on CPU tensors (float32 / int64, contiguous)."""
+    lib = _load_library()
     T, V = L.shape
     K = U.shape[0]
-    W = order = None
-    if w is not None:
-        W = moment_powers(w)
-        order = series_orders(G, float(w.abs().max()) if w_max is None else w_max, tol)
+    W = None if w is None else moment_powers(w)
     R = None if w is None else torch.empty(T, K)
     out = SoftmaxStats(*(torch.empty(T, K) for _ in range(6)))
     lib.ablation_softmax_stats(
@@ -271,27 +538,7 @@ def softmax_stats(
         _ptr(R),
     )
     if w is not None:
-        out.tilt, out.order = R.double().log1p().float(), order
-        if (order == FAR_ORDER).any():  # rare: the logits y + G w themselves, on the rows and columns concerned
-            ti, ki = (order == FAR_ORDER).nonzero(as_tuple=True)
-            (rows, ri), (cols, ci) = ti.unique(return_inverse=True), ki.unique(return_inverse=True)
-            sub = lambda x: None if x is None else x[rows][:, cols]  # noqa: E731
-            far = softmax_stats(
-                L[rows],
-                U[cols],
-                bias,
-                sub(A),
-                sub(B),
-                target[rows],
-                shift=shift[rows],
-                ref=ref[rows],
-                P=None if P is None else P[rows],
-                C=sub(C),
-                Q=_prep(w),
-                D=sub(G),
-                backend=backend,
-            )
-            out.tilt[ti, ki] = far.logsumexp[ri, ci] - out.logsumexp[ti, ki]
+        out.tilt = R.double().log1p().float()
     return out
 
 
@@ -325,8 +572,8 @@ def softmax_stats_torch(
     softcap=None,
     max_elements: int = 2**24,
 ) -> SoftmaxStats:
-    """The torch twin of the kernel (exponentials relative to each pair's own maximum), chunked over
-    tokens so that memory stays bounded. tilt is always exact.
+    """The slow twin of every backend: the (T, K, V) logits materialised, exponentials relative to each
+    pair's own maximum, chunked over tokens so that memory stays bounded; tilt always exact.
     """
     if ref is None:
         ref = (L + bias).argmax(-1)
@@ -346,3 +593,32 @@ def softmax_stats_torch(
         parts.append((m, e.sum(-1), (d * e).sum(-1), m, at(target), at(ref), tilt))
     cat = [torch.cat(p) if p[0] is not None else None for p in zip(*parts)]
     return SoftmaxStats(*cat)
+
+
+def _exp_sum(L: Tensor, U: Tensor, bias: Tensor, A: Tensor, B: Tensor) -> Tensor:
+    return (A[:, :, None] * L[:, None, :] + B[:, :, None] * U[None, :, :] + bias).exp().sum(-1)
+
+
+@lru_cache(maxsize=1)
+def _compiled_exp_sum():
+    return torch.compile(_exp_sum, dynamic=True, options=_INDUCTOR_OPTIONS)
+
+
+def exp_sum_floor(L: Tensor, U: Tensor, bias: Tensor, A: Tensor, B: Tensor, backend: Backend = "auto") -> Tensor:
+    """sum_v exp(A L + B U + bias), (T, K): the bare work any exact sweep pays per logit (the logit itself
+    and one exponential), as the benchmark's floor. "c": the C kernel's blocks, tiles, compiler and
+    flags, nothing else; otherwise the same expression through torch.compile ("torch": eagerly), in
+    row groups of ``tile_elements``.
+    """
+    kind = resolve_backend(backend, L.device)
+    if kind == "c":
+        lib = _load_library()
+        L, U, bias, A, B = (_prep(x) for x in (L, U, bias, A, B))
+        out = torch.empty(A.shape)
+        dims = (ctypes.c_int(n) for n in (L.shape[0], U.shape[0], L.shape[1]))
+        lib.exp_sum_floor(*dims, *map(_ptr, (L, U, bias, A, B, out)))
+        return out
+    fn = _compiled_exp_sum() if kind == "compiled" else _exp_sum
+    rows = max(1, tile_elements(L.device) // max(1, U.shape[0] * L.shape[1]))
+    parts = [fn(L[t0 : t0 + rows], U, bias, A[t0 : t0 + rows], B[t0 : t0 + rows]) for t0 in range(0, L.shape[0], rows)]
+    return torch.cat(parts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from confidence_neurons.analysis.closed_form import AblationMode, ablated_values, chunks
+from confidence_neurons.analysis.closed_form import AblationMode, ablated_values, chunks, layer_on
 from confidence_neurons.analysis.effects import (
     FREQ_SERIES_TOL,
     AblatedStats,
@@ -28,7 +29,8 @@ from confidence_neurons.analysis.effects import (
 )
 from confidence_neurons.analysis.forward import ForwardCache
 from confidence_neurons.analysis.frequency import FreqDirection
-from confidence_neurons.analysis.kernel import NMOM, Backend
+from confidence_neurons.analysis.kernel import NMOM, Backend, SoftmaxStats, is_out_of_memory, resolve_backend
+from confidence_neurons.errors import ToolkitError
 from confidence_neurons.models.final_layer import FinalLayer
 from confidence_neurons.rundir import CheckpointStore
 
@@ -110,6 +112,38 @@ def _accumulate(part: dict[str, Tensor], ab: AblatedStats, base: CleanStats, bas
         part["abs_delta_kl"] += (ab.kl_TE - base_kl[:, None]).double().abs().sum(0)
 
 
+def _stamp_sum(x: Tensor, rows: int = 4096) -> float:
+    """sum(x) in float64, a block of rows at a time (no full float64 copy of a large cache)."""
+    total = 0.0
+    for r0 in range(0, x.shape[0], rows):
+        total += float(x[r0 : r0 + rows].double().sum())
+    return total
+
+
+def _to(st: CleanStats, device: torch.device | str) -> CleanStats:
+    s = st.stats
+    moved = SoftmaxStats(*(getattr(s, f).to(device) for f in ("max", "S", "Sz", "shift", "y_target", "y_ref")))
+    return CleanStats(moved, st.shift.to(device), st.argmax.to(device))
+
+
+def out_of_memory_message(device: torch.device | str, neuron_chunk: int, token_chunk: int) -> str:
+    """The one sentence an out-of-memory error in the sweep becomes."""
+    return (
+        f"the ablation sweep ran out of memory on {device} with --token-chunk {token_chunk} and --neuron-chunk "
+        f"{neuron_chunk}: lower --token-chunk or --neuron-chunk (peak memory grows with their product times d_vocab)"
+    )
+
+
+@contextmanager
+def _memory_errors_explained(device, neuron_chunk: int, token_chunk: int):
+    try:
+        yield
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise ToolkitError(out_of_memory_message(device, neuron_chunk, token_chunk)) from exc
+        raise
+
+
 @torch.no_grad()
 def sweep(
     layer: FinalLayer,
@@ -124,6 +158,7 @@ def sweep(
     progress: bool = True,
     on_chunk: Callable[[int, int], None] | None = None,
     freq_tol: float = FREQ_SERIES_TOL,
+    device: torch.device | str | None = None,
 ) -> NeuronEffects:
     """Ablate every final-layer neuron in closed form and average the effects over tokens: TE and
     DE, and with ``freq`` also DE_freq and |change of KL(P_freq || P_model)|, all in one pass.
@@ -132,26 +167,49 @@ def sweep(
     ``freq_tol`` (per token; 0 makes every pair exact) and by exact exponentials elsewhere
     (``effects.ablated_stats``). With ``checkpoints`` each finished neuron chunk is kept, stamped
     with the settings and data it was made with, and a rerun reuses the chunks whose stamp matches.
+
+    ``device`` (default CPU) is where the work runs: W_U, b_U and the frequency vectors are moved
+    there once, W_out's rows and the cache's rows one chunk at a time (the ForwardCache stays on the
+    host), and the per-neuron sums come back as float64 on the CPU. Device memory is bounded by the
+    chunk sizes, not by the number of tokens or neurons; running out of it raises a ToolkitError
+    that names the flags to lower.
     """
+    dev = torch.device(device if device is not None else "cpu")
+    resolve_backend(backend, dev)  # a C kernel asked for on a GPU fails here, before any work
+    with _memory_errors_explained(dev, neuron_chunk, token_chunk):
+        return _sweep(
+            layer, cache, mode, freq, neuron_chunk, token_chunk, backend, checkpoints, progress, on_chunk, freq_tol, dev
+        )
+
+
+def _sweep(
+    layer, cache, mode, freq, neuron_chunk, token_chunk, backend, checkpoints, progress, on_chunk, freq_tol, dev
+) -> NeuronEffects:
     n, d_mlp = cache.n_tokens, layer.d_mlp
     mean = cache.acts.mean(0)
     names = effect_fields(freq)
     acc = {name: torch.zeros(d_mlp, dtype=torch.float64) for name in names}
     all_neurons = torch.arange(d_mlp)
-    bases, base_kls = [], []
-    for sl, c in chunks(layer, cache, all_neurons[:1], torch.zeros(n, 1), token_chunk):
-        bases.append(clean_stats(c.L, c.s, layer, cache.target[sl], backend))
-        base_kls.append(clean_kl(layer, c, bases[-1], freq) if freq is not None else None)
-    stamp = {
-        "format": CHECKPOINT_FORMAT,
-        "n_tokens": n,
-        "d_mlp": d_mlp,
-        "mode": mode,
-        "neuron_chunk": neuron_chunk,
-        "resid_sum": float(cache.resid.double().sum()),
-        "acts_sum": float(cache.acts.double().sum()),
-        "freq_sum": None if freq is None else float((freq.v.double() * freq.p.double()).sum()),
-    }
+    dlayer = layer_on(layer, dev)
+    dfreq = None if freq is None else FreqDirection(freq.p.to(dev), freq.v.to(dev))
+    host = torch.device("cpu")
+    bases, base_kls = [], []  # per token chunk, kept on the host: O(N) scalars
+    for sl, c in chunks(dlayer, cache, all_neurons[:1], lambda a: a, token_chunk):
+        base = clean_stats(c.L, c.s, dlayer, cache.target[sl].to(dev), backend)
+        base_kls.append(clean_kl(dlayer, c, base, dfreq).to(host) if freq is not None else None)
+        bases.append(_to(base, host))
+    stamp = None
+    if checkpoints is not None:
+        stamp = {
+            "format": CHECKPOINT_FORMAT,
+            "n_tokens": n,
+            "d_mlp": d_mlp,
+            "mode": mode,
+            "neuron_chunk": neuron_chunk,
+            "resid_sum": _stamp_sum(cache.resid),
+            "acts_sum": _stamp_sum(cache.acts),
+            "freq_sum": None if freq is None else float((freq.v.double() * freq.p.double()).sum()),
+        }
     bar = tqdm(total=d_mlp, desc="ablation sweep", unit="neuron", disable=not progress)
     reused = 0
     for k0 in range(0, d_mlp, neuron_chunk):
@@ -164,13 +222,16 @@ def sweep(
             reused += 1
             bar.update(len(idx))
             continue
-        part = {f: torch.zeros(len(idx), dtype=torch.float64) for f in names}
-        new = ablated_values(cache.acts[:, idx], mean[idx], mode)
-        for (sl, c), base, base_kl in zip(chunks(layer, cache, idx, new, token_chunk), bases, base_kls):
-            ab = ablated_stats(layer, c, base, cache.target[sl], freq, backend, freq_series=True, freq_tol=freq_tol)
-            _accumulate(part, ab, base, base_kl)
+        part = {f: torch.zeros(len(idx), dtype=torch.float64, device=dev) for f in names}
+        mean_k = mean[idx].to(dev)
+        new = lambda a: ablated_values(a, mean_k, mode)  # noqa: E731
+        for (sl, c), base, base_kl in zip(chunks(dlayer, cache, idx, new, token_chunk), bases, base_kls):
+            tgt = cache.target[sl].to(dev)
+            base = _to(base, dev)
+            ab = ablated_stats(dlayer, c, base, tgt, dfreq, backend, freq_series=True, freq_tol=freq_tol)
+            _accumulate(part, ab, base, None if base_kl is None else base_kl.to(dev))
         for f in names:
-            acc[f][idx] = part[f] / n
+            acc[f][idx] = part[f].to(host) / n
         if checkpoints is not None:
             checkpoints.save(name, stamp, {f: acc[f][idx].numpy() for f in names})
         bar.update(len(idx))

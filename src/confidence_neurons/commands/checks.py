@@ -18,6 +18,7 @@ from confidence_neurons.data.unigrams import read_count_file
 from confidence_neurons.errors import ConfigError
 from confidence_neurons.induction.study import scan_table
 from confidence_neurons.models.loading import LoadedModel, ModelLimits, limits_of, load_model, model_limits
+from confidence_neurons.models.placement import resolve_placement
 
 
 def _neuron_specs(config: Options) -> list[tuple[str, str]]:
@@ -30,6 +31,8 @@ def _longest_sequence(config: Options) -> int | None:
     """The longest token sequence the command will feed the model."""
     if hasattr(config, "half_len"):  # induction: BOS + two copies, and the natural-text windows
         return max(2 * config.half_len + 1, config.natural_seq_len)
+    if hasattr(config, "neuron") and getattr(config, "scan_dir", None) is not None:
+        return None  # inspect --scan: the scan's tokens, already checked by the scan
     return getattr(config, "seq_len", None)
 
 
@@ -64,6 +67,8 @@ def check_inputs(config: Options, kind: str, out: Path | None, model: LoadedMode
     if getattr(config, "scan_dir", None) is not None:
         scan_table(config.scan_dir)
     check_dataset(config.dataset, config.text_field)
+    if model is None and hasattr(config, "placement"):
+        resolve_placement(**config.placement())
     limits = limits_of(model) if model is not None else model_limits(config.model)
     if limits is not None:
         check_limits(config, limits)
@@ -72,6 +77,8 @@ def check_inputs(config: Options, kind: str, out: Path | None, model: LoadedMode
 def load_checked(config: Options, kind: str, out: Path, model: LoadedModel | None = None) -> LoadedModel:
     """Check the inputs, load the model (unless given) and check the settings against its own sizes."""
     check_inputs(config, kind, out, model)
-    model = model if model is not None else load_model(config.model)
+    if model is None:
+        placement = config.placement() if hasattr(config, "placement") else {}
+        model = load_model(config.model, **placement)
     check_limits(config, limits_of(model))
     return model

@@ -7,10 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from plotly.graph_objects import Figure
 
 from confidence_neurons.analysis.activity import NeuronActivity, neuron_activity, parse_neuron, passages
-from confidence_neurons.analysis.forward import run_forward
+from confidence_neurons.analysis.forward import analysed_tokens, run_forward, special_ids
 from confidence_neurons.analysis.frequency import FreqDirection
 from confidence_neurons.commands.checks import load_checked
 from confidence_neurons.commands.common import recording, sample_tokens, unigram_distribution
@@ -24,10 +25,11 @@ from confidence_neurons.commands.options import (
 )
 from confidence_neurons.data.corpus import TokenSample
 from confidence_neurons.data.unigrams import UnigramCounts
+from confidence_neurons.errors import ConfigError
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
 from confidence_neurons.models.loading import LoadedModel
 from confidence_neurons.report.inspect import inspect_figures, inspect_sections, inspect_summary
-from confidence_neurons.rundir import RunDir
+from confidence_neurons.rundir import ActivationStore, RunDir
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,6 +38,12 @@ class InspectConfig(KernelOptions, UnigramOptions, TokenOptions, SourceOptions):
 
     neuron: str = option(help="LAYER.INDEX of a final-layer neuron, e.g. 29.830")
     n_passages: int = option(3, "text passages to show (Fig. 4b)", minimum=0)
+    scan_dir: str | None = option(
+        None,
+        "a finished scan of the same model: its tokens and stored forward pass are used, so the model is not "
+        "run again (the token settings here are then ignored)",
+        flag="--scan",
+    )
 
 
 @dataclass
@@ -78,6 +86,7 @@ def inspect_neuron(
     tokens: TokenSample | None = None,
     unigrams: tuple[UnigramCounts, FreqDirection] | None = None,
     layer: FinalLayer | None = None,
+    store: ActivationStore | None = None,
     progress: bool = True,
 ) -> InspectResult:
     """Clip-mean-ablate ``config.neuron`` on the run's text; its effect on every token and its top passages."""
@@ -85,8 +94,11 @@ def inspect_neuron(
     neuron = parse_neuron(config.neuron, layer)
     tokens = tokens if tokens is not None else sample_tokens(model, config)
     counts, freq = unigrams if unigrams is not None else unigram_distribution(model, layer, config, progress=progress)
-    cache = run_forward(model, layer, tokens.tokens, batch_size=config.batch_size, progress=progress)
-    activity = neuron_activity(layer, cache, tokens.tokens, neuron, freq, model.tokenizer, backend=config.backend)
+    cache = run_forward(model, layer, tokens.tokens, batch_size=config.batch_size, progress=progress, store=store)
+    analysed = analysed_tokens(tokens.tokens, config.token_filter, special=special_ids(model, tokens.tokens))
+    activity = neuron_activity(
+        layer, cache, tokens.tokens, neuron, freq, model.tokenizer, backend=config.backend, analysed=analysed
+    )
     found = passages(activity, layer, cache, tokens.tokens, model.tokenizer, n=config.n_passages)
     settings = {
         "model": model.name,
@@ -96,6 +108,12 @@ def inspect_neuron(
         "seq_len": config.seq_len,
         "n_seqs": config.n_seqs,
         "unigrams": counts.meta.get("source"),
+        "token_filter": config.token_filter,
+        "n_tokens_analysed": int(analysed.sum()),
+        "forward_from_store": cache.from_store,
+        "placement": model.placement.describe()
+        if model.placement is not None
+        else {"device": "cpu", "dtype": "float32"},
         "corpus": {k: v for k, v in tokens.source.items() if k not in ("starts", "files")},
     }
     return InspectResult(config=config, activity=activity, passages=found, settings=settings)
@@ -121,12 +139,38 @@ def run(
     out = Path(out) if out is not None else run_name("inspect", config, config.neuron)
     model = load_checked(config, "inspect", out, model)
     layer = final_layer(model)
-    tokens = sample_tokens(model, config)
+    tokens, store = _tokens_and_store(model, config)
     unigrams = unigram_distribution(model, layer, config, progress=progress)
     with recording(out, "inspect", config, model_source=model.source, corpus=tokens.source) as rd:
         rd.array("tokens", tokens.tokens.numpy())
-        result = inspect_neuron(model, config, tokens=tokens, unigrams=unigrams, layer=layer, progress=progress)
+        result = inspect_neuron(
+            model,
+            config,
+            tokens=tokens,
+            unigrams=unigrams,
+            layer=layer,
+            store=store if store is not None else rd.activations,
+            progress=progress,
+        )
         result.run_dir = result.activity.run_dir = rd.path
         write(rd, result)
         rd.set_status("complete", settings=result.settings)
     return result
+
+
+def _tokens_and_store(model: LoadedModel, config: InspectConfig) -> tuple[TokenSample, ActivationStore | None]:
+    """The run's text; with ``--scan``, the scan's tokens and its stored forward pass."""
+    if config.scan_dir is None:
+        return sample_tokens(model, config), None
+    scan_rd = RunDir(Path(config.scan_dir))
+    record = scan_rd.read_config()
+    if record.get("kind") != "scan" or not scan_rd.has("tokens.npy"):
+        raise ConfigError(f"--scan {config.scan_dir} is not a scan's run directory", field="scan_dir")
+    if record.get("config", {}).get("model") != config.model:
+        raise ConfigError(
+            f"--scan {config.scan_dir} scanned {record['config'].get('model') or 'the embedded model'}, not "
+            f"{config.model or 'the embedded model'}; give the same --model",
+            field="scan_dir",
+        )
+    tokens = torch.from_numpy(scan_rd.read_array("tokens"))
+    return TokenSample(tokens=tokens, source=record.get("corpus", {})), scan_rd.activations

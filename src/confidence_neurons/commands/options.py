@@ -14,9 +14,10 @@ import json
 import types
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from confidence_neurons.analysis.kernel import Backend
+from confidence_neurons.data.unigrams import Padding
 from confidence_neurons.errors import ConfigError
 
 
@@ -141,8 +142,37 @@ class TextOptions(Options):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SourceOptions(TextOptions):
-    """Which model, which text, drawn how."""
+class DeviceOptions(Options):
+    """Where the model runs and in what precision (``models.placement``)."""
+
+    device: str = option(
+        "auto", "where the model runs: auto (cuda if present, else cpu), cpu, cuda, cuda:N, mps", volatile=True
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
+        "auto", "the model's dtype: auto (the checkpoint's own on a GPU, float32 on the CPU)"
+    )
+    device_map: str | None = option(
+        None,
+        "spread the model over devices with Accelerate: auto, balanced, sequential, or a JSON {module: device}",
+        volatile=True,
+    )
+    max_memory: str | None = option(
+        None, "with --device-map: memory per device, e.g. 0=70GiB,1=70GiB,cpu=200GiB", volatile=True
+    )
+
+    def placement(self) -> dict[str, Any]:
+        """The keywords of ``load_model`` these options give."""
+        return {
+            "device": self.device,
+            "dtype": self.dtype,
+            "device_map": self.device_map,
+            "max_memory": self.max_memory,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceOptions(DeviceOptions, TextOptions):
+    """Which model, which text, drawn how, run where."""
 
     seed: int = option(0, "seed for drawing the text sequences")
     batch_size: int = option(8, "sequences per forward pass", volatile=True, minimum=1)
@@ -154,6 +184,11 @@ class TokenOptions(Options):
 
     n_seqs: int = option(100, "number of sequences (paper: 100)", minimum=1)
     seq_len: int = option(256, "tokens per sequence, BOS included (paper: 256)", minimum=2)
+    token_filter: Literal["paper", "all"] = option(
+        "paper",
+        "which predictions the mean-ablation value and every average count: paper (positions >= 3, "
+        "without BOS/EOS/newline tokens and the tokens right after them) or all",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,16 +203,27 @@ class UnigramOptions(Options):
     unigram_max_tokens: int | None = option(
         10_000_000, "when counting the run's corpus, stop after this many tokens", minimum=1
     )
+    padding: Padding = option(
+        "exclude",
+        "padded W_U ids past the tokenizer's vocabulary: exclude (p = 0, v_freq = 0 there) or authors "
+        "(pad the counts with zeros before add-one smoothing, as the paper's code)",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
 class KernelOptions(Options):
     """How the closed form is computed (speed only)."""
 
-    backend: Backend = option("auto", "sweep kernel: fused C where a compiler exists, else torch", volatile=True)
+    backend: Backend = option(
+        "auto",
+        "sweep kernel: c (fused C, CPU only), compiled (torch.compile: Triton on CUDA, C++ on the CPU), "
+        "torch (eager); auto: c on the CPU where a compiler exists, compiled on CUDA, else torch",
+        volatile=True,
+    )
 
 
 __all__ = [
+    "DeviceOptions",
     "KernelOptions",
     "Options",
     "SourceOptions",

@@ -15,9 +15,9 @@ import pandas as pd
 from plotly.graph_objects import Figure
 
 from confidence_neurons.analysis.effects import FREQ_SERIES_TOL
-from confidence_neurons.analysis.forward import run_forward
+from confidence_neurons.analysis.forward import analysed_tokens, run_forward, special_ids, sweep_device
 from confidence_neurons.analysis.frequency import FreqDirection
-from confidence_neurons.analysis.kernel import c_kernel_available
+from confidence_neurons.analysis.kernel import describe_backend
 from confidence_neurons.analysis.selection import EntropyNeuronRule, TokenFrequencyNeuronRule
 from confidence_neurons.analysis.sweep import sweep
 from confidence_neurons.analysis.table import neuron_table, top_neurons
@@ -33,11 +33,12 @@ from confidence_neurons.commands.options import (
     run_name,
 )
 from confidence_neurons.data.corpus import TokenSample
-from confidence_neurons.data.unigrams import UnigramCounts
+from confidence_neurons.data.unigrams import UnigramCounts, count_sparsity
+from confidence_neurons.errors import ConfigError
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
 from confidence_neurons.models.loading import LoadedModel
 from confidence_neurons.report.scan import scan_figures, scan_report_settings, scan_sections, scan_title
-from confidence_neurons.rundir import CheckpointStore, RunDir
+from confidence_neurons.rundir import ActivationStore, CheckpointStore, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -123,16 +124,28 @@ def scan(
     unigrams: tuple[UnigramCounts, FreqDirection] | None = None,
     layer: FinalLayer | None = None,
     checkpoints: CheckpointStore | None = None,
+    store: ActivationStore | None = None,
     progress: bool = True,
 ) -> ScanResult:
-    """Weight statistics, closed-form TE/DE/DE_freq of every final-layer neuron, and the two rules."""
+    """Weight statistics, closed-form TE/DE/DE_freq of every final-layer neuron, and the two rules.
+
+    With ``store`` the forward pass is kept (or read back) memory-mapped there (``run_forward``).
+    """
     layer = layer if layer is not None else final_layer(model)
     k = config.k if config.k is not None else default_k(layer.d_model, config.model)
     check_k(k, layer.d_model)
     tokens = tokens if tokens is not None else sample_tokens(model, config)
     t0 = time.perf_counter()
-    cache = run_forward(model, layer, tokens.tokens, batch_size=config.batch_size, progress=progress)
+    full = run_forward(model, layer, tokens.tokens, batch_size=config.batch_size, progress=progress, store=store)
     t_forward = time.perf_counter() - t0
+    keep = analysed_tokens(tokens.tokens, config.token_filter, special=special_ids(model, tokens.tokens))
+    if not bool(keep.any()):
+        raise ConfigError(
+            f"--token-filter {config.token_filter} leaves no token to analyse in sequences of {config.seq_len} "
+            "tokens; use longer sequences or --token-filter all",
+            field="token_filter",
+        )
+    cache = full.select(keep, store=store)
     ws = weight_stats(layer, k)
     counts, freq = unigrams if unigrams is not None else unigram_distribution(model, layer, config, progress=progress)
     if layer.softcap:
@@ -152,8 +165,10 @@ def scan(
         backend=config.backend,
         progress=progress,
         checkpoints=checkpoints,
+        device=sweep_device(model),
     )
     t_sweep = time.perf_counter() - t0
+    sparsity = count_sparsity(counts)
     settings = {
         "model": model.name,
         "model_source": model.source,
@@ -167,13 +182,22 @@ def scan(
         "logit_softcap": layer.softcap,
         "token_frequency_analysis": freq is not None,
         "n_tokens_analysed": cache.n_tokens,
+        "n_tokens_cached": full.n_tokens,
+        "token_filter": config.token_filter,
+        "forward_from_store": full.from_store,
+        "placement": model.placement.describe()
+        if model.placement is not None
+        else {"device": "cpu", "dtype": "float32"},
         "k": k,
         "entropy_neuron_rule": config.rule.describe(),
         "token_frequency_neuron_rule": config.tf_rule.describe(),
         "unigrams": counts.meta,
+        "unigram_padding": config.padding,
+        "unigram_counts": sparsity.to_dict(),
+        "token_frequency_reliable": sparsity.reliable,
         "corpus": tokens.source,
         "closed_form_logits_max_abs_err": cache.logits_check,
-        "kernel": "fused C" if config.backend != "torch" and c_kernel_available() else "torch",
+        "kernel": describe_backend(config.backend, sweep_device(model)),
         "timings_s": {"forward": round(t_forward, 2), "sweep": round(t_sweep, 2)},
         "sweep_chunks_reused": effects.chunks_reused,
     }
@@ -183,11 +207,11 @@ def scan(
             "tol_nats": FREQ_SERIES_TOL,
             "exact_share": round(float(effects.de_freq_exact_share.mean()), 6),
         }
-    n_seqs, per_seq = tokens.tokens.shape[0], cache.seq_len - 1
+    rows = cache.flat_rows.numpy()
     token_metrics = pd.DataFrame(
         {
-            "seq": np.repeat(np.arange(n_seqs), per_seq),
-            "pos": np.tile(np.arange(per_seq), n_seqs),
+            "seq": rows // (cache.seq_len - 1),
+            "pos": rows % (cache.seq_len - 1),
             "loss": effects.clean.loss.numpy(),
             "entropy": effects.clean.entropy.numpy(),
             "kl": effects.clean.kl.numpy() if effects.clean.kl is not None else np.nan,
@@ -195,7 +219,7 @@ def scan(
     )
     return ScanResult(
         config=config,
-        neurons=neuron_table(layer, ws, effects, config.rule, freq, config.tf_rule),
+        neurons=neuron_table(layer, ws, effects, config.rule, freq, config.tf_rule, counts_reliable=sparsity.reliable),
         singular_values=ws.singular_values.numpy(),
         cos_sv=ws.cos_sv.numpy(),
         k=k,
@@ -234,7 +258,14 @@ def run(
     with recording(out, "scan", config, model_source=model.source, corpus=tokens.source) as rd:
         rd.array("tokens", tokens.tokens.numpy())
         result = scan(
-            model, config, tokens=tokens, unigrams=unigrams, layer=layer, checkpoints=rd.checkpoints, progress=progress
+            model,
+            config,
+            tokens=tokens,
+            unigrams=unigrams,
+            layer=layer,
+            checkpoints=rd.checkpoints,
+            store=rd.activations,
+            progress=progress,
         )
         result.run_dir = rd.path
         write(rd, result)

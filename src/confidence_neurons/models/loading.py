@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from confidence_neurons.analysis.paper_models import paper_hub_id
 from confidence_neurons.errors import ToolkitError
 from confidence_neurons.models.embedded import DEFAULT_MODEL_NAME, embedded_gguf_path
+from confidence_neurons.models.placement import Placement, checkpoint_dtype, resolve_placement
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ class LoadedModel:
     tokenizer: object
     name: str
     source: dict = field(default_factory=dict)
+    placement: Placement | None = None  # where the weights are (None: the CPU, float32)
 
     @property
     def cfg(self):
@@ -90,6 +93,7 @@ def _resolve(spec: str | None) -> _Resolved:
                 "save_pretrained) or a .gguf file"
             )
         return _Resolved("path", str(path), None, {"kind": "path", **description})
+    spec = paper_hub_id(spec)  # the paper's short names (pythia-410m, phi-2, ...) name hub ids
     if not _looks_like_hub_id(spec):
         raise ModelLoadError(f"{spec} is neither an existing path nor a Hugging Face model id")
     if not _hub_cached(spec) and not hub_reachable():
@@ -215,6 +219,11 @@ def _from_pretrained(loader, r: _Resolved, **kwargs):
             ) from exc
         raise ModelLoadError(f"{r.description['path']} could not be loaded as a causal language model ({exc})") from exc
     except Exception as exc:  # transformers raises many kinds for malformed files
+        if "device_map" in kwargs and ("no_split_modules" in str(exc) or "does not support `device_map" in str(exc)):
+            raise ModelLoadError(
+                f"{r.description.get('name', r.location)} cannot be split over devices by Accelerate (its "
+                "architecture declares no module that may not be split); load it on one device with --device"
+            ) from exc
         raise ModelLoadError(f"{r.description.get('path', r.location)} could not be loaded ({exc})") from exc
 
 
@@ -225,16 +234,34 @@ def load_tokenizer(spec: str | None):
     return _from_pretrained(AutoTokenizer, _resolve(spec))
 
 
-def _load_hf(spec: str | None, dtype: torch.dtype):
-    """Return (hf_model, tokenizer, bridge_name, description)."""
+def _load_hf(spec: str | None, placement: Placement):
+    """Return (hf_model, tokenizer, bridge_name, description), weights placed as ``placement`` says."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     r = _resolve(spec)
-    if r.kind == "embedded" and dtype == torch.float32:
+    if r.kind == "embedded":
         hf, tok = _load_embedded_dequantised(r)
-        return hf, tok, str(_dequantised_dir(r)), dict(r.description)
+        if placement.device_map is None and placement.dtype == torch.float32 and placement.device == "cpu":
+            return hf, tok, str(_dequantised_dir(r)), dict(r.description)
+        if (_dequantised_dir(r) / "config.json").is_file():
+            r = _Resolved("path", str(_dequantised_dir(r)), None, r.description)
+        elif placement.device_map is None:
+            return hf.to(placement.dtype).to(placement.device), tok, r.location, dict(r.description)
     tok = _from_pretrained(AutoTokenizer, r)
-    hf = _from_pretrained(AutoModelForCausalLM, r, dtype=dtype)
+    kwargs: dict = {"dtype": placement.dtype}
+    if placement.device_map is not None:
+        kwargs["device_map"] = placement.device_map
+        if placement.max_memory is not None:
+            kwargs["max_memory"] = placement.max_memory
+    hf = _from_pretrained(AutoModelForCausalLM, r, **kwargs)
+    if placement.device_map is None and placement.device != "cpu":
+        try:
+            hf = hf.to(placement.device)
+        except torch.OutOfMemoryError as exc:
+            raise ModelLoadError(
+                f"{r.description.get('name', r.location)} in {placement.dtype} does not fit in the memory of "
+                f"{placement.device}; use --dtype bfloat16, or --device-map auto to spread it over GPUs and the CPU"
+            ) from exc
     return hf, tok, r.location, dict(r.description)
 
 
@@ -274,7 +301,7 @@ def _load_embedded_dequantised(r: _Resolved):
     return _from_pretrained(AutoModelForCausalLM, local, dtype=torch.float32), _from_pretrained(AutoTokenizer, local)
 
 
-def boot(hf_model, tokenizer, name: str, source: dict | None = None) -> LoadedModel:
+def boot(hf_model, tokenizer, name: str, source: dict | None = None, device: str | None = None) -> LoadedModel:
     """Wrap an already-loaded HF model in a TransformerBridge with the paper's weight processing."""
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -283,15 +310,66 @@ def boot(hf_model, tokenizer, name: str, source: dict | None = None) -> LoadedMo
         # GGUF configs of newer models (Gemma 3 text: model_type gemma3_text) carry no architectures
         # list; the class transformers loaded names it.
         hf_model.config.architectures = [type(hf_model).__name__]
-    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer)
-    bridge.enable_compatibility_mode()
+    kwargs = {} if device is None else {"device": device}
+    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, **kwargs)
+    try:
+        bridge.enable_compatibility_mode()
+    except RuntimeError as exc:
+        if "offloaded device_map" not in str(exc):
+            raise
+        raise ModelLoadError(
+            "the device map offloads part of the model to the CPU or disk, where TransformerLens cannot apply "
+            "the paper's weight processing (App. C); give the GPUs more room with --max-memory, or use a map "
+            "over GPUs only"
+        ) from exc
     bridge.eval()
     return LoadedModel(bridge=bridge, tokenizer=tokenizer, name=(source or {}).get("name", name), source=source or {})
 
 
-def load_model(spec: str | None = None, *, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load ``spec`` (hub id, model directory, GGUF file, or None for the embedded default)."""
-    hf, tok, bridge_name, description = _load_hf(spec, dtype)
+def load_model(
+    spec: str | None = None,
+    *,
+    device: str = "auto",
+    dtype: str | torch.dtype = "auto",
+    device_map: str | dict | None = None,
+    max_memory: str | dict | None = None,
+) -> LoadedModel:
+    """Load ``spec`` (hub id, model directory, GGUF file, or None for the embedded default).
+
+    ``device``: auto (cuda if present, else cpu), cpu, cuda[:N] or mps; ``dtype``: auto (the
+    checkpoint's own dtype on a GPU, float32 on the CPU), float32, bfloat16 or float16;
+    ``device_map`` (auto, balanced, sequential, or {module: device}) and ``max_memory``
+    ({0: "70GiB", "cpu": "200GiB"} or "0=70GiB,cpu=200GiB") spread the model over devices with
+    Accelerate (``models.placement``).
+    """
+    saved = _saved_dtype(spec) if (dtype == "auto" and device != "cpu") else None
+    placement = resolve_placement(device, dtype, device_map, max_memory, saved=saved)
+    hf, tok, bridge_name, description = _load_hf(spec, placement)
     description["architecture"] = type(hf).__name__
-    log.info("loaded %s (%s)", description["name"], description["architecture"])
-    return boot(hf, tok, bridge_name, description)
+    log.info(
+        "loaded %s (%s) on %s in %s",
+        description["name"],
+        description["architecture"],
+        placement.device,
+        placement.dtype,
+    )
+    model = boot(
+        hf, tok, bridge_name, description, device=None if placement.device_map is not None else placement.device
+    )
+    model.placement = placement
+    return model
+
+
+def _saved_dtype(spec: str | None) -> torch.dtype | None:
+    """The checkpoint's own dtype from its config, where that can be read without loading weights."""
+    try:
+        from transformers import AutoConfig
+
+        r = _resolve(spec)
+        if r.kind == "embedded" or r.gguf_file is not None:
+            return None
+        if r.kind == "hub" and not (hub_reachable() or _hub_cached(r.location)):
+            return None
+        return checkpoint_dtype(AutoConfig.from_pretrained(r.location))
+    except (OSError, ValueError):
+        return None
