@@ -1,6 +1,18 @@
 """Weight statistics of final-layer neurons (Sec. 3.1 and 3.3): norm, LogitVar (Eq. 3), the
 cosine of w_out with each singular vector of W_U, and rho, the share of the norm in W_U's
 effective null space (Sec. 3.4).
+
+Post-norm architectures (Gemma 2 and 3) pass the MLP output m through an RMSNorm before it joins
+the residual: post(m) = g * m / rms(m). To first order a change delta of neuron i's activation
+moves the residual by delta / rms(m) * (g * w_out - c g * m), c = (m . w_out) / (d_model rms(m)^2):
+the neuron's own direction, the one *written* into the residual, is g * w_out (elementwise); the
+second term only rescales the MLP's current output, along the same g * m for every neuron, and the
+factor 1/rms(m) is shared by every neuron at a token, so neither changes a ranking. (At m = 0 the
+write is exactly along g * w_out; tests/analysis/test_written_direction.py checks this on the real
+module.) The statistics are therefore computed twice: on w_out as the
+paper defines them (``w_out_norm``, ``logit_var``, ``rho``) and on the written direction
+(``norm_written``, ``logit_var_written``, ``rho_written``); without a post-MLP norm the two are
+the same numbers. ``cos_sv`` (Fig. 2d) uses the written direction.
 """
 
 from __future__ import annotations
@@ -11,20 +23,22 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from confidence_neurons.analysis.paper_models import paper_k_table, resolve_paper_model
 from confidence_neurons.errors import ConfigError
 from confidence_neurons.models.final_layer import FinalLayer
 
-#: k where the paper states it: GPT-2 Small with k = 12 (Sec. 3.4, Fig. 2e); LLaMA2 7B with
-#: k = 40 = 0.01 d_model (Fig. 2f). Keys are the hub ids (and their short names).
-PAPER_K = {"gpt2": 12, "openai-community/gpt2": 12, "meta-llama/Llama-2-7b-hf": 40, "Llama-2-7b-hf": 40}
+#: k for the paper's models (``analysis.paper_models``): GPT-2 Small k = 12 (Sec. 3.4, Fig. 2e);
+#: LLaMA2 7B k = 40 = 0.01 d_model (Fig. 2f); the others the bottom 1% (App. F). Keys: hub ids and short names.
+PAPER_K = paper_k_table()
 
 
 def default_k(d_model: int, model: str | None = None) -> int:
-    """The paper's null-space size: its own choice for the models it names (``PAPER_K``), else
+    """The paper's null-space size: its own choice for the models it names (``paper_models``), else
     floor(0.01 d_model), at least 1 (App. E: "the bottom 1% W_U singular vectors").
     """
-    if model is not None and model in PAPER_K:
-        return PAPER_K[model]
+    paper = resolve_paper_model(model)
+    if paper is not None:
+        return paper.k
     return max(1, int(0.01 * d_model))
 
 
@@ -37,7 +51,10 @@ def check_k(k: int, d_model: int) -> None:
 @dataclass(frozen=True)
 class WeightStats:
     """Shapes: per-neuron fields (d_mlp,); singular_values (d_model,) descending; cos_sv
-    (d_mlp, d_model), cosine of w_out with each residual-space singular vector of W_U.
+    (d_mlp, d_model), cosine of the written direction with each residual-space singular vector of W_U.
+
+    ``*_written`` are the same statistics of the direction written into the residual, g * w_out
+    on models with a post-MLP norm (module docstring), else exactly the raw ones.
     """
 
     w_out_norm: Float[Tensor, " d_mlp"]
@@ -46,6 +63,9 @@ class WeightStats:
     singular_values: Float[Tensor, " d_model"]
     cos_sv: Float[Tensor, "d_mlp d_model"]
     k: int
+    norm_written: Float[Tensor, " d_mlp"]
+    logit_var_written: Float[Tensor, " d_mlp"]
+    rho_written: Float[Tensor, " d_mlp"]
 
 
 @torch.no_grad()
@@ -73,20 +93,45 @@ def residual_singular_vectors(layer: FinalLayer) -> tuple[Tensor, Tensor]:
     return V_res, S
 
 
+def written_directions(layer: FinalLayer) -> Float[Tensor, "d_mlp d_model"]:
+    """Row i: the direction neuron i writes into the residual, g * w_out with a post-MLP norm, else w_out."""
+    W_out = layer.W_out.double()
+    if layer.post_mlp_norm is None:
+        return W_out
+    return W_out * layer.post_mlp_norm.g.double()
+
+
+def _null_share(W: Tensor, V_res: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Row norms of W and rho = |V_0^T w| / |w| (Sec. 3.4), float64."""
+    norms = W.norm(dim=-1)
+    return norms, (W @ V_res[:, -k:]).norm(dim=-1) / norms.clamp_min(1e-30)
+
+
 @torch.no_grad()
 def weight_stats(layer: FinalLayer, k: int) -> WeightStats:
-    """Norm, LogitVar, rho (bottom-k null space) and the singular spectrum of every final-layer neuron."""
+    """Norm, LogitVar, rho (bottom-k null space) of every final-layer neuron, raw and as written, and
+    the singular spectrum of W_U.
+    """
     check_k(k, layer.d_model)
     W_out, W_U = layer.W_out.double(), layer.W_U.double()
     V_res, S = residual_singular_vectors(layer)
-    norms = W_out.norm(dim=-1)
-    cos = (W_out / norms[:, None].clamp_min(1e-30)) @ V_res
-    rho = (W_out @ V_res[:, -k:]).norm(dim=-1) / norms.clamp_min(1e-30)
+    norms, rho = _null_share(W_out, V_res, k)
+    lv = logit_var(W_out, W_U)
+    if layer.post_mlp_norm is None:
+        W_wr, norms_wr, rho_wr, lv_wr = W_out, norms, rho, lv
+    else:
+        W_wr = written_directions(layer)
+        norms_wr, rho_wr = _null_share(W_wr, V_res, k)
+        lv_wr = logit_var(W_wr, W_U)
+    cos = (W_wr / norms_wr[:, None].clamp_min(1e-30)) @ V_res
     return WeightStats(
         w_out_norm=norms.float(),
-        logit_var=logit_var(W_out, W_U).float(),
+        logit_var=lv.float(),
         rho=rho.float(),
         singular_values=S.float(),
         cos_sv=cos.float(),
         k=k,
+        norm_written=norms_wr.float(),
+        logit_var_written=lv_wr.float(),
+        rho_written=rho_wr.float(),
     )

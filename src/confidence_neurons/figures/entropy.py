@@ -19,6 +19,11 @@ Conventions (from :mod:`confidence_neurons.figures.style`; the tests rely on the
 * every figure uses the ``plotly_white`` template and a title that names the
   paper figure it mirrors.
 
+Fig. 2a and 2e plot the statistics of the direction written into the residual
+(``norm_written``, ``logit_var_written``, ``rho_written``: g ⊙ w_out on models with a
+post-MLP norm, see :mod:`confidence_neurons.analysis.weights`) when the table has them, as
+the rules do; without them, or when they equal the raw ones, the axes are the paper's.
+
 Fig. 2c's boxes are drawn by :func:`~confidence_neurons.figures.effects.total_vs_direct_boxes`
 (shared with Fig. 3c) and re-exported here.
 """
@@ -99,6 +104,14 @@ def _entropy_mask(neurons: pd.DataFrame) -> np.ndarray:
     return flag(neurons, "is_entropy_neuron")
 
 
+def _weight_column(neurons: pd.DataFrame, raw: str, written: str) -> tuple[str, bool]:
+    """The column to plot (the written one when present) and whether it differs from the raw one."""
+    if written not in neurons:
+        return raw, False
+    differs = not np.array_equal(floats(neurons[written]), floats(neurons[raw]), equal_nan=True)
+    return written, differs
+
+
 def _note_no_entropy(fig: go.Figure) -> None:
     note(fig, NO_ENTROPY_TEXT)
 
@@ -172,12 +185,19 @@ def fig_norm_vs_logitvar(neurons: pd.DataFrame) -> go.Figure:
     direct effect on the logits (low ``logit_var``).
     """
     _check(neurons, "fig_norm_vs_logitvar")
-    fig = go.Figure(_scatter_pair(neurons, "w_out_norm", "logit_var"))
+    xcol, x_written = _weight_column(neurons, "w_out_norm", "norm_written")
+    ycol, y_written = _weight_column(neurons, "logit_var", "logit_var_written")
+    fig = go.Figure(_scatter_pair(neurons, xcol, ycol))
     base_layout(
         fig,
-        "Fig. 2a analogue: output-weight norm vs logit-attribution variance",
-        "‖w_out‖ (L2 norm of the neuron's output weights)",
-        "Var over vocabulary of W_U·w_out (logit variance, log scale)",
+        "Fig. 2a analogue: output-weight norm vs logit-attribution variance"
+        + (" (direction written through the post-MLP norm)" if x_written or y_written else ""),
+        "‖g ⊙ w_out‖ (direction written into the residual through the post-MLP norm)"
+        if x_written
+        else "‖w_out‖ (L2 norm of the neuron's output weights)",
+        "Var over vocabulary of W_U·(g ⊙ w_out) (logit variance, log scale)"
+        if y_written
+        else "Var over vocabulary of W_U·w_out (logit variance, log scale)",
     )
     fig.update_yaxes(type="log")
     if not _entropy_mask(neurons).any():
@@ -323,6 +343,7 @@ def fig_rho_vs_ln_share(neurons: pd.DataFrame, k: int) -> go.Figure:
     one colour axis; entropy neurons are outlined in red and labelled.
     """
     _check(neurons, "fig_rho_vs_ln_share")
+    rho_col, rho_written = _weight_column(neurons, "rho", "rho_written")
     mask = _entropy_mask(neurons)
     other, ent = neurons[~mask], neurons[mask]
     colour = floats(neurons["abs_delta_entropy"])
@@ -336,7 +357,7 @@ def fig_rho_vs_ln_share(neurons: pd.DataFrame, k: int) -> go.Figure:
     custom, hover = hover_data(other)
     fig.add_trace(
         go.Scatter(
-            x=floats(other["rho"]),
+            x=floats(other[rho_col]),
             y=floats(other["ln_share"]),
             mode="markers",
             name=OTHER_TRACE,
@@ -354,12 +375,12 @@ def fig_rho_vs_ln_share(neurons: pd.DataFrame, k: int) -> go.Figure:
     custom, hover = hover_data(ent)
     fig.add_trace(
         go.Scatter(
-            x=floats(ent["rho"]),
+            x=floats(ent[rho_col]),
             y=floats(ent["ln_share"]),
             mode="markers+text",
             name=ENTROPY_TRACE,
             text=ent["name"].astype(str).tolist(),
-            textposition=label_positions(floats(ent["rho"])),
+            textposition=label_positions(floats(ent[rho_col])),
             textfont={"color": ENTROPY_COLOR, "size": 11},
             marker={
                 "color": floats(ent["abs_delta_entropy"]),
@@ -374,7 +395,10 @@ def fig_rho_vs_ln_share(neurons: pd.DataFrame, k: int) -> go.Figure:
     base_layout(
         fig,
         f"Fig. 2e analogue: null-space projection ρ (k={int(k)}) vs LayerNorm-mediated effect",
-        f"ρ = ‖V₀ᵀ w_out‖ / ‖w_out‖ (fraction of norm in bottom-{int(k)} singular directions of W_U)",
+        f"ρ = ‖V₀ᵀ w‖ / ‖w‖ with w = g ⊙ w_out, the direction written through the post-MLP norm "
+        f"(fraction in bottom-{int(k)} singular directions of W_U)"
+        if rho_written
+        else f"ρ = ‖V₀ᵀ w_out‖ / ‖w_out‖ (fraction of norm in bottom-{int(k)} singular directions of W_U)",
         "1 − DE/TE (share of the effect mediated by the final LayerNorm)",
         coloraxis={
             "colorscale": "Viridis",

@@ -27,7 +27,10 @@ Conventions (the tests rely on them):
   :data:`~confidence_neurons.figures.style.OTHER_TRACE`;
 * with no token frequency neuron flagged the figure still renders and carries
   the annotation :data:`NO_FREQ_TEXT`;
-* ``plotly_white`` template and a title naming the paper figure.
+* ``plotly_white`` template and a title naming the paper figure;
+* with ``unreliable=True`` (P_freq from counts too sparse for a log-frequency,
+  ``data.unigrams.CountSparsity``) the title starts with :data:`UNRELIABLE_PREFIX`
+  and the plot carries the annotation :data:`UNRELIABLE_TEXT`.
 """
 
 from __future__ import annotations
@@ -62,14 +65,19 @@ __all__ = [
     "KL_TOKENS_TRACE",
     "MAX_SCATTER_POINTS",
     "NO_FREQ_TEXT",
+    "UNRELIABLE_PREFIX",
+    "UNRELIABLE_TEXT",
     "fig_freq_share_vs_dkl",
     "fig_kl_vs_entropy",
     "fig_total_vs_freq_direct",
+    "mark_unreliable",
     "pearson_r",
 ]
 
 FREQ_TRACE = "token frequency neurons"
 NO_FREQ_TEXT = "no token frequency neurons under the current rule"
+UNRELIABLE_PREFIX = "UNRELIABLE (sparse unigram counts): "
+UNRELIABLE_TEXT = "unreliable: P_freq and v_freq come from unigram counts too sparse for a log-frequency"
 KL_TOKENS_TRACE = "tokens"
 KL_BINNED_TRACE = "mean KL per entropy bin"
 MAX_SCATTER_POINTS = 20_000
@@ -103,6 +111,26 @@ def _hover(df: pd.DataFrame) -> tuple[np.ndarray, str]:
     )
 
 
+def mark_unreliable(fig: go.Figure) -> go.Figure:
+    """Prefix the title with :data:`UNRELIABLE_PREFIX` and add the red note :data:`UNRELIABLE_TEXT`."""
+    fig.update_layout(title_text=UNRELIABLE_PREFIX + (fig.layout.title.text or ""))
+    fig.add_annotation(
+        text=UNRELIABLE_TEXT,
+        xref="paper",
+        yref="paper",
+        x=0.5,
+        y=0.88,
+        xanchor="center",
+        yanchor="top",
+        showarrow=False,
+        font={"size": 12, "color": ENTROPY_COLOR},
+        bgcolor="rgba(255,255,255,0.85)",
+        bordercolor=ENTROPY_COLOR,
+        borderwidth=1,
+    )
+    return fig
+
+
 def pearson_r(x: np.ndarray, y: np.ndarray) -> float:
     """Pearson correlation of two equal-length arrays (NaN if undefined)."""
     x = np.asarray(x, dtype=float)
@@ -122,6 +150,7 @@ def fig_kl_vs_entropy(
     max_points: int = MAX_SCATTER_POINTS,
     seed: int = 0,
     n_bins: int = 30,
+    unreliable: bool = False,
 ) -> go.Figure:
     """Fig. 3a analogue: per-token entropy of P_model vs KL(P_freq || P_model), both in nats.
 
@@ -184,13 +213,13 @@ def fig_kl_vs_entropy(
     fig.update_layout(margin={"b": 110})
     if n == 0:
         note(fig, "no finite (entropy, KL) pairs")
-    return fig
+    return mark_unreliable(fig) if unreliable else fig
 
 
 # --------------------------------------------------------------------------- Fig. 3b
 
 
-def fig_freq_share_vs_dkl(neurons: pd.DataFrame, *, outlier_iqr: float = 3.0) -> go.Figure:
+def fig_freq_share_vs_dkl(neurons: pd.DataFrame, *, outlier_iqr: float = 3.0, unreliable: bool = False) -> go.Figure:
     """Fig. 3b analogue: token-frequency-mediated share vs |ΔKL(P_freq || P_model)|.
 
     x = ``freq_share`` (1 − DE_freq/TE), y = ``abs_delta_kl``.  Token frequency
@@ -260,13 +289,15 @@ def fig_freq_share_vs_dkl(neurons: pd.DataFrame, *, outlier_iqr: float = 3.0) ->
             )
     if not freq.any():
         note(fig, NO_FREQ_TEXT)
-    return fig
+    return mark_unreliable(fig) if unreliable else fig
 
 
 # --------------------------------------------------------------------------- Fig. 3c
 
 
-def fig_total_vs_freq_direct(neurons: pd.DataFrame, n_random: int = 100, seed: int = 0) -> go.Figure:
+def fig_total_vs_freq_direct(
+    neurons: pd.DataFrame, n_random: int = 100, seed: int = 0, unreliable: bool = False
+) -> go.Figure:
     """Fig. 3c analogue: TE vs DE_freq for token frequency neurons and a random baseline.
 
     Two box traces, ``"TE (total effect)"`` and ``"DE_freq (direct effect)"`` (the
@@ -278,7 +309,7 @@ def fig_total_vs_freq_direct(neurons: pd.DataFrame, n_random: int = 100, seed: i
     layout as Fig. 2c (:func:`~confidence_neurons.figures.effects.total_vs_direct_boxes`).
     """
     _check(neurons, "fig_total_vs_freq_direct")
-    return total_vs_direct_boxes(
+    fig = total_vs_direct_boxes(
         neurons,
         flag(neurons, "is_token_frequency_neuron"),
         group=FREQ_TRACE,
@@ -289,3 +320,4 @@ def fig_total_vs_freq_direct(neurons: pd.DataFrame, n_random: int = 100, seed: i
         n_random=n_random,
         seed=seed,
     )
+    return mark_unreliable(fig) if unreliable else fig

@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 from plotly.graph_objects import Figure
 
-from confidence_neurons.analysis.table import top_neurons, top_token_frequency_neurons
+from confidence_neurons.analysis.selection import BORDERLINE_SHORTFALL, borderline_neurons
+from confidence_neurons.analysis.table import FREQ_COLUMNS, top_neurons, top_token_frequency_neurons
 from confidence_neurons.figures.entropy import (
     fig_entropy_vs_prediction,
     fig_norm_vs_logitvar,
@@ -16,6 +17,7 @@ from confidence_neurons.figures.entropy import (
 )
 from confidence_neurons.figures.frequency import fig_freq_share_vs_dkl, fig_kl_vs_entropy, fig_total_vs_freq_direct
 from confidence_neurons.report.html import ReportSection
+from confidence_neurons.report.paper import paper_sections
 
 if TYPE_CHECKING:
     from confidence_neurons.commands.scan import ScanResult
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 def scan_figures(result: ScanResult) -> dict[str, Figure]:
     """Every figure of a scan, by file stem."""
     neurons, k = result.neurons, result.k
+    unreliable = not result.settings.get("token_frequency_reliable", True)
     return {
         "fig1_entropy_vs_prediction": fig_entropy_vs_prediction(neurons),
         "fig2a_norm_vs_logitvar": fig_norm_vs_logitvar(neurons),
@@ -31,10 +34,10 @@ def scan_figures(result: ScanResult) -> dict[str, Figure]:
         "fig2d_spectrum": fig_spectrum(result.singular_values, result.cos_sv, neurons, k),
         "fig2e_rho_vs_ln_share": fig_rho_vs_ln_share(neurons, k),
         "fig3a_kl_vs_entropy": fig_kl_vs_entropy(
-            result.token_metrics["entropy"].to_numpy(), result.token_metrics["kl"].to_numpy()
+            result.token_metrics["entropy"].to_numpy(), result.token_metrics["kl"].to_numpy(), unreliable=unreliable
         ),
-        "fig3b_freq_share_vs_dkl": fig_freq_share_vs_dkl(neurons),
-        "fig3c_total_vs_freq_direct": fig_total_vs_freq_direct(neurons, seed=result.config.seed),
+        "fig3b_freq_share_vs_dkl": fig_freq_share_vs_dkl(neurons, unreliable=unreliable),
+        "fig3c_total_vs_freq_direct": fig_total_vs_freq_direct(neurons, seed=result.config.seed, unreliable=unreliable),
     }
 
 
@@ -56,6 +59,11 @@ def scan_sections(result: ScanResult, figures: dict[str, Figure]) -> list[Report
     neurons, s, k = result.neurons, result.settings, result.k
     n_flagged = int(neurons["is_entropy_neuron"].sum())
     unigrams = s.get("unigrams", {})
+    reliable = s.get("token_frequency_reliable", True)
+    caveat = "" if reliable else f"UNRELIABLE: {UNRELIABLE_REASON}\n\n"
+    tf_table = top_token_frequency_neurons(neurons)
+    if not reliable:
+        tf_table = tf_table.rename(columns={c: f"{c} (unreliable)" for c in FREQ_COLUMNS})
     return [
         ReportSection(
             "Entropy neurons",
@@ -93,24 +101,50 @@ def scan_sections(result: ScanResult, figures: dict[str, Figure]) -> list[Report
         ),
         ReportSection(
             "Token frequency neurons (Sec. 4)",
-            f"{int(neurons['is_token_frequency_neuron'].sum())} neurons meet the rule "
+            caveat + f"{int(neurons['is_token_frequency_neuron'].sum())} neurons meet the rule "
             f"({s['token_frequency_neuron_rule']}). P_freq: {unigrams.get('source')}, "
             f"{unigrams.get('n_tokens', 0):,} tokens. v_freq_proj < 0 means the neuron's output "
             "pushes away from frequent tokens.",
-            table=top_token_frequency_neurons(neurons),
+            table=tf_table,
         ),
         ReportSection(
             "Distance to the unigram distribution against entropy (Fig. 3a)",
-            "Per token: the more uncertain the model, the closer its output to P_freq.",
+            caveat + "Per token: the more uncertain the model, the closer its output to P_freq.",
             figures=[figures["fig3a_kl_vs_entropy"]],
         ),
         ReportSection(
             "Token-frequency-mediated effect (Fig. 3b)",
-            "1 - DE_freq/TE against the mean |change of KL(P_freq || P_model)| on mean ablation; DE_freq "
+            caveat + "1 - DE_freq/TE against the mean |change of KL(P_freq || P_model)| on mean ablation; DE_freq "
             "holds the ablated logits' component along v_freq at its clean value (Eq. 7-8).",
             figures=[figures["fig3b_freq_share_vs_dkl"]],
         ),
         ReportSection(
-            "Total and frequency-direct effect (Fig. 3c)", "", figures=[figures["fig3c_total_vs_freq_direct"]]
+            "Total and frequency-direct effect (Fig. 3c)", caveat, figures=[figures["fig3c_total_vs_freq_direct"]]
         ),
+        _borderline_section(result),
+        *paper_sections(result),
     ]
+
+
+UNRELIABLE_REASON = (
+    "P_freq was estimated from unigram counts too sparse for a log-frequency (see unigram_counts in the "
+    "settings), so v_freq is mostly flat and the Sec. 4 columns and figures say little; no token frequency "
+    "neuron is flagged unless --flag-token-frequency is given. Pass --unigrams with a published count file."
+)
+
+
+def _borderline_section(result: ScanResult) -> ReportSection:
+    """Neurons just below a rule's threshold (``selection.borderline_neurons``) and what kept them out."""
+    s = result.settings
+    reliable = s.get("token_frequency_reliable", True)
+    table = borderline_neurons(result.neurons, result.config.rule, result.config.tf_rule, reliable)
+    text = (
+        f"Neurons that meet every criterion of a rule but one and miss it by less than "
+        f"{BORDERLINE_SHORTFALL:.0%} of its threshold; 'value' is what kept each out, 'shortfall' how far "
+        f"below the threshold it is, as a share of the threshold."
+    )
+    if table.empty:
+        text += " None this run."
+    if not reliable and not result.config.tf_rule.flag_sparse_counts:
+        text += " Token frequency neurons are not listed: the unigram counts are too sparse."
+    return ReportSection("Borderline neurons", text, table=table if not table.empty else None)
