@@ -19,6 +19,7 @@ from confidence_neurons.induction.heads import (
     mean_bos_attention,
     mean_z_ablation_hooks,
     mean_z_over,
+    neuron_activations_per_position,
     neuron_activations_under,
     prefix_matching_scores,
     repeated_random_tokens,
@@ -206,3 +207,104 @@ def test_head_combinations():
     sets = baseline_combinations(base, seed=0)
     assert [len(s) for s in sets] == [1] * 6 + [2] * 3 + [3] * 3 and len(set(sets)) == 12
     assert sets == baseline_combinations(base, seed=0)
+
+
+def _one_position_loop(model, tokens, neurons, hooks_for_row_q):
+    """The authors' procedure, written out: one forward per query position q, the heads ablated at
+    row q of the attention only (by a hook written here, not the library's), the activation read at q.
+    """
+    act = f"blocks.{model.cfg.n_layers - 1}.mlp.hook_post"
+    out = torch.zeros(len(neurons), tokens.shape[1])
+    for q in range(tokens.shape[1]):
+        read = {}
+
+        def capture(acts, hook, q=q):
+            read["a"] = acts[:, q, neurons].mean(0)
+
+        model.bridge.run_with_hooks(tokens, fwd_hooks=[*hooks_for_row_q(q), (act, capture)])
+        out[:, q] = read["a"]
+    return out
+
+
+def _bos_hook(pattern, heads_here, q):
+    out = pattern.clone()
+    for h in heads_here:
+        out[:, h, q, :] = 0.0
+        out[:, h, q, 0] = 1.0
+    return out
+
+
+def _z_hook(z, heads_here, q, layer, mean_z):
+    out = z.clone()
+    for h in heads_here:
+        out[:, q, h] = mean_z[(layer, h)]
+    return out
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_per_position_bos_ablation_equals_one_forward_per_position(models, arch):
+    model, tokens, neurons, heads = models[arch], random_tokens(3, 11), [3, 0, 7], [(0, 1), (0, 3), (1, 2)]
+    layers = sorted({l for l, _ in heads})
+
+    def twin_hooks(q):
+        return [
+            (f"blocks.{l}.attn.hook_pattern", lambda p, hook, hs=[h for m, h in heads if m == l]: _bos_hook(p, hs, q))
+            for l in layers
+        ]
+
+    twin = _one_position_loop(model, tokens, neurons, twin_hooks)
+    fast = neuron_activations_per_position(
+        model, tokens, neurons, lambda pos: bos_ablation_hooks(heads, pos), batch_size=5
+    )
+    torch.testing.assert_close(fast, twin, rtol=0, atol=1e-5)
+    everywhere = neuron_activations_under(model, tokens, neurons, bos_ablation_hooks(heads), batch_size=5)
+    clean = neuron_activations_under(model, tokens, neurons, [], batch_size=5)
+    # Query 0 sees only key 0, so ablating positions 0 and 1 at once equals ablating position 1 alone.
+    torch.testing.assert_close(fast[:, :2], everywhere[:, :2], rtol=0, atol=1e-5)
+    assert (fast[:, 2:] - everywhere[:, 2:]).abs().max() > 1e-3  # later, the two variants differ
+    assert (fast - clean).abs().max() > 1e-3  # and the ablation does something
+    torch.testing.assert_close(fast[:, 0], clean[:, 0], rtol=0, atol=1e-5)  # BOS ablation of query 0 is a no-op
+
+
+@pytest.mark.parametrize("arch", ["neox", "llama"])
+def test_per_position_mean_z_ablation_equals_one_forward_per_position(models, arch):
+    model, tokens, neurons, heads = models[arch], random_tokens(2, 9), [1, 5], [(0, 2), (1, 1)]
+    mean_z = mean_z_over(model, random_tokens(2, 9, seed=5), heads, slice(3, None))
+
+    def twin_hooks(q):
+        return [
+            (
+                f"blocks.{l}.attn.hook_z",
+                lambda z, hook, l=l, hs=[h for m, h in heads if m == l]: _z_hook(z, hs, q, l, mean_z),
+            )
+            for l in (0, 1)
+        ]
+
+    twin = _one_position_loop(model, tokens, neurons, twin_hooks)
+    fast = neuron_activations_per_position(
+        model, tokens, neurons, lambda pos: mean_z_ablation_hooks(heads, mean_z, positions=pos), batch_size=4
+    )
+    torch.testing.assert_close(fast, twin, rtol=0, atol=1e-5)
+    everywhere = neuron_activations_under(model, tokens, neurons, mean_z_ablation_hooks(heads, mean_z), batch_size=4)
+    torch.testing.assert_close(fast[:, 0], everywhere[:, 0], rtol=0, atol=1e-5)  # nothing before position 0
+    if arch == "neox":  # z elsewhere reaches the last MLP at q only through L1's attention, which runs beside it
+        torch.testing.assert_close(fast, everywhere, rtol=0, atol=1e-5)
+    else:
+        assert (fast[:, 1:] - everywhere[:, 1:]).abs().max() > 1e-3
+
+
+def test_per_row_hooks_touch_only_their_row_and_position(models):
+    model, tokens, heads = models["gpt2"], random_tokens(3, 8), [(1, 2)]
+    clean = model.bridge.run_with_cache(tokens, names_filter="blocks.1.attn.hook_pattern")[1]
+    positions = torch.tensor([2, 5, 7])
+    with model.bridge.hooks(fwd_hooks=bos_ablation_hooks(heads, positions)):
+        _, cache = model.bridge.run_with_cache(tokens, names_filter="blocks.1.attn.hook_pattern")
+    p, p0 = cache["blocks.1.attn.hook_pattern"], clean["blocks.1.attn.hook_pattern"]
+    changed = (p != p0).any(-1)  # (batch, head, q)
+    for b, q in enumerate(positions.tolist()):
+        assert (p[b, 2, q, 0] == 1).all() and (p[b, 2, q, 1:] == 0).all()
+        expected = torch.zeros_like(changed[b])
+        expected[2, q] = True
+        assert torch.equal(changed[b], expected)
+    with pytest.raises(ValueError, match="positions for a batch"):
+        model.bridge.run_with_hooks(tokens, fwd_hooks=bos_ablation_hooks(heads, torch.tensor([1, 2])))

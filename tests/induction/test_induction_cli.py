@@ -54,6 +54,8 @@ def test_induction_end_to_end(setup, tmp_path, capsys):
         "4",
         "--natural-seq-len",
         "64",
+        "--head-ablation",
+        "per-position",
         "--out",
         str(out),
         "--quiet",
@@ -77,11 +79,24 @@ def test_induction_end_to_end(setup, tmp_path, capsys):
     assert (bos["head_set"] == "none").sum() == 2 * 33  # clean row per neuron and position (BOS + 2 x 16)
     nat = pd.read_parquet(out / "natural_effects.parquet")
     assert set(nat["label"]) == {f"A{k}" for k in range(6)} | {"B", "X"}
+    first, second = (nat[nat["occurrence"] == o].sort_values(["neuron", "seq", "offset"]) for o in ("first", "second"))
+    a = first["offset"] < 6  # the n-gram itself: the same words at both occurrences
+    assert first.loc[a, "token"].tolist() == second.loc[second["offset"] < 6, "token"].tolist()
+    assert set(first.loc[a, "token"]) == {f"w{i}" for i in range(80, 86)}
     config = json.loads((out / "config.json").read_text())
-    assert config["status"] == "complete" and len(config["settings"]["timings_s"]) == 8
+    settings = config["settings"]
+    assert config["status"] == "complete" and len(settings["timings_s"]) == 8
+    assert settings["head_ablation"] == "per-position" and config["config"]["head_ablation"] == "per-position"
+    random_neurons = settings["random_neurons"]  # App. H.2: 10 random neurons, none of the studied ones
+    assert len(set(random_neurons)) == 10 and not {"1.3", "1.7"} & set(random_neurons)
+    summary = pd.read_parquet(out / "clipped_summary.parquet")
+    assert sorted(f"1.{i}" for i in summary.loc[summary["group"] == "random", "neuron"]) == sorted(random_neurons)
+    figures = {p.stem for p in (out / "figures").glob("*.png")}
+    assert {"fig9c_natural_loss_1_3", "fig9c_natural_loss_1_7", "fig11_natural_activation_change"} <= figures
     report = (out / "report.html").read_text()
-    for title in ("Fig. 5a", "Fig. 5b", "Fig. 11", "Sec. 6.2", "Fig. 5c", "Fig. 13", "Fig. 14", "Fig. 9"):
+    for title in ("Fig. 5a", "Fig. 5b", "Fig. 11", "Sec. 6.2", "Fig. 5c", "Fig. 13", "Fig. 14", "Fig. 9", "Fig. 9c"):
         assert title in report, title
+    assert "ablated only at the position read" in report and "at every position at once" not in report
     printed = capsys.readouterr().out
     assert "induction heads:" in printed and "report:" in printed
     loaded = load_run(out)  # the typed result, read back, rebuilds every figure the run drew
@@ -115,6 +130,15 @@ def test_induction_needs_neurons_or_a_scan(setup, tmp_path, capsys):
         == 2
     )
     assert "holds no finished scan" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    base = ["induction", "--model", str(model), "--dataset", str(corpus), "--neurons", "1.3", "--quiet"]
+    base += ["--half-len", "16", "--natural-seq-len", "64"]
+    with pytest.raises(SystemExit) as exc:  # argparse refuses a choice it does not know
+        main([*base, "--head-ablation", "sideways", "--out", str(tmp_path / "r")])
+    assert exc.value.code == 2
+    assert "per-position" in capsys.readouterr().err
+    assert main([*base, "--n-random", "128", "--out", str(tmp_path / "r")]) == 2  # d_mlp 128, one studied
+    assert "--n-random" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
@@ -167,6 +191,8 @@ def test_induction_studies_the_neurons_of_a_scan(setup, tmp_path):
                 "2",
                 "--natural-seq-len",
                 "64",
+                "--head-ablation",
+                "all-positions",
                 "--out",
                 str(out),
                 "--quiet",
@@ -174,7 +200,10 @@ def test_induction_studies_the_neurons_of_a_scan(setup, tmp_path):
         )
         == 0
     )
-    studied = set(json.loads((out / "config.json").read_text())["settings"]["neurons"])
+    settings = json.loads((out / "config.json").read_text())["settings"]
+    studied = set(settings["neurons"])
+    assert settings["head_ablation"] == "all-positions"
+    assert "at every position at once" in (out / "report.html").read_text()
     if flagged:
         assert studied == flagged
     else:  # nothing flagged: the scan's three strongest entropy-neuron candidates

@@ -214,3 +214,42 @@ def test_second_copy_token_effects_match_the_curves(tmp_path):
         np.testing.assert_allclose(
             mine.to_numpy(), per_pos.set_index("position").loc[mine.index, "delta_loss_mean"], atol=1e-6
         )
+
+
+def test_natural_effects_name_the_tokens_and_fig9c_draws_the_second_occurrence(setup: Setup):
+    from confidence_neurons.figures.induction import fig_natural_loss_change
+    from tests.tiny import tiny_tokenizer
+
+    tokens, repeats = setup.tokens, [(1, 9)] * setup.tokens.shape[0]
+    neuron, reference = clipped_neuron(setup.cache), setup.cache.acts.mean(0)
+    df = natural_induction_effects(
+        setup.layer,
+        setup.cache,
+        repeats,
+        [neuron],
+        reference_mean=reference,
+        n=3,
+        tokens=tokens,
+        tokenizer=tiny_tokenizer(),
+    )
+    flat = [s * 16 + p for s, p in zip(df["seq"], df["position"])]
+    assert df["target_id"].tolist() == setup.cache.target[flat].tolist()  # the token each position predicts
+    assert df["token_id"].tolist() == [int(tokens[s, p]) for s, p in zip(df["seq"], df["position"])]
+    assert df["token"].tolist() == [f"w{i - 3}" for i in df["token_id"]]  # tiny vocabulary: w0 is id 3
+    with pytest.raises(ValueError, match="are not the"):
+        natural_induction_effects(
+            setup.layer, setup.cache, repeats, [neuron], reference_mean=reference, n=3, tokens=tokens[:, 1:]
+        )
+
+    fig = fig_natural_loss_change(df, neuron, f"1.{neuron}")
+    (trace,) = fig.data
+    shown = df[(df["occurrence"] == "second") & df["clipped"]]
+    assert len(trace.x) == len(shown) > 0
+    np.testing.assert_allclose(np.asarray(trace.x, float), shown["loss"].to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(trace.y, float), shown["delta_loss"].to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(trace.marker.color, float), shown["reciprocal_rank"].to_numpy(), rtol=1e-6)
+    assert "Fig. 9c" in fig.layout.title.text and "second occurrence" in fig.layout.title.text
+    both = fig_natural_loss_change(df.drop(columns=["token", "target"]), neuron, "n", occurrence="both")
+    assert len(both.data[0].x) == int(df["clipped"].sum()) and "#" in both.data[0].customdata[0][0]
+    with pytest.raises(ValueError, match="occurrence"):
+        fig_natural_loss_change(df, neuron, "n", occurrence="first")

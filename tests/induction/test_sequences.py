@@ -147,3 +147,77 @@ def test_natural_induction_needs_a_predicted_position_after_the_repeat(tmp_path)
     corpus = jsonl(tmp_path / "c.jsonl", [plain_doc(15, 40), late])
     with pytest.raises(CorpusError, match="occurs exactly twice"):
         natural_induction(tok, corpus, n_seqs=1, seq_len=16, n=6, bos_id=BOS_ID)
+
+
+def test_the_two_occurrences_need_a_token_between_them():
+    gram = [1, 2, 3, 4, 5, 6]
+    adjacent = filler(2) + gram + gram + filler(2, 2000)
+    assert find_repeated_ngrams(adjacent, 6) == []  # the authors' filter: at least one token between
+    assert find_repeated_ngrams(adjacent, 6, min_gap=0) == [(2, 8)]
+    one_between = filler(2) + gram + [999] + gram + filler(2, 2000)
+    assert find_repeated_ngrams(one_between, 6) == [(2, 9)]
+    assert find_repeated_ngrams(one_between, 6, min_gap=2) == []
+    with pytest.raises(ValueError, match="min_gap"):
+        find_repeated_ngrams(one_between, 6, min_gap=-1)
+
+
+# A byte-level tokenizer in miniature: "Ċ" decodes to a newline, "Ã" to one byte of a two-byte
+# character (U+FFFD alone), "Ã©" to the whole character é; words w0.. follow.
+NEWLINE, PARTIAL, WHOLE, NEWLINE_AFTER_SPACE, FIRST_WORD = 3, 4, 5, 6, 7
+
+
+def byte_level_tokenizer(n_words: int = 40):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": BOS_ID, "</s>": 2, "Ċ": NEWLINE, "Ã": PARTIAL, "Ã©": WHOLE, "ĠĊ": NEWLINE_AFTER_SPACE}
+    vocab.update({f"w{i}": FIRST_WORD + i for i in range(n_words)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_excluded_tokens_name_newline_partial_utf8_and_special_tokens():
+    from confidence_neurons.induction.sequences import ExcludedTokens
+
+    tok = byte_level_tokenizer()
+    excluded = ExcludedTokens(tok, bos_id=BOS_ID)
+    assert excluded.reason(NEWLINE) == "newline" and excluded.reason(NEWLINE_AFTER_SPACE) == "newline"
+    assert excluded.reason(PARTIAL) == "partial utf-8"
+    assert excluded.reason(BOS_ID) == "special" and excluded.reason(2) == "special"
+    assert excluded.reason(WHOLE) is None and excluded.reason(FIRST_WORD) is None
+    assert NEWLINE in excluded and WHOLE not in excluded
+    assert excluded.counts() == {"newline": 2, "partial utf-8": 1, "special": 2}
+    # a BOS id the tokenizer does not call special is excluded when passed
+    assert 20 in ExcludedTokens(tok, bos_id=20) and 20 not in ExcludedTokens(tok, bos_id=None)
+
+
+@pytest.mark.parametrize("bad", [NEWLINE, PARTIAL, BOS_ID])
+def test_an_ngram_holding_an_excluded_token_does_not_qualify(bad):
+    from confidence_neurons.induction.sequences import ExcludedTokens
+
+    excluded = ExcludedTokens(byte_level_tokenizer(), bos_id=BOS_ID)
+    w = [FIRST_WORD + k for k in range(6)]
+    clean = w[:3] + [WHOLE] + w[3:5]  # the whole character é is allowed
+    spoiled = w[:3] + [bad] + w[3:5]
+    for gram, expected in ((clean, [(1, 10)]), (spoiled, [])):
+        tokens = [30] + gram + [31, 32, 33] + gram + [34, 35]
+        assert find_repeated_ngrams(tokens, 6) == [(1, 10)]  # without the filter both qualify
+        assert find_repeated_ngrams(tokens, 6, excluded=excluded) == expected
+
+
+def test_natural_induction_skips_windows_whose_only_repeat_holds_a_newline(tmp_path):
+    tok = byte_level_tokenizer()
+
+    def doc(gram: list[str]) -> str:
+        return " ".join(["w30", *gram, "w31", "w32", "w33", *gram, "w34", "w35", "w36"])
+
+    words = [f"w{k}" for k in range(6)]
+    with_newline = words[:2] + ["Ċ"] + words[2:5]
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in (doc(with_newline), doc(words))))
+    tokens, repeats, record = natural_induction(tok, str(path), n_seqs=2, seq_len=20, n=6, bos_id=BOS_ID)
+    assert tokens.shape == (1, 20) and repeats == [(2, 11)]  # only the document without the newline
+    assert NEWLINE not in tokens[0].tolist()
+    assert record["n_windows_scanned"] == 2 and record["filters"]["excluded_ids_seen"]["newline"] == 1

@@ -13,6 +13,7 @@ from confidence_neurons.commands.checks import load_checked
 from confidence_neurons.commands.common import recording
 from confidence_neurons.commands.options import KernelOptions, SourceOptions, option, run_name
 from confidence_neurons.errors import ConfigError
+from confidence_neurons.induction.heads import HEAD_ABLATIONS, HeadAblation
 from confidence_neurons.induction.study import InductionResult, chosen_neurons, induction
 from confidence_neurons.models.final_layer import final_layer
 from confidence_neurons.models.loading import LoadedModel
@@ -35,10 +36,19 @@ class InductionConfig(KernelOptions, SourceOptions):
     )
     half_len: int = option(100, "tokens per copy (paper: 100)", minimum=1)
     n_seqs: int = option(64, "synthetic sequences for the curves (paper: 500)", flag="--n-induction-seqs", minimum=1)
-    n_random_draws: int = option(5, "random-neuron baselines for the clipped ablation", minimum=0)
+    n_random: int = option(
+        10,
+        "random final-layer neurons, each clipped on its own, as the baseline of Fig. 5b (paper App. H.2: 10)",
+        minimum=0,
+    )
     n_prefix_seqs: int = option(64, "repeated random-token sequences for prefix matching (paper: 1024)", minimum=1)
     n_bos_seqs: int = option(64, "natural sequences for the mean BOS attention (paper: 1000)", minimum=1)
     n_ablation_seqs: int = option(16, "sequences for BOS / mean-z ablation and DFA (paper: 100)", minimum=1)
+    head_ablation: HeadAblation = option(
+        "all-positions",
+        "where BOS / mean-z ablation acts: all-positions (every query position in one forward) or per-position "
+        "(the paper's, Sec. 6.2: only at the query position read; exact, about seq_len times the work: for a GPU)",
+    )
     n_natural: int = option(64, "natural induction sequences (paper: 1000)", minimum=1)
     natural_seq_len: int = option(256, "tokens per natural induction sequence", minimum=2)
     ngram: int = option(6, "repeated n-gram length for natural induction (paper: 6)", minimum=1)
@@ -50,6 +60,11 @@ class InductionConfig(KernelOptions, SourceOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.head_ablation not in HEAD_ABLATIONS:
+            raise ConfigError(
+                f"head_ablation must be one of {', '.join(HEAD_ABLATIONS)}, not {self.head_ablation!r}",
+                field="head_ablation",
+            )
         if not self.neurons and self.scan_dir is None:
             raise ConfigError(
                 "name the neurons to study with --neurons L.I,L.J or give a finished scan with --scan RUN_DIR",

@@ -7,8 +7,17 @@ BOS ablation (App. I.1: the head attends only to position 0), mean attention-out
 feature attribution (App. I.3: each component's write into the residual, read through the last
 block's ln2 and the neuron's input weights).
 
+Two ablation variants. "all-positions" ablates the head at every query position in one forward.
+"per-position" is the authors' (Sec. 6.2, App. I): the head is ablated only at the query position q
+whose activation is read. In a causal model, a change at q reaches only positions >= q, so the
+activation at q under the per-position ablation needs the clean positions < q and q ablated, which
+an all-positions forward does not give (there positions < q are ablated too and feed q through
+attention). ``neuron_activations_per_position`` computes it exactly and batched: each row of a
+batch is one (sequence, q) pair, ablated at q only, cut after q (later tokens cannot reach q).
+
 Every hook returns a new tensor (in-place edits are not seen on some TransformerBridge paths).
-A head is ``(layer, head)``; a head set is a tuple of heads.
+A head is ``(layer, head)``; a head set is a tuple of heads. Hooks take ``positions``: None for
+every query position, or a (batch,) tensor giving each row's single ablated query position.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -32,6 +42,8 @@ log = logging.getLogger(__name__)
 Head = tuple[int, int]
 HeadSet = tuple[Head, ...]
 Hook = tuple[str, Callable]
+HeadAblation = Literal["per-position", "all-positions"]
+HEAD_ABLATIONS: tuple[HeadAblation, ...] = ("per-position", "all-positions")
 
 
 def _device(model: LoadedModel) -> torch.device:
@@ -192,15 +204,35 @@ def _by_layer(heads: Sequence[Head]) -> dict[int, list[int]]:
     return layers
 
 
-def bos_ablation_hooks(heads: Sequence[Head]) -> list[Hook]:
-    """fwd_hooks that make each head's attention pattern one-hot on key 0 (App. I.1), one per layer."""
+def _row_positions(positions: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
+    """The (batch,) query positions of a per-position hook on this batch, checked; None for all."""
+    if positions is None:
+        return None
+    if positions.shape != (batch,):
+        raise ValueError(f"per-position hooks got {tuple(positions.shape)} positions for a batch of {batch} rows")
+    return positions.to(device)
+
+
+def bos_ablation_hooks(heads: Sequence[Head], positions: Tensor | None = None) -> list[Hook]:
+    """fwd_hooks that make each head's attention pattern one-hot on key 0 (App. I.1), one per layer.
+
+    ``positions`` None: at every query position; a (batch,) tensor: row b only at query ``positions[b]``.
+    """
 
     def make(head_idx: list[int]) -> Callable:
         def hook(pattern: Tensor, hook) -> Tensor:  # (batch, head, q, k)
-            onehot = torch.zeros_like(pattern[:, :1])
-            onehot[..., 0] = 1.0
             out = pattern.clone()
-            out[:, head_idx] = onehot
+            rows = _row_positions(positions, pattern.shape[0], pattern.device)
+            if rows is None:
+                onehot = torch.zeros_like(pattern[:, :1])
+                onehot[..., 0] = 1.0
+                out[:, head_idx] = onehot
+            else:
+                onehot = torch.zeros(pattern.shape[-1], dtype=pattern.dtype, device=pattern.device)
+                onehot[0] = 1.0
+                b = torch.arange(pattern.shape[0], device=pattern.device)[:, None]
+                h = torch.as_tensor(head_idx, device=pattern.device)[None, :]
+                out[b, h, rows[:, None]] = onehot  # (batch, n_heads_ablated, k)
             return out
 
         return hook
@@ -220,21 +252,29 @@ def bos_ablation(model: LoadedModel, heads: Sequence[Head]) -> Iterator[LoadedMo
 
 
 def mean_z_ablation_hooks(
-    heads: Sequence[Head], mean_z: dict[Head, Float[Tensor, " d_head"]], positions: slice | None = None
+    heads: Sequence[Head], mean_z: dict[Head, Float[Tensor, " d_head"]], positions: slice | Tensor | None = None
 ) -> list[Hook]:
     """fwd_hooks that replace each head's z (attention output before W_O) by ``mean_z[head]`` at
-    ``positions`` (all positions when None) (App. I.2, footnote 11).
+    ``positions`` (App. I.2, footnote 11): None for all positions, a slice for those positions of
+    every row, a (batch,) tensor for one position per row (row b at ``positions[b]``).
     """
     missing = [h for h in heads if tuple(h) not in mean_z]
     if missing:
         raise ValueError(f"no mean z given for heads {missing}")
+    per_row = isinstance(positions, Tensor)
     where = slice(None) if positions is None else positions
 
     def make(layer: int, head_idx: list[int]) -> Callable:
         def hook(z: Tensor, hook) -> Tensor:  # (batch, pos, head, d_head)
             out = z.clone()
+            rows = _row_positions(positions, z.shape[0], z.device) if per_row else None
+            b = torch.arange(z.shape[0], device=z.device)
             for h in head_idx:
-                out[:, where, h] = mean_z[(layer, h)].to(z.device, z.dtype)
+                value = mean_z[(layer, h)].to(z.device, z.dtype)
+                if rows is None:
+                    out[:, where, h] = value
+                else:
+                    out[b, rows, h] = value
             return out
 
         return hook
@@ -295,6 +335,45 @@ def neuron_activations_under(
     for batch in _batches(tokens, batch_size):
         model.bridge.run_with_hooks(batch.to(_device(model)), fwd_hooks=[*hooks, (act_hook, capture)])
     return (total / tokens.shape[0]).float()
+
+
+@torch.no_grad()
+def neuron_activations_per_position(
+    model: LoadedModel,
+    tokens: Int[Tensor, "n_seqs seq_len"],
+    neurons: Sequence[int],
+    hooks_at: Callable[[Tensor], Sequence[Hook]],
+    *,
+    batch_size: int = 16,
+) -> Float[Tensor, "n_neurons seq_len"]:
+    """Like ``neuron_activations_under``, with the ablation at the read position only (Sec. 6.2's
+    per-position variant): the value at position q is the activation at q when the hooks ablate
+    query position q alone, averaged over sequences.
+
+    ``hooks_at(positions)`` gives the hooks for a batch whose row b ablates query ``positions[b]``
+    (e.g. ``lambda pos: bos_ablation_hooks(heads, pos)``). Exact and batched: every (sequence, q)
+    pair is one row, holding tokens 0..q of its sequence (a causal model's activation at q does not
+    see later tokens), ablated at q; rows are sorted by q so each batch is cut after its largest q.
+    Costs seq_len times the rows of one all-positions pass, about half as many tokens.
+    """
+    n_seqs, seq_len = tokens.shape
+    act_hook = final_layer(model).act_hook
+    idx = torch.as_tensor(list(neurons), dtype=torch.long)
+    total = torch.zeros(len(idx), seq_len, dtype=torch.float64)
+    pairs = torch.cartesian_prod(torch.arange(seq_len), torch.arange(n_seqs))  # (seq_len * n_seqs, 2): (q, seq)
+    device = _device(model)
+    for chunk in _batches(pairs, batch_size):
+        q, seq = chunk[:, 0], chunk[:, 1]
+        rows = tokens[seq, : int(q.max()) + 1]  # (batch, max q + 1)
+        read: dict[str, Tensor] = {}
+
+        def capture(acts: Tensor, hook) -> None:  # (batch, pos, d_mlp)
+            b = torch.arange(acts.shape[0], device=acts.device)
+            read["acts"] = acts[b, q.to(acts.device)][:, idx.to(acts.device)].double().cpu()  # (batch, n_neurons)
+
+        model.bridge.run_with_hooks(rows.to(device), fwd_hooks=[*hooks_at(q), (act_hook, capture)])
+        total.index_add_(1, q, read["acts"].T)
+    return (total / n_seqs).float()
 
 
 @torch.no_grad()

@@ -307,6 +307,8 @@ def natural_induction_effects(
     n: int = 6,
     token_chunk: int = 256,
     backend: Backend = "auto",
+    tokens: Int[Tensor, "n_seqs seq_len"] | None = None,
+    tokenizer=None,
 ) -> pd.DataFrame:
     """App. H.1, Fig. 9a-c: activations and clipped-ablation effects at the positions of each repeat.
 
@@ -314,7 +316,9 @@ def natural_induction_effects(
     B / X the position after the first / second occurrence. Each neuron is clipped to
     ``reference_mean`` (its mean on non-repeated text, chosen by the caller) at these positions
     alone; columns: activation, clipped, entropy, loss (clean, nats), delta_entropy, delta_loss
-    (TE, ablated - clean) and reciprocal_rank of the correct token (Fig. 9c colour).
+    (TE, ablated - clean) and reciprocal_rank of the correct token (Fig. 9c colour). With the
+    ``tokens`` the cache was run on: token_id (input at the position) and target_id (the token it
+    predicts); with a ``tokenizer`` too, their text as token and target (Fig. 9c hover labels).
     """
     P = cache.seq_len - 1
     if cache.n_tokens != len(repeats) * P:
@@ -338,6 +342,16 @@ def natural_induction_effects(
     )
     rank = clean_ranks(layer, sub, chunk=token_chunk)
     meta = pd.DataFrame(rows, columns=["seq", "occurrence", "label", "offset", "position"])
+    if tokens is not None:
+        if tokens.shape != (len(repeats), cache.seq_len):
+            raise ValueError(f"tokens {tuple(tokens.shape)} are not the {len(repeats)} x {cache.seq_len} run")
+        seq, pos = torch.tensor(meta["seq"].to_numpy()), torch.tensor(meta["position"].to_numpy())
+        meta["token_id"] = tokens[seq, pos].numpy()
+        meta["target_id"] = tokens[seq, pos + 1].numpy()
+        if tokenizer is not None:
+            text = {int(i): tokenizer.decode([int(i)]) for i in np.unique(meta[["token_id", "target_id"]])}
+            meta["token"] = meta["token_id"].map(text)
+            meta["target"] = meta["target_id"].map(text)
     frames = []
     for k, i in enumerate(neurons):
         act = sub.acts[:, i]

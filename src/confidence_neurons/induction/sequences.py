@@ -2,14 +2,16 @@
 
 Synthetic induction (Sec. 6.1): T tokens of corpus text followed by the same T tokens again,
 after a BOS token. Natural induction (App. H.1, App. D): corpus windows that contain a 6-gram
-occurring exactly twice, with no token repeated inside it.
+occurring exactly twice, with no token repeated inside it; as the authors filter it, at least one
+token lies between the two occurrences and the n-gram holds no BOS (or other special) token, no
+newline and no token that is a partial UTF-8 character on its own (``ExcludedTokens``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from typing import Any
 
 import numpy as np
@@ -102,32 +104,83 @@ def corrupt_first_copy(
     return out
 
 
-def find_repeated_ngrams(tokens: Sequence[int] | Tensor, n: int = 6) -> list[tuple[int, int]]:
+class ExcludedTokens:
+    """The token ids a natural-induction n-gram may not hold (App. H.1, as the authors filter it).
+
+    A token is excluded when it is BOS or another special token of the tokenizer (``"special"``),
+    when its text decoded alone holds a newline (``"newline"``: line feed or carriage return), or when decoded alone
+    it is not whole UTF-8 (``"partial utf-8"``: the decoder's replacement character U+FFFD, as a
+    byte-level BPE gives for one byte of a multi-byte character). Each id is decoded once, when
+    first asked about; ``id in excluded`` answers, ``reason(id)`` says why (None: allowed).
+    """
+
+    def __init__(self, tokenizer: Any, bos_id: int | None = None) -> None:
+        self.tokenizer = tokenizer
+        special = set(getattr(tokenizer, "all_special_ids", None) or ())
+        if bos_id is not None:
+            special.add(int(bos_id))
+        self.special = frozenset(int(i) for i in special)
+        self._reasons: dict[int, str | None] = {}
+
+    def reason(self, token_id: int) -> str | None:
+        """Why ``token_id`` may not be in the n-gram, or None."""
+        token_id = int(token_id)
+        if token_id not in self._reasons:
+            if token_id in self.special:
+                why = "special"
+            else:
+                text = self.tokenizer.decode([token_id])
+                why = "newline" if ("\n" in text or "\r" in text) else "partial utf-8" if "\ufffd" in text else None
+            self._reasons[token_id] = why
+        return self._reasons[token_id]
+
+    def __contains__(self, token_id: object) -> bool:
+        return self.reason(int(token_id)) is not None
+
+    def counts(self) -> dict[str, int]:
+        """How many of the ids seen so far were excluded, by reason."""
+        out: dict[str, int] = defaultdict(int)
+        for why in self._reasons.values():
+            if why is not None:
+                out[why] += 1
+        return dict(out)
+
+
+def find_repeated_ngrams(
+    tokens: Sequence[int] | Tensor, n: int = 6, *, excluded: Container[int] = (), min_gap: int = 1
+) -> list[tuple[int, int]]:
     """App. H.1 / App. D filter: every n-gram that qualifies as a natural induction example.
 
     An n-gram (n consecutive tokens) qualifies when it occurs exactly twice in the sequence, its n
-    tokens are all different, and its two occurrences do not overlap (implied by distinct tokens:
-    an n-gram that overlaps its own repeat shares a token with itself; kept explicit). Returns
-    (first_start, second_start) for each, sorted by second_start. A longer repeated span yields one
-    entry per n-gram inside it; the first of them marks where induction starts.
+    tokens are all different, at least ``min_gap`` tokens lie between its two occurrences
+    (second_start >= first_start + n + min_gap; the authors: 1) and none of its tokens is in
+    ``excluded`` (e.g. ``ExcludedTokens``). Distinct tokens already forbid an n-gram overlapping its
+    own repeat. Returns (first_start, second_start) for each, sorted by second_start. A longer
+    repeated span yields one entry per n-gram inside it; the first of them marks where induction starts.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1 (got {n})")
+    if min_gap < 0:
+        raise ValueError(f"min_gap must be at least 0 (got {min_gap})")
     seq = tokens.tolist() if isinstance(tokens, Tensor) else [int(t) for t in tokens]
     if seq and isinstance(seq[0], list):
         raise ValueError("find_repeated_ngrams takes one sequence (1-D); loop over the rows of a batch")
     starts: dict[tuple[int, ...], list[int]] = defaultdict(list)
     for i in range(len(seq) - n + 1):
         starts[tuple(seq[i : i + n])].append(i)
-    found = [(s[0], s[1]) for gram, s in starts.items() if len(s) == 2 and len(set(gram)) == n and s[1] - s[0] >= n]
+    found = [
+        (s[0], s[1])
+        for gram, s in starts.items()
+        if len(s) == 2 and s[1] - s[0] >= n + min_gap and len(set(gram)) == n and not any(t in excluded for t in gram)
+    ]
     return sorted(found, key=lambda r: r[1])
 
 
-def _qualifying(row: np.ndarray, n: int) -> tuple[int, int] | None:
+def _qualifying(row: np.ndarray, n: int, excluded: Container[int]) -> tuple[int, int] | None:
     """The first repeat whose second occurrence is followed by a token that is itself predicted
     (position X = second_start + n has a next token), or None.
     """
-    for first, second in find_repeated_ngrams(row.tolist(), n):
+    for first, second in find_repeated_ngrams(row.tolist(), n, excluded=excluded):
         if second + n <= len(row) - 2:
             return first, second
     return None
@@ -150,8 +203,9 @@ def natural_induction(
     """App. H.1: corpus windows of ``seq_len`` tokens (BOS first) that hold a repeated n-gram.
 
     Documents are read in order and cut into non-overlapping windows; a window is a candidate
-    when ``find_repeated_ngrams`` finds a repeat whose second occurrence is followed by a
-    predicted token (so the position X after it exists). Reading stops at 4 x ``n_seqs``
+    when ``find_repeated_ngrams`` (with ``ExcludedTokens(tokenizer, bos_id)`` and a gap of at least
+    one token) finds a repeat whose second occurrence is followed by a predicted token (so the
+    position X after it exists). Reading stops at 4 x ``n_seqs``
     candidates, ``max_documents`` documents or ``max_windows`` windows; ``n_seqs`` candidates
     are then drawn with ``seed``. Returns tokens (k, seq_len), the (first_start, second_start)
     of each window's first qualifying repeat (positions in the row, BOS included), and a record.
@@ -162,6 +216,7 @@ def natural_induction(
     info, docs = _open(dataset, text_field, split)
     body_len = seq_len - (1 if bos_id is not None else 0)
     prefix = np.array([] if bos_id is None else [int(bos_id)], dtype=np.int64)
+    excluded = ExcludedTokens(tokenizer, bos_id)
     rows, repeats, origins = [], [], []
     n_docs = n_windows = 0
     exhausted = True
@@ -172,7 +227,7 @@ def natural_induction(
             for off in range(0, len(ids) - body_len + 1, body_len):
                 row = np.concatenate([prefix, ids[off : off + body_len]])
                 n_windows += 1
-                if (rep := _qualifying(row, n)) is not None:
+                if (rep := _qualifying(row, n, excluded)) is not None:
                     rows.append(row)
                     repeats.append(rep)
                     origins.append((d, off))
@@ -190,7 +245,8 @@ def natural_induction(
     if not rows:
         raise CorpusError(
             f"none of the {n_windows} windows of {seq_len} tokens (from {n_docs} documents) holds a "
-            f"{n}-gram that occurs exactly twice with no repeated token; pass a larger --dataset, "
+            f"{n}-gram that occurs exactly twice with no repeated token, a gap between its occurrences "
+            "and no newline, partial UTF-8 or special token; pass a larger --dataset, "
             f"raise the document/window limits, or lower --seq-len or n"
         )
     k = min(n_seqs, len(rows))
@@ -214,6 +270,11 @@ def natural_induction(
             "n_candidates": len(rows),
             "n_documents": n_docs,
             "n_windows_scanned": n_windows,
+            "filters": {
+                "min_gap": 1,
+                "excluded": "special (BOS) tokens, tokens decoding to a newline or to partial UTF-8",
+                "excluded_ids_seen": excluded.counts(),
+            },
             "corpus_exhausted": exhausted,
             "max_documents": max_documents,
             "max_windows": max_windows,

@@ -3,8 +3,9 @@
 Steps (each timed): synthetic induction curves (Fig. 5a), clipped ablation in the second copy
 against random neurons (Fig. 5b), the change of every final-layer neuron (Fig. 11), prefix-matching
 and BOS-attention scores of every head (Sec. 6.2), BOS ablation (Fig. 5c, 12), mean
-attention-output ablation (Fig. 13), direct feature attribution (Fig. 14) and natural induction
-(Fig. 9). ``commands/induction.py`` runs it and writes the run directory.
+attention-output ablation (Fig. 13), both per-position (the paper's) or at all positions
+(``config.head_ablation``), direct feature attribution (Fig. 14) and natural induction
+(Fig. 9, Fig. 11's natural panel). ``commands/induction.py`` runs it and writes the run directory.
 """
 
 from __future__ import annotations
@@ -53,7 +54,20 @@ def scan_table(scan_dir: str) -> pd.DataFrame:
 
 
 def chosen_neurons(config: InductionConfig, layer) -> tuple[list[int], dict[int, str]]:
-    """Neuron indices and their family ("entropy", "token frequency" or "chosen")."""
+    """Neuron indices and their family ("entropy", "token frequency" or "chosen"), checked against
+    the layer (also that ``n_random`` other neurons exist for the baseline).
+    """
+    idx, family = _chosen_neurons(config, layer)
+    if config.n_random > layer.d_mlp - len(idx):
+        raise ConfigError(
+            f"n_random = {config.n_random} random neurons cannot be drawn from the {layer.d_mlp - len(idx)} "
+            "final-layer neurons not studied; lower --n-random",
+            field="n_random",
+        )
+    return idx, family
+
+
+def _chosen_neurons(config: InductionConfig, layer) -> tuple[list[int], dict[int, str]]:
     if config.neurons:
         idx = [parse_neuron(s, layer, field="neurons") for s in config.neurons]
         return idx, {i: "chosen" for i in idx}
@@ -186,14 +200,27 @@ def _head_label(heads) -> str:
     return "+".join(f"L{l}H{h}" for l, h in heads) or "none"
 
 
-def _ablation_table(model, tokens, neurons, names, sets, make_hooks, batch_size) -> pd.DataFrame:
-    """Mean activation per position of each neuron under each head set's hooks (one forward per batch)."""
+def _ablation_table(
+    model, tokens, neurons, names, sets, make_hooks, batch_size, variant: H.HeadAblation
+) -> pd.DataFrame:
+    """Mean activation per position of each neuron under each head set's hooks.
+
+    ``make_hooks(heads, positions)`` builds the hooks (``positions`` None: every query position).
+    ``variant`` "all-positions": one forward per head set and batch, ablated everywhere;
+    "per-position": the head set ablated at the read position only (exact, see ``heads``).
+    The clean row is the same in both.
+    """
     rows = []
     for kind, heads in [("clean", ())] + sets:
-        acts = H.neuron_activations_under(
-            model, tokens, neurons, make_hooks(heads) if heads else [], batch_size=batch_size
-        )  # (n_neurons, seq_len)
-        for k, name in enumerate(names):
+        if not heads:
+            acts = H.neuron_activations_under(model, tokens, neurons, [], batch_size=batch_size)
+        elif variant == "per-position":
+            acts = H.neuron_activations_per_position(
+                model, tokens, neurons, lambda pos, hs=heads: make_hooks(hs, pos), batch_size=batch_size
+            )
+        else:
+            acts = H.neuron_activations_under(model, tokens, neurons, make_hooks(heads, None), batch_size=batch_size)
+        for k, name in enumerate(names):  # acts: (n_neurons, seq_len)
             rows.append(
                 pd.DataFrame(
                     {
@@ -235,9 +262,11 @@ def induction(
     offset = copy_offset(tokens.shape[1], T)
     start2 = offset + T
     with timer("clipped ablation (Fig. 5b)"):
-        draws = N.random_neuron_draws(
-            layer.d_mlp, config.n_random_draws, len(neurons), exclude=neurons, seed=config.seed
-        )
+        draws = (
+            N.random_neuron_draws(layer.d_mlp, 1, config.n_random, exclude=neurons, seed=config.seed)
+            if config.n_random
+            else []
+        )  # App. H.2: one draw of 10 random neurons, each clipped on its own
         clipped = N.clipped_ablation_curves(
             layer, cache, tuple(tokens.shape), neurons, half_len=T, random_neurons=draws, backend=config.backend
         )
@@ -302,13 +331,20 @@ def induction(
     sets += [("baseline", s) for s in H.baseline_combinations(base_heads, seed=config.seed)]
     with timer("BOS ablation (Fig. 5c, 12)"):
         tables["bos_ablation"] = _ablation_table(
-            model, abl_tokens, neurons, names, sets, H.bos_ablation_hooks, config.batch_size
+            model, abl_tokens, neurons, names, sets, H.bos_ablation_hooks, config.batch_size, config.head_ablation
         )
     with timer("mean attention-output ablation (Fig. 13)"):
         mean_z = H.mean_z_over(model, abl_tokens, ind_heads, slice(start2, None), batch_size=config.batch_size)
         zsets = [("induction", s) for s in H.head_combinations(ind_heads)]
         tables["mean_z_ablation"] = _ablation_table(
-            model, abl_tokens, neurons, names, zsets, lambda hs: H.mean_z_ablation_hooks(hs, mean_z), config.batch_size
+            model,
+            abl_tokens,
+            neurons,
+            names,
+            zsets,
+            lambda hs, pos: H.mean_z_ablation_hooks(hs, mean_z, positions=pos),
+            config.batch_size,
+            config.head_ablation,
         )
     dfa: dict[str, tuple[list[str], np.ndarray]] = {}
     with timer("direct feature attribution (Fig. 14)"):
@@ -351,7 +387,15 @@ def induction(
             )
             nat_cache = run_forward(model, layer, nat_tokens, batch_size=config.batch_size, progress=progress)
             tables["natural_effects"] = N.natural_induction_effects(
-                layer, nat_cache, repeats, neurons, reference_mean=clipped["first_copy_mean"], n=config.ngram
+                layer,
+                nat_cache,
+                repeats,
+                neurons,
+                reference_mean=clipped["first_copy_mean"],
+                n=config.ngram,
+                backend=config.backend,
+                tokens=nat_tokens,
+                tokenizer=model.tokenizer,
             )
             tables["natural_activation_change"] = pd.DataFrame(
                 {
@@ -378,6 +422,9 @@ def induction(
         "neurons": {n: family[i] for i, n in zip(neurons, names)},
         "induction_heads": [_head_label([h]) for h in ind_heads],
         "baseline_heads": [_head_label([h]) for h in base_heads],
+        "head_ablation": config.head_ablation,
+        "random_neurons": [f"{layer.layer}.{i}" for d in draws for i in d],
+        "random_seed": config.seed,
         "synthetic": {k: v for k, v in source.items() if k != "corpus"},
         "natural": nat_source,
         "sizes": {

@@ -1,5 +1,6 @@
-"""What the induction case study shows (Sec. 6, App. H, I): Fig. 5a-c, 9, 10c, 11, 12, 13, 14 and head
-scores, and the sections of its report.
+"""What the induction case study shows (Sec. 6, App. H, I): Fig. 5a-c, 9a-c, 10c, 11 (synthetic and
+natural), 12, 13, 14 and head scores, and the sections of its report. Head-ablation figures name the
+variant (per-position or all-positions) in their titles.
 """
 
 from __future__ import annotations
@@ -17,8 +18,22 @@ if TYPE_CHECKING:
     from confidence_neurons.induction.study import InductionResult
 
 
+HEAD_ABLATION_TEXT = {
+    "per-position": "heads ablated only at the position read (the paper's)",
+    "all-positions": "heads ablated at every position at once",
+}
+
+
+def head_ablation_variant(result: InductionResult) -> str:
+    """Which head-ablation variant the run used (runs from before the option: all-positions)."""
+    return str(result.settings.get("head_ablation", "all-positions"))
+
+
 def induction_figures(result: InductionResult) -> dict[str, Figure]:
     """Every figure of the case study, by file stem."""
+    variant = HEAD_ABLATION_TEXT[head_ablation_variant(result)]
+    bos_kind = f"BOS ablation, {variant}"
+    z_kind = f"Mean attention-output ablation, {variant}"
     summary = result.tables["clipped_summary"]
     T, names = result.half_len, result.names
     index_names = dict(zip(result.neurons, names))
@@ -40,11 +55,22 @@ def induction_figures(result: InductionResult) -> dict[str, Figure]:
             change["change"].to_numpy(), change["rho"].to_numpy(), is_flagged, [f"{n}" for n in change["neuron"]]
         ),
         "head_scores": F.fig_head_scores(result.prefix, result.bos, result.induction_heads, result.baseline_heads),
-        "fig12_bos_ablation_summary": F.fig_head_ablation_summary(result.tables["bos_ablation"], names, T),
+        "fig12_bos_ablation_summary": F.fig_head_ablation_summary(
+            result.tables["bos_ablation"], names, T, title_kind=f"{bos_kind} (Fig. 12 analogue)"
+        ),
         "fig13_mean_z_ablation_summary": F.fig_head_ablation_summary(
-            result.tables["mean_z_ablation"], names, T, title_kind="Mean attention-output ablation (Fig. 13 analogue)"
+            result.tables["mean_z_ablation"], names, T, title_kind=f"{z_kind} (Fig. 13 analogue)"
         ),
     }
+    if "natural_activation_change" in result.tables:  # Fig. 11, natural-text panel (App. H.3)
+        nat = result.tables["natural_activation_change"].merge(change[["neuron", "rho", "family"]], on="neuron")
+        figs["fig11_natural_activation_change"] = F.fig_activation_change(
+            nat["change"].to_numpy(),
+            nat["rho"].to_numpy(),
+            nat["family"].isin(["entropy", "chosen", "candidate"]).to_numpy(),
+            [f"{n}" for n in nat["neuron"]],
+            setting="natural",
+        )
     token_effects = result.tables["second_copy_token_effects"]
     for i, name in zip(result.neurons, names):
         slug = name.replace(".", "_")
@@ -53,10 +79,14 @@ def induction_figures(result: InductionResult) -> dict[str, Figure]:
             title_text=f"Fig. 10c analogue: change of loss on clipping {name} in the second copy vs initial loss"
         )
         figs[f"fig10c_second_copy_loss_{slug}"] = fig
-        figs[f"fig5c_bos_ablation_{slug}"] = F.fig_head_ablation(result.tables["bos_ablation"], name, T)
-        figs[f"fig13_mean_z_ablation_{slug}"] = F.fig_head_ablation(
-            result.tables["mean_z_ablation"], name, T, title_kind="Mean attention-output ablation (Fig. 13 analogue)"
+        figs[f"fig5c_bos_ablation_{slug}"] = F.fig_head_ablation(
+            result.tables["bos_ablation"], name, T, title_kind=f"{bos_kind} (Fig. 5c analogue)"
         )
+        figs[f"fig13_mean_z_ablation_{slug}"] = F.fig_head_ablation(
+            result.tables["mean_z_ablation"], name, T, title_kind=f"{z_kind} (Fig. 13 analogue)"
+        )
+        if "natural_effects" in result.tables:
+            figs[f"fig9c_natural_loss_{slug}"] = F.fig_natural_loss_change(result.tables["natural_effects"], i, name)
         if name in result.dfa:
             labels, diff = result.dfa[name]
             figs[f"fig14_dfa_{slug}"] = F.fig_dfa(labels, np.asarray(diff), prefix_by_label, name)
@@ -90,6 +120,14 @@ def induction_sections(result: InductionResult, figs: dict[str, Figure]) -> list
     rnd = summary[summary["group"] == "random"]["rel_delta_entropy_pct"]
     s = result.settings
     pick = lambda prefix: [f for k, f in figs.items() if k.startswith(prefix)]  # noqa: E731
+    ablation_where = (
+        "only at the query position whose activation is read, as the paper (Sec. 6.2); each (sequence, "
+        "position) pair is one row of a batched forward (--head-ablation per-position)."
+        if head_ablation_variant(result) == "per-position"
+        else "at every query position at once (--head-ablation all-positions); positions before the one "
+        "read are ablated too, unlike the paper's per-position ablation."
+    )
+    n_rand = len(s.get("random_neurons", []))
     sections = [
         ReportSection(
             "Entropy neurons on repeated text (Fig. 5a)",
@@ -101,12 +139,21 @@ def induction_sections(result: InductionResult, figs: dict[str, Figure]) -> list
             "Clipped ablation in the second copy (Fig. 5b)",
             "Each neuron is clipped to its mean over the first copy, in the second copy only. "
             + " ".join(lines)
-            + f" Random neurons: median {rnd.median():+.1f}% (range {rnd.min():+.1f}% to "
-            f"{rnd.max():+.1f}%).",
+            + (
+                f" Baseline: {n_rand} random final-layer neurons (App. H.2), each clipped on its own: median "
+                f"{rnd.median():+.1f}% (range {rnd.min():+.1f}% to {rnd.max():+.1f}%)."
+                if len(rnd)
+                else ""
+            ),
             figures=pick("fig5b") + pick("fig10c"),
             table=sel,
         ),
-        ReportSection("Which final-layer neurons change most (Fig. 11)", "", figures=pick("fig11")),
+        ReportSection(
+            "Which final-layer neurons change most (Fig. 11)",
+            "Change of every final-layer neuron's mean activation: synthetic (second copy minus first) and, "
+            "where natural induction ran, natural (second occurrence of the n-gram minus first, App. H.3).",
+            figures=pick("fig11"),
+        ),
         ReportSection(
             "Induction heads (Sec. 6.2)",
             f"Prefix-matching score on repeated random tokens and mean attention to BOS on natural text. "
@@ -116,12 +163,12 @@ def induction_sections(result: InductionResult, figs: dict[str, Figure]) -> list
         ),
         ReportSection(
             "BOS ablation (Fig. 5c, 12)",
-            "Each head set is made to attend only to the first position; one forward per head set and batch.",
+            "Each head set is made to attend only to the first position, " + ablation_where,
             figures=pick("fig12") + pick("fig5c"),
         ),
         ReportSection(
             "Mean attention-output ablation (Fig. 13)",
-            "Each induction head's z vectors are replaced by their mean over the second copy.",
+            "Each induction head's z vectors are replaced by their mean over the second copy, " + ablation_where,
             figures=pick("fig13"),
         ),
         ReportSection(
@@ -132,8 +179,10 @@ def induction_sections(result: InductionResult, figs: dict[str, Figure]) -> list
         ),
         ReportSection(
             "Natural induction (Fig. 9)",
-            f"Corpus sequences with a repeated {s['sizes']['ngram']}-gram; neurons clipped to their mean on "
-            "non-repeated text."
+            f"Corpus sequences with a repeated {s['sizes']['ngram']}-gram (occurring exactly twice, distinct "
+            "tokens, at least one token between the occurrences, no newline, partial UTF-8 or special token); "
+            "neurons clipped to their mean on non-repeated text (the first copy of the synthetic sequences). "
+            "Fig. 9c: per-token change of loss at the second occurrence against the initial loss."
             if "natural_effects" in result.tables
             else f"Skipped: {s['natural'].get('skipped', '')}",
             figures=pick("fig9"),

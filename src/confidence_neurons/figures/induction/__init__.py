@@ -6,7 +6,7 @@ One module per subject, all re-exported here (``from confidence_neurons.figures 
 * :mod:`.activation`: Fig. 11 (change of every final-layer neuron's activation);
 * :mod:`.heads`: Sec. 6.2 head scores, Fig. 5c / 12 (BOS ablation) and Fig. 13 (mean-z ablation);
 * :mod:`.dfa`: Fig. 14 (direct feature attribution);
-* :mod:`.natural`: Fig. 9 (naturally repeated n-grams);
+* :mod:`.natural`: Fig. 9a-c (naturally repeated n-grams);
 * :mod:`.common`: palettes, the second-copy shading and the mean ± SE lines they share.
 
 Like the other figure modules every function is pure: plain numpy / pandas (or the
@@ -72,6 +72,7 @@ from confidence_neurons.figures.induction.heads import (
 from confidence_neurons.figures.induction.natural import (
     fig_natural_induction,
     fig_natural_induction_entropy,
+    fig_natural_loss_change,
     natural_x_layout,
 )
 from confidence_neurons.figures.style import (
@@ -118,6 +119,7 @@ __all__ = [
     "fig_induction_curves",
     "fig_natural_induction",
     "fig_natural_induction_entropy",
+    "fig_natural_loss_change",
     "head_label",
     "natural_x_layout",
     "second_copy_start",

@@ -1,4 +1,4 @@
-"""Entropy neurons on naturally repeated n-grams (Stolfo et al. 2024, App. H Fig. 9a/9b).
+"""Entropy neurons on naturally repeated n-grams (Stolfo et al. 2024, App. H Fig. 9a/9b/9c).
 
 The x axis reads A0..A5, B (first occurrence of an n-gram and the token after it), a gap, then
 A0..A5, X (the second occurrence); the second occurrence is shaded.  Pure: the table of
@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from confidence_neurons.figures.activity import MAX_ACTIVITY_POINTS, fig_loss_change_vs_initial
 from confidence_neurons.figures.induction.common import NeuronKind, band, neuron_palette, no_data, shade_from
 from confidence_neurons.figures.style import MUTED_TEXT_COLOR, base_layout, check_columns, hline, legend_below
 
-__all__ = ["fig_natural_induction", "fig_natural_induction_entropy", "natural_x_layout"]
+__all__ = ["fig_natural_induction", "fig_natural_induction_entropy", "fig_natural_loss_change", "natural_x_layout"]
 
 
 _NAT_COLS = ("seq", "neuron", "occurrence", "label", "offset")
@@ -186,4 +187,64 @@ def fig_natural_induction_entropy(
                 hovertemplate=f"{name}<br>ΔH = %{{y:.4g}}{unit}<extra></extra>",
             )
         )
+    return fig
+
+
+def fig_natural_loss_change(
+    effects: pd.DataFrame,
+    neuron: int,
+    neuron_name: str,
+    *,
+    occurrence: str = "second",
+    max_points: int = MAX_ACTIVITY_POINTS,
+    seed: int = 0,
+) -> go.Figure:
+    """Fig. 9c: per token, the change of loss on clip mean-ablation of one neuron against the
+    initial (clean) loss, coloured by the reciprocal rank of the correct token.
+
+    ``effects`` is ``natural_induction_effects``' table; its rows of ``neuron`` at ``occurrence``
+    (``"second"``: A0..A5, X of the second occurrence, where induction predicts, as the synthetic
+    Fig. 10c reads the second copy; ``"both"``: every labelled position) are drawn by
+    :func:`~confidence_neurons.figures.activity.fig_loss_change_vs_initial` (only clipped tokens
+    change, so only they are shown). Hover labels use the ``token`` / ``target`` text when the
+    table has it, else the ids, else the label.
+    """
+    check_columns(
+        effects,
+        ("seq", "neuron", "occurrence", "label", "position", "loss", "delta_loss", "reciprocal_rank", "clipped"),
+        "fig_natural_loss_change",
+        "effects",
+    )
+    if occurrence not in ("second", "both"):
+        raise ValueError(f"occurrence must be 'second' or 'both', got {occurrence!r}")
+    rows = effects[effects["neuron"] == neuron]
+    if occurrence == "second":
+        rows = rows[rows["occurrence"] == "second"]
+
+    def text(col: str, fallback: str) -> pd.Series:
+        if col in rows.columns:
+            return rows[col].astype(str)
+        if f"{col}_id" in rows.columns:
+            return "#" + rows[f"{col}_id"].astype(str)
+        return rows[fallback].astype(str) if fallback in rows.columns else pd.Series("", index=rows.index)
+
+    tokens = pd.DataFrame(
+        {
+            "seq": rows["seq"],
+            "pos": rows["position"],
+            "token": text("token", "label"),
+            "target": text("target", "label"),
+            "initial_loss": rows["loss"],
+            "delta_loss": rows["delta_loss"],
+            "reciprocal_rank": rows["reciprocal_rank"],
+            "clipped": rows["clipped"],
+        }
+    )
+    fig = fig_loss_change_vs_initial(tokens, neuron_name, max_points=max_points, seed=seed)
+    where = "the second occurrence (A0..A5, X)" if occurrence == "second" else "both occurrences"
+    n_clipped = int(tokens["clipped"].astype(bool).sum())
+    fig.update_layout(
+        title_text=f"Fig. 9c analogue: change of loss on clip mean-ablation of {neuron_name} vs initial loss, "
+        f"naturally repeated n-grams, {where} ({n_clipped:,} clipped tokens of {len(tokens):,})"
+    )
     return fig
