@@ -12,16 +12,22 @@ __version__ = "0.1.0"
 
 from confidence_neurons.analysis.selection import EntropyNeuronRule, TokenFrequencyNeuronRule
 from confidence_neurons.commands import load_run
+from confidence_neurons.commands.compare import CompareConfig, CompareResult, compare
+from confidence_neurons.commands.compare import run as run_compare
 from confidence_neurons.commands.induction import InductionConfig, InductionResult, induction
 from confidence_neurons.commands.induction import run as run_induction
 from confidence_neurons.commands.inspect import InspectConfig, InspectResult, inspect_neuron
 from confidence_neurons.commands.inspect import run as run_inspect
 from confidence_neurons.commands.scan import ScanConfig, ScanResult, scan
 from confidence_neurons.commands.scan import run as run_scan
+from confidence_neurons.commands.steer import SteerConfig, SteerResult, steer
+from confidence_neurons.commands.steer import run as run_steer
 from confidence_neurons.errors import ConfigError, ToolkitError
 from confidence_neurons.models.loading import load_model
 
 __all__ = [
+    "CompareConfig",
+    "CompareResult",
     "ConfigError",
     "EntropyNeuronRule",
     "InductionConfig",
@@ -30,14 +36,20 @@ __all__ = [
     "InspectResult",
     "ScanConfig",
     "ScanResult",
+    "SteerConfig",
+    "SteerResult",
     "TokenFrequencyNeuronRule",
     "ToolkitError",
+    "compare",
     "induction",
     "inspect_neuron",
     "load_model",
     "load_run",
+    "run_compare",
     "run_induction",
     "run_inspect",
     "run_scan",
+    "run_steer",
     "scan",
+    "steer",
 ]

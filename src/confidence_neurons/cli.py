@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from confidence_neurons.commands import flags as F
+from confidence_neurons.commands.compare import CompareConfig
 from confidence_neurons.commands.induction import InductionConfig
 from confidence_neurons.commands.inspect import InspectConfig
 from confidence_neurons.commands.options import from_dict
 from confidence_neurons.commands.scan import ScanConfig
+from confidence_neurons.commands.steer import SteerConfig
 from confidence_neurons.commands.unigrams import UnigramsConfig
 from confidence_neurons.errors import ConfigError, ToolkitError
 from confidence_neurons.provenance import toolkit_version
@@ -35,6 +37,7 @@ class Command:
     config: type
     help: str
     run_dir: bool = True  # writes a run directory (--out DIR, --config FILE, rerun)
+    positional: tuple[str, str] | None = None  # (tuple field, metavar) also given as positional arguments
 
 
 COMMANDS = {
@@ -49,6 +52,16 @@ COMMANDS = {
         "induction heads, BOS and mean attention-output ablation, direct feature attribution",
     ),
     "unigrams": Command(UnigramsConfig, "count the model's tokens over a corpus (P_freq for Sec. 4)", run_dir=False),
+    "steer": Command(
+        SteerConfig,
+        "turn entropy neurons as a confidence dial over a grid of scales and measure calibration on held-out "
+        "text against temperature scaling (beyond the paper)",
+    ),
+    "compare": Command(
+        CompareConfig,
+        "compare finished scans of several models, corpora or checkpoints (App. E-G: table, Fig. 6, 7, 8, report)",
+        positional=("runs", "RUN_DIR"),
+    ),
 }
 
 
@@ -61,6 +74,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, dict[str, str]]]:
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
         field_flags[name] = F.add_options(p, cmd.config)
+        if cmd.positional:  # same destination as the field's own flag, so both reach the config
+            field, metavar = cmd.positional
+            p.add_argument(F._dest(field), nargs="*", metavar=metavar, default=argparse.SUPPRESS, help=field)
         if cmd.run_dir:
             p.add_argument(
                 "--out",
@@ -139,8 +155,23 @@ def _print_induction(result) -> None:
     print("timings (s): " + ", ".join(f"{k} {v}" for k, v in result.timings.items()))
 
 
+def _print_compare(result) -> None:
+    cols = ["label", "d_model", "k", "sv_drop", "n_entropy", "n_token_frequency", "top_entropy"]
+    cols += ["top_entropy_ln_share", "top_tf", "top_tf_freq_share"]
+    table = result.table[[c for c in cols if c in result.table.columns]]
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+def _print_steer(result) -> None:
+    cols = ["label", "nll", "ece", "brier", "accuracy", "entropy", "mean_rank_change"]
+    t = result.table
+    shown = t[(t["kind"] == "clean") | t["fitted"]][cols]
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(result.verdict)
+
+
 def _run(kind: str, config: Any, out: Path | None, quiet: bool) -> None:
-    from confidence_neurons.commands import induction, inspect, scan, unigrams
+    from confidence_neurons.commands import compare, induction, inspect, scan, steer, unigrams
 
     if kind == "unigrams":
         counts = unigrams.run(config, progress=not quiet)
@@ -154,6 +185,8 @@ def _run(kind: str, config: Any, out: Path | None, quiet: bool) -> None:
         "scan": (scan, _print_scan),
         "inspect": (inspect, _print_inspect),
         "induction": (induction, _print_induction),
+        "compare": (compare, _print_compare),
+        "steer": (steer, _print_steer),
     }
     module, summarise = modules[kind]
     result = module.run(config, out, progress=not quiet)

@@ -9,6 +9,7 @@ import pytest
 
 from confidence_neurons.cli import COMMANDS, build_parser
 from confidence_neurons.commands import flags as F
+from confidence_neurons.commands.compare import CompareConfig
 from confidence_neurons.commands.induction import InductionConfig
 from confidence_neurons.commands.inspect import InspectConfig
 from confidence_neurons.commands.scan import ScanConfig
@@ -54,7 +55,7 @@ def test_every_field_is_a_flag_and_round_trips_through_a_dict(cls):
         for f in dataclasses.fields(cls)
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     }
-    extra = {} if cls is not InductionConfig else {"neurons": ("1.2",)}
+    extra = {InductionConfig: {"neurons": ("1.2",)}, CompareConfig: {"runs": ("runs/a", "runs/b")}}.get(cls, {})
     config = cls(**required, **extra)
     assert cls.from_dict(config.to_dict()) == config
 

@@ -14,11 +14,13 @@ from confidence_neurons.rundir import RunDir, RunDirError
 
 
 def load_run(path: str | Path) -> Any:
-    """The result of a finished run (``ScanResult``, ``InspectResult`` or ``InductionResult``), read
+    """The result of a finished run (``ScanResult``, ``InspectResult``, ``InductionResult`` or ``CompareResult``), read
     from its run directory: tables as DataFrames, settings, and figures rebuildable with ``.figures()``.
     """
+    from confidence_neurons.commands.compare import CompareResult
     from confidence_neurons.commands.inspect import InspectResult
     from confidence_neurons.commands.scan import ScanResult
+    from confidence_neurons.commands.steer import SteerResult
     from confidence_neurons.induction.study import InductionResult
 
     rd = RunDir(Path(path))
@@ -27,7 +29,13 @@ def load_run(path: str | Path) -> Any:
         raise RunDirError(
             f"the run in {rd.path} is not complete (status: {record.get('status')}); rerun its command to finish it"
         )
-    loaders = {"scan": ScanResult.load, "inspect": InspectResult.load, "induction": InductionResult.load}
+    loaders = {
+        "scan": ScanResult.load,
+        "inspect": InspectResult.load,
+        "induction": InductionResult.load,
+        "compare": CompareResult.load,
+        "steer": SteerResult.load,
+    }
     kind = record.get("kind")
     if kind not in loaders:
         raise RunDirError(f"{rd.path} holds a run of unknown kind {kind!r}; it was made by another version")
