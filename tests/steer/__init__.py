@@ -1,0 +1,1 @@
+"""Tests of the steer command: the neuron dial against temperature scaling."""
