@@ -86,6 +86,7 @@ def test_induction_end_to_end(setup, tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     settings = config["settings"]
     assert config["status"] == "complete" and len(settings["timings_s"]) == 8
+    assert settings["placement"] == {"device": "cpu", "dtype": "float32"}
     assert settings["head_ablation"] == "per-position" and config["config"]["head_ablation"] == "per-position"
     random_neurons = settings["random_neurons"]  # App. H.2: 10 random neurons, none of the studied ones
     assert len(set(random_neurons)) == 10 and not {"1.3", "1.7"} & set(random_neurons)

@@ -42,6 +42,7 @@ def test_steer_cli_writes_a_complete_run(tiny_model, corpus, tmp_path, capsys):
     assert "calibrates" in (out / "report.html").read_text()
     record = json.loads((out / "config.json").read_text())
     assert record["status"] == "complete" and record["kind"] == "steer"
+    assert record["settings"]["placement"] == {"device": "cpu", "dtype": "float32"}
     split = record["settings"]["split"]
     assert split["fit_seqs"] == [0, 2] and split["measure_seqs"] == [2, 4]
     # 24-token sequences: 23 predictions each, of which --token-filter paper counts positions >= 3

@@ -111,9 +111,7 @@ def inspect_neuron(
         "token_filter": config.token_filter,
         "n_tokens_analysed": int(analysed.sum()),
         "forward_from_store": cache.from_store,
-        "placement": model.placement.describe()
-        if model.placement is not None
-        else {"device": "cpu", "dtype": "float32"},
+        "placement": model.placement_record(),
         "corpus": {k: v for k, v in tokens.source.items() if k not in ("starts", "files")},
     }
     return InspectResult(config=config, activity=activity, passages=found, settings=settings)

@@ -185,9 +185,7 @@ def scan(
         "n_tokens_cached": full.n_tokens,
         "token_filter": config.token_filter,
         "forward_from_store": full.from_store,
-        "placement": model.placement.describe()
-        if model.placement is not None
-        else {"device": "cpu", "dtype": "float32"},
+        "placement": model.placement_record(),
         "k": k,
         "entropy_neuron_rule": config.rule.describe(),
         "token_frequency_neuron_rule": config.tf_rule.describe(),

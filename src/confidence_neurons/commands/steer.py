@@ -331,6 +331,7 @@ def steer(
     )
     settings = {
         "model": model.name,
+        "placement": model.placement_record(),
         "final_layer": layer.layer,
         "final_norm": layer.norm,
         "post_mlp_norm": layer.post_mlp_norm is not None,

@@ -419,6 +419,7 @@ def induction(
     )
     settings = {
         "model": model.name,
+        "placement": model.placement_record(),
         "neurons": {n: family[i] for i, n in zip(neurons, names)},
         "induction_heads": [_head_label([h]) for h in ind_heads],
         "baseline_heads": [_head_label([h]) for h in base_heads],

@@ -39,6 +39,10 @@ class LoadedModel:
     source: dict = field(default_factory=dict)
     placement: Placement | None = None  # where the weights are (None: the CPU, float32)
 
+    def placement_record(self) -> dict:
+        """What config.json records of where the model ran: device, dtype, GPU name(s), map."""
+        return self.placement.describe() if self.placement is not None else {"device": "cpu", "dtype": "float32"}
+
     @property
     def cfg(self):
         return self.bridge.cfg
