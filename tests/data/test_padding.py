@@ -101,8 +101,7 @@ PUBLISHED = [
 @pytest.mark.parametrize(("name", "d_vocab", "cosine"), PUBLISHED)
 def test_published_counts_under_both_paddings(name, d_vocab, cosine):
     path = COUNTS_DIR / name
-    if not path.is_file():
-        pytest.skip(f"reference data not found at {path} (only present in the project's CI checkout)")
+    assert path.is_file(), f"the packaged reference counts are missing ({path})"
     uc = load_counts(path, d_vocab)
     assert padding_cosine(uc, d_vocab) == pytest.approx(cosine, abs=1e-4)
     assert count_sparsity(uc).reliable, "the published counts are dense enough"

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from confidence_neurons.analysis.paper_models import REFERENCE_DIR
 from confidence_neurons.data.unigrams import (
     UnigramCounts,
     UnigramError,
@@ -20,8 +21,8 @@ from confidence_neurons.data.unigrams import (
     v_freq,
 )
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"  # /work/main/tests/data -> /work/shared
-COUNTS_DIR = SHARED / "reference" / "unigram-counts"
+# The authors' published counts ship with the package (analysis.paper_models, sha256-checked there).
+COUNTS_DIR = REFERENCE_DIR
 
 DOCS = [
     "the cat sat on the mat",
@@ -289,16 +290,14 @@ PUBLISHED = [
 
 @pytest.fixture(scope="module")
 def reference_dir() -> Path:
-    if not COUNTS_DIR.is_dir():
-        pytest.skip(f"reference data not found at {COUNTS_DIR} (only present in the project's CI checkout)")
+    assert COUNTS_DIR.is_dir(), f"the packaged reference counts are missing from {COUNTS_DIR}"
     return COUNTS_DIR
 
 
 @pytest.mark.parametrize("name,n,widths,total,rtol", PUBLISHED)
 def test_published_counts(reference_dir, name, n, widths, total, rtol):
     path = reference_dir / name
-    if not path.is_file():
-        pytest.skip(f"{path} is missing from the reference data")
+    assert path.is_file(), f"{path} is missing from the packaged reference data"
     for d_vocab in widths:
         uc = load_counts(path, d_vocab)
         assert uc.counts.shape == (n,) and uc.counts.dtype == np.int64
