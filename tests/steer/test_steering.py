@@ -17,8 +17,9 @@ from confidence_neurons.analysis.effects import per_token_effects
 from confidence_neurons.analysis.forward import ForwardCache, run_forward
 from confidence_neurons.analysis.sweep import sweep
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
-from confidence_neurons.models.loading import LoadedModel, load_model
-from tests.tiny import ARCHITECTURES, VOCAB_SIZE, load_tiny, random_tokens, save_tiny
+from confidence_neurons.models.loading import LoadedModel
+from tests.analysis.test_post_mlp_norm import _tiny_gemma
+from tests.tiny import ARCHITECTURES, VOCAB_SIZE, load_tiny, random_tokens
 
 TOL = 1e-4
 ALPHAS = (-1.0, 0.0, 0.5, 2.5)
@@ -47,31 +48,6 @@ def _setup(model: LoadedModel) -> Setup:
 @pytest.fixture(scope="module", params=ARCHITECTURES)
 def setup(request, tmp_path_factory) -> Setup:
     return _setup(load_tiny(request.param, tmp_path_factory.mktemp(request.param)))
-
-
-def _tiny_gemma(version: int, softcap: float | None, directory) -> LoadedModel:
-    from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
-
-    common = dict(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=128,
-        final_logit_softcapping=softcap,
-    )
-    if version == 2:
-        model = Gemma2ForCausalLM(Gemma2Config(**common))
-    else:
-        model = Gemma3ForCausalLM(Gemma3TextConfig(**common, sliding_window=16))
-    torch.manual_seed(version)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return load_model(str(save_tiny(model, directory)))
 
 
 @torch.no_grad()
