@@ -23,6 +23,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from confidence_neurons.analysis.kernel import is_out_of_memory
 from confidence_neurons.errors import ToolkitError
 from confidence_neurons.models.final_layer import FinalLayer
 from confidence_neurons.models.loading import LoadedModel
@@ -195,10 +196,6 @@ def _cache_of(arrays: dict[str, np.ndarray], seq_len: int, check: float, from_st
     return ForwardCache(t["resid"], t["acts"], t["target"], seq_len, check, t.get("mlp_out"), from_store=from_store)
 
 
-def _out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
-
-
 @torch.no_grad()
 def run_forward(
     model: LoadedModel,
@@ -239,7 +236,7 @@ def run_forward(
         try:
             logits, cache = model.bridge.run_with_cache(batch.to(device), names_filter=lambda name: name in names)
         except (RuntimeError, MemoryError) as exc:
-            if _out_of_memory(exc):
+            if is_out_of_memory(exc):
                 raise ToolkitError(
                     f"out of memory in the forward pass of {batch.shape[0]} sequences of {seq_len} tokens; "
                     "lower --batch-size (or use --device-map auto to spread the model over more devices)"
