@@ -73,8 +73,8 @@ def _natural_layout(fig: go.Figure, n: int, title: str, ytitle: str) -> None:
         shade_from(fig, n + 1.5, 2 * n + 2.6, label="second occurrence")
 
 
-def _natural_line(stats: pd.DataFrame, n: int) -> tuple[list, list, list]:
-    """(x, mean, se) over both occurrences, with a break (None) between them."""
+def _natural_line(stats: pd.DataFrame, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, mean, se) as float arrays over both occurrences, with a break (NaN) between them."""
     xs, _, _ = natural_x_layout(n)
     x, m, s = [], [], []
     for occ in ("first", "second"):
@@ -82,7 +82,7 @@ def _natural_line(stats: pd.DataFrame, n: int) -> tuple[list, list, list]:
         x += [xs[(occ, int(o))] for o in part["offset"]] + [None]
         m += part["mean"].tolist() + [None]
         s += part["se"].tolist() + [None]
-    return x[:-1], m[:-1], s[:-1]
+    return tuple(np.array([np.nan if v is None else v for v in a[:-1]], dtype=float) for a in (x, m, s))
 
 
 def _mean_se_by(df: pd.DataFrame, col: str) -> pd.DataFrame:
@@ -115,10 +115,7 @@ def fig_natural_induction(effects: pd.DataFrame, names: Sequence[str], *, kind: 
         return no_data(fig)
     for k, (neuron, name) in enumerate(zip(neurons, names)):
         color = palette[k % len(palette)]
-        x, m, s = _natural_line(_mean_se_by(effects[effects["neuron"] == neuron], "activation"), n)
-        mean = np.array([np.nan if v is None else v for v in m], dtype=float)
-        se = np.array([np.nan if v is None else v for v in s], dtype=float)
-        xf = np.array([np.nan if v is None else v for v in x], dtype=float)
+        xf, mean, se = _natural_line(_mean_se_by(effects[effects["neuron"] == neuron], "activation"), n)
         fig.add_traces(band(xf, mean, se, color, name))
         fig.add_trace(
             go.Scatter(
@@ -168,10 +165,7 @@ def fig_natural_induction_entropy(
             stats = stats.merge(h, on=["occurrence", "offset"])
             stats["mean"] = 100 * stats["mean"] / stats["h"]
             stats["se"] = 100 * stats["se"] / stats["h"]
-        x, m, s = _natural_line(stats, n)
-        xf = np.array([np.nan if v is None else v for v in x], dtype=float)
-        mean = np.array([np.nan if v is None else v for v in m], dtype=float)
-        se = np.array([np.nan if v is None else v for v in s], dtype=float)
+        xf, mean, se = _natural_line(stats, n)
         if not relative:
             fig.add_traces(band(xf, mean, se, color, name))
         unit = "%" if relative else " nats"
