@@ -182,22 +182,14 @@ def chosen_dials(config: SteerConfig, layer: FinalLayer) -> list[S.Dial]:
     return [together] if config.dials == "together" else [together, *each]
 
 
-def _rows(cache: ForwardCache, sl: slice) -> ForwardCache:
-    return ForwardCache(
-        resid=cache.resid[sl],
-        acts=cache.acts[sl],
-        target=cache.target[sl],
-        seq_len=cache.seq_len,
-        logits_check=cache.logits_check,
-        mlp_out=None if cache.mlp_out is None else cache.mlp_out[sl],
-    )
-
-
-def split_cache(cache: ForwardCache, n_seqs: int) -> tuple[ForwardCache, ForwardCache, int]:
-    """(fitting part, measuring part, number of fitting sequences): the first half of the sequences fits."""
+def split_cache(cache: ForwardCache, n_seqs: int, keep: torch.Tensor) -> tuple[ForwardCache, ForwardCache, int]:
+    """(fitting part, measuring part, number of fitting sequences): the first half of the sequences fits;
+    each part keeps the rows ``keep`` (the token filter) marks.
+    """
     n_fit = max(1, n_seqs // 2)
-    cut = n_fit * (cache.seq_len - 1)
-    return _rows(cache, slice(0, cut)), _rows(cache, slice(cut, None)), n_fit
+    fit = torch.zeros(cache.n_tokens, dtype=torch.bool)
+    fit[: n_fit * (cache.seq_len - 1)] = True
+    return cache.select(keep & fit), cache.select(keep & ~fit), n_fit
 
 
 def _summary_row(setting: S.Setting | None, metrics: dict, clean: dict, fit_nll: float, n_bins: int) -> dict:
@@ -242,16 +234,14 @@ def steer(
     t0 = time.perf_counter()
     cache = run_forward(model, layer, tokens.tokens, batch_size=config.batch_size, progress=progress)
     t_forward = time.perf_counter() - t0
-    fit_cache, measure_cache, n_fit = split_cache(cache, n_seqs)
     keep = analysed_tokens(tokens.tokens, config.token_filter, special=special_ids(model, tokens.tokens))
-    cut = fit_cache.n_tokens
-    if not bool(keep[:cut].any()) or not bool(keep[cut:].any()):
+    fit_cache, measure_cache, n_fit = split_cache(cache, n_seqs, keep)
+    if fit_cache.n_tokens == 0 or measure_cache.n_tokens == 0:
         raise ConfigError(
             f"--token-filter {config.token_filter} leaves no token to fit or to measure on; use longer sequences "
             "or --token-filter all",
             field="token_filter",
         )
-    fit_cache, measure_cache = fit_cache.select(keep[:cut]), measure_cache.select(keep[cut:])
     neurons = sorted({i for d in dials for i in d.neurons})
     col = {i: k for k, i in enumerate(neurons)}
     dials = [S.Dial(d.name, d.neurons, tuple(col[i] for i in d.neurons)) for d in dials]
@@ -303,7 +293,7 @@ def steer(
     per_seq = cache.seq_len - 1
     n_measure = measure_cache.n_tokens
     rows = measure_cache.flat_rows.numpy()  # positions of the measuring part that --token-filter counts
-    seq, pos = n_fit + rows // per_seq, rows % per_seq
+    seq, pos = rows // per_seq, rows % per_seq
     implied = pd.concat(
         [
             pd.DataFrame(
