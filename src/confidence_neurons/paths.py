@@ -1,7 +1,8 @@
-"""Where the toolkit keeps what it downloads or builds once."""
+"""Where the toolkit keeps what it downloads or builds once, and how it checks files."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -15,3 +16,12 @@ def cache_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "confidence-neurons"
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file's bytes, read a MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

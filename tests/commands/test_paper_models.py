@@ -18,6 +18,7 @@ from confidence_neurons.commands.scan import ScanConfig
 from confidence_neurons.commands.scan import run as run_scan
 from confidence_neurons.data.unigrams import UnigramError
 from confidence_neurons.errors import ToolkitError
+from confidence_neurons.paths import file_sha256
 from tests.analysis.test_planted import NEURON_A, NEURON_B, plant
 from tests.tiny import VOCAB_SIZE, make_tiny_dir
 
@@ -72,9 +73,9 @@ def test_counts_go_with_their_tokenizer():
 @pytest.mark.parametrize("counts", [P.GPT2_COUNTS, P.PYTHIA_COUNTS, P.PHI2_COUNTS], ids=lambda c: c.file)
 def test_shipped_count_files_are_the_published_ones(counts):
     assert counts.path.is_file(), f"{counts.file} is not installed with the package"
-    assert P.sha256_of(counts.path) == counts.sha256
+    assert file_sha256(counts.path) == counts.sha256
     if (SHARED / counts.file).is_file():
-        assert P.sha256_of(SHARED / counts.file) == counts.sha256
+        assert file_sha256(SHARED / counts.file) == counts.sha256
 
 
 def test_published_counts_load_padded_and_recorded():
@@ -122,7 +123,7 @@ def standin(planted_model, tmp_path_factory):
     counts = np.arange(1, VOCAB_SIZE + 1, dtype=np.int64)[::-1] * 7
     np.save(folder / "tiny-unigrams.npy", counts)
     published = P.PublishedCounts(
-        "tiny-unigrams.npy", P.sha256_of(folder / "tiny-unigrams.npy"), "tiny", "made up", folder
+        "tiny-unigrams.npy", file_sha256(folder / "tiny-unigrams.npy"), "tiny", "made up", folder
     )
     gpt2 = P.resolve_paper_model("gpt2")
     neurons = (

@@ -13,7 +13,6 @@ none, so their P_freq is counted over the run's corpus as for any model.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from confidence_neurons.data.unigrams import UnigramCounts, UnigramError, load_counts
+from confidence_neurons.paths import file_sha256
 
 #: Where the published count files are installed (package data).
 REFERENCE_DIR = Path(str(resources.files("confidence_neurons") / "data" / "reference"))
@@ -203,15 +203,6 @@ def paper_k_table() -> dict[str, int]:
     return {name: p.k for p in PAPER_MODELS for name in (p.key, p.hub_id, *p.aliases)}
 
 
-def sha256_of(path: Path) -> str:
-    """The hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_published_counts(paper: PaperModel, d_vocab: int) -> UnigramCounts | None:
     """The paper's published counts for ``paper`` (None where it published none), checked against
     their sha256, with their origin in ``meta``.
@@ -225,7 +216,7 @@ def load_published_counts(paper: PaperModel, d_vocab: int) -> UnigramCounts | No
             f"the published count file {published.file} for {paper.key} is missing from {published.folder}; "
             "reinstall confidence-neurons or pass the file with --unigrams"
         )
-    found = sha256_of(path)
+    found = file_sha256(path)
     if found != published.sha256:
         raise UnigramError(
             f"{path} has sha256 {found[:12]}..., not the published {published.sha256[:12]}...; "
@@ -310,5 +301,4 @@ __all__ = [
     "paper_k_table",
     "paper_neuron_table",
     "resolve_paper_model",
-    "sha256_of",
 ]

