@@ -200,9 +200,16 @@ def resolve_backend(backend: Backend, device: torch.device | str | None = None) 
 
     "auto" is the fused C kernel on the CPU where it compiles (measured faster there than the
     compiled torch path, see the README), the compiled fused reduction on CUDA, and the eager torch
-    path elsewhere. The C kernel only runs on the CPU.
+    path elsewhere. The C kernel only runs on the CPU. The environment variable
+    ``CONFIDENCE_NEURONS_BACKEND`` (c, torch or compiled) replaces "auto" where that backend can run,
+    so that a whole test suite or pipeline can be run on one backend.
     """
     dev = torch.device(device if device is not None else "cpu")
+    if backend == "auto" and (env := os.environ.get("CONFIDENCE_NEURONS_BACKEND", "").strip()):
+        if env not in ("c", "torch", "compiled"):
+            raise ConfigError(f"CONFIDENCE_NEURONS_BACKEND={env!r} is not a kernel backend; use c, torch or compiled")
+        if env != "c" or dev.type == "cpu":
+            backend = env
     if backend not in ("auto", "c", "torch", "compiled"):
         raise ConfigError(f"unknown kernel backend {backend!r}; choose auto, c, torch or compiled", field="backend")
     if backend == "c" and dev.type != "cpu":
