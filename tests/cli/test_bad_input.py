@@ -1,5 +1,5 @@
 """Every bad input: one sentence naming the flag or file, exit code 2, nothing written, and (where
-the model is not needed to tell) no model loaded. The README's table of bad inputs is this file.
+the model is not needed to tell) no model loaded. The table of bad inputs in docs/runs.md is this file.
 """
 
 from __future__ import annotations

@@ -199,7 +199,7 @@ def resolve_backend(backend: Backend, device: torch.device | str | None = None) 
     """The kernel that ``backend`` means on ``device`` (default CPU): "c", "compiled" or "torch".
 
     "auto" is the fused C kernel on the CPU where it compiles (measured faster there than the
-    compiled torch path, see the README), the compiled fused reduction on CUDA, and the eager torch
+    compiled torch path, see docs/speed.md), the compiled fused reduction on CUDA, and the eager torch
     path elsewhere. The C kernel only runs on the CPU. The environment variable
     ``CONFIDENCE_NEURONS_BACKEND`` (c, torch or compiled) replaces "auto" where that backend can run,
     so that a whole test suite or pipeline can be run on one backend.

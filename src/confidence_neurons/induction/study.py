@@ -90,7 +90,7 @@ def _chosen_neurons(config: InductionConfig, layer) -> tuple[list[int], dict[int
 
 @dataclass
 class InductionResult:
-    """Tables of the case study (by name, see the README), the neurons studied (indices, names
+    """Tables of the case study (by name, see docs/induction.md), the neurons studied (indices, names
     ``LAYER.INDEX`` and family), the heads chosen, the Fig. 5a curves, the direct feature
     attribution per neuron (component labels, induction minus corrupted), the prefix-matching and
     BOS-attention scores (n_layers, n_heads), step timings and the settings config.json records.
