@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from confidence_neurons.analysis.paper_models import REFERENCE_DIR
 from confidence_neurons.data.unigrams import (
     UnigramCounts,
     UnigramError,
@@ -20,8 +19,9 @@ from confidence_neurons.data.unigrams import (
     save_counts,
     v_freq,
 )
+from confidence_neurons.paper import REFERENCE_DIR
 
-# The authors' published counts ship with the package (analysis.paper_models, sha256-checked there).
+# The authors' published counts ship with the package (confidence_neurons.paper; sha256-checked on load).
 COUNTS_DIR = REFERENCE_DIR
 
 DOCS = [

@@ -23,9 +23,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from confidence_neurons.analysis.paper_models import paper_k_table, resolve_paper_model
 from confidence_neurons.errors import ConfigError
 from confidence_neurons.models.final_layer import FinalLayer
+from confidence_neurons.paper import paper_k_table, resolve_paper_model
 
 #: k for the paper's models (``analysis.paper_models``): GPT-2 Small k = 12 (Sec. 3.4, Fig. 2e);
 #: LLaMA2 7B k = 40 = 0.01 d_model (Fig. 2f); the others the bottom 1% (App. F). Keys: hub ids and short names.

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from confidence_neurons.analysis.frequency import FreqDirection
-from confidence_neurons.analysis.paper_models import load_published_counts, resolve_paper_model
 from confidence_neurons.commands.options import Options, SourceOptions, TokenOptions, UnigramOptions
 from confidence_neurons.data.corpus import TokenSample, sample_token_sequences
 from confidence_neurons.data.unigrams import (
@@ -21,11 +20,13 @@ from confidence_neurons.data.unigrams import (
     count_sparsity,
     count_unigrams,
     load_counts,
+    load_published_counts,
     p_freq,
     v_freq,
 )
 from confidence_neurons.models.final_layer import FinalLayer
 from confidence_neurons.models.loading import LoadedModel
+from confidence_neurons.paper import resolve_paper_model
 from confidence_neurons.provenance import provenance
 from confidence_neurons.rundir import RunDir
 

@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 from plotly.graph_objects import Figure
 
-from confidence_neurons.analysis.paper_models import paper_neuron_table, resolve_paper_model
+from confidence_neurons.analysis.paper_models import paper_neuron_table
 from confidence_neurons.analysis.selection import percentile_rank
 from confidence_neurons.analysis.table import top_neurons, top_token_frequency_neurons
 from confidence_neurons.commands.common import recording
 from confidence_neurons.commands.options import Options, option
 from confidence_neurons.errors import ConfigError
+from confidence_neurons.paper import resolve_paper_model
 from confidence_neurons.report.compare import compare_figures, compare_report_settings, compare_sections, compare_title
 from confidence_neurons.rundir import RunDir, RunDirError
 

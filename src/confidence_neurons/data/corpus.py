@@ -206,7 +206,7 @@ def _open(dataset: str | None, text_field: str, split: str) -> tuple[dict, Itera
 
         return info, gen()
     if _HUB_ID.match(dataset) and not dataset.endswith((".txt", ".jsonl", ".json")):
-        from confidence_neurons.models.loading import hub_reachable
+        from confidence_neurons.models.hub import hub_reachable
 
         if not hub_reachable():
             raise CorpusError(

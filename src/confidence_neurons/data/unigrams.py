@@ -36,6 +36,8 @@ from tqdm.auto import tqdm
 
 from confidence_neurons.data.corpus import describe_default_corpus, iter_documents
 from confidence_neurons.errors import ToolkitError
+from confidence_neurons.paper import PaperModel, published_counts
+from confidence_neurons.paths import file_sha256
 from confidence_neurons.rundir import atomic_write, npy_bytes
 
 log = logging.getLogger(__name__)
@@ -50,16 +52,6 @@ Padding = Literal["exclude", "authors"]
 MAX_ZERO_SHARE = 0.5
 #: ... or when fewer than this many tokens per entry were counted.
 MIN_TOKENS_PER_ENTRY = 10
-
-#: Provenance of the count files published with the paper's code (reference/README.md).
-PUBLISHED = {
-    "gpt2-small-unigrams_openwebtext-2M_rows_500000.npy": {
-        "tokenizer": "GPT-2 BPE (gpt2)",
-        "corpus": "OpenWebText, 500k rows",
-    },
-    "pythia-unigrams.npy": {"tokenizer": "GPT-NeoX-20B (Pythia)", "corpus": "The Pile"},
-    "phi-2-unigrams_c4_en_validation.npy": {"tokenizer": "Phi-2 (CodeGen BPE)", "corpus": "C4 en validation"},
-}
 
 
 class UnigramError(ToolkitError, ValueError):
@@ -322,11 +314,11 @@ def read_count_file(path: Path) -> UnigramCounts:
                 f"the .json"
             )
     else:
-        known = PUBLISHED.get(name, {})
+        known = published_counts(name)
         meta = {
             "source": f"published:{name}",
-            "tokenizer": known.get("tokenizer"),
-            "corpus": known.get("corpus"),
+            "tokenizer": known.tokenizer if known else None,
+            "corpus": known.corpus if known else None,
             "n_tokens": int(counts.sum()),
             "n_documents": None,
             "n_entries": int(counts.shape[0]),
@@ -435,3 +427,34 @@ def padding_cosine(counts: UnigramCounts, d_vocab: int) -> float:
     a = v_freq(p_freq(counts, d_vocab, "exclude"))
     b = v_freq(p_freq(counts, d_vocab, "authors"))
     return float(a @ b / (a.norm() * b.norm()))
+
+
+def load_published_counts(paper: PaperModel, d_vocab: int) -> UnigramCounts | None:
+    """The paper's published counts for ``paper`` (None where it published none), checked against
+    their sha256, with their origin in ``meta``.
+    """
+    published = paper.unigrams
+    if published is None:
+        return None
+    path = published.path
+    if not path.is_file():
+        raise UnigramError(
+            f"the published count file {published.file} for {paper.key} is missing from {published.folder}; "
+            "reinstall confidence-neurons or pass the file with --unigrams"
+        )
+    found = file_sha256(path)
+    if found != published.sha256:
+        raise UnigramError(
+            f"{path} has sha256 {found[:12]}..., not the published {published.sha256[:12]}...; "
+            "it is damaged or another file, so reinstall confidence-neurons or pass counts with --unigrams"
+        )
+    counts = load_counts(path, d_vocab)
+    meta = {
+        **counts.meta,
+        "tokenizer": published.tokenizer,
+        "corpus": published.corpus,
+        "file": published.file,
+        "sha256": found,
+        "paper_model": paper.key,
+    }
+    return UnigramCounts(counts=counts.counts, meta=meta)

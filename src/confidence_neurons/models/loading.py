@@ -11,16 +11,16 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from confidence_neurons.analysis.paper_models import paper_hub_id
 from confidence_neurons.errors import ToolkitError
 from confidence_neurons.models.embedded import DEFAULT_MODEL_NAME, embedded_gguf_path
+from confidence_neurons.models.hub import hub_cached, hub_offline_env, hub_reachable
 from confidence_neurons.models.placement import Placement, checkpoint_dtype, resolve_placement
+from confidence_neurons.paper import paper_hub_id
 
 log = logging.getLogger(__name__)
 
@@ -100,53 +100,13 @@ def _resolve(spec: str | None) -> _Resolved:
     spec = paper_hub_id(spec)  # the paper's short names (pythia-410m, phi-2, ...) name hub ids
     if not _looks_like_hub_id(spec):
         raise ModelLoadError(f"{spec} is neither an existing path nor a Hugging Face model id")
-    if not _hub_cached(spec) and not hub_reachable():
+    if not hub_cached(spec) and not hub_reachable():
         raise ModelLoadError(
             f"{spec} is not a local path, not in the Hugging Face cache, and the hub is unreachable"
-            f"{' (HF_HUB_OFFLINE is set)' if _hub_offline_env() else ''}; "
+            f"{' (HF_HUB_OFFLINE is set)' if hub_offline_env() else ''}; "
             "pass a local model directory or a GGUF file with --model"
         )
     return _Resolved("hub", spec, None, {"kind": "hub", "name": spec})
-
-
-def _hub_offline_env() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-@lru_cache(maxsize=1)
-def _hub_probe() -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=3).close()
-        return True
-    except OSError:
-        return False
-
-
-def hub_reachable() -> bool:
-    """Whether the Hugging Face hub can be asked at all: False at once under HF_HUB_OFFLINE, else one
-    connection attempt (3 s at most) per process, so an offline machine is told in seconds.
-    """
-    if _hub_offline_env():
-        return False
-    try:
-        import huggingface_hub.constants as hub_constants
-
-        if hub_constants.HF_HUB_OFFLINE:
-            return False
-    except ImportError:  # pragma: no cover - transformers always brings huggingface_hub
-        pass
-    return _hub_probe()
-
-
-def _hub_cached(repo_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    except Exception:  # noqa: BLE001 - a malformed id or cache is "not cached"
-        return False
 
 
 @dataclass(frozen=True)
@@ -372,7 +332,7 @@ def _saved_dtype(spec: str | None) -> torch.dtype | None:
         r = _resolve(spec)
         if r.kind == "embedded" or r.gguf_file is not None:
             return None
-        if r.kind == "hub" and not (hub_reachable() or _hub_cached(r.location)):
+        if r.kind == "hub" and not (hub_reachable() or hub_cached(r.location)):
             return None
         return checkpoint_dtype(AutoConfig.from_pretrained(r.location))
     except (OSError, ValueError):

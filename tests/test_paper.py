@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from confidence_neurons.analysis import paper_models as P
+from confidence_neurons import paper as P
+from confidence_neurons.analysis.paper_models import paper_neuron_table
 from confidence_neurons.analysis.weights import PAPER_K, default_k
 from confidence_neurons.cli import main
 from confidence_neurons.commands.scan import ScanConfig
 from confidence_neurons.commands.scan import run as run_scan
-from confidence_neurons.data.unigrams import UnigramError
+from confidence_neurons.data.unigrams import UnigramError, load_published_counts
 from confidence_neurons.errors import ToolkitError
 from confidence_neurons.paths import file_sha256
 from tests.analysis.test_planted import NEURON_A, NEURON_B, plant
@@ -80,14 +81,14 @@ def test_shipped_count_files_are_the_published_ones(counts):
 
 def test_published_counts_load_padded_and_recorded():
     paper = P.resolve_paper_model("pythia-410m")
-    counts = P.load_published_counts(paper, 50304)  # Pythia's W_U is wider than its tokenizer
+    counts = load_published_counts(paper, 50304)  # Pythia's W_U is wider than its tokenizer
     raw = np.load(P.PYTHIA_COUNTS.path)
     np.testing.assert_array_equal(counts.counts, raw)
     assert counts.meta["sha256"] == P.PYTHIA_COUNTS.sha256 and counts.meta["paper_model"] == "pythia-410m"
     assert counts.meta["source"] == "published:pythia-unigrams.npy" and counts.meta["corpus"] == "The Pile"
-    assert P.load_published_counts(P.resolve_paper_model("gemma-2b"), 256000) is None
+    assert load_published_counts(P.resolve_paper_model("gemma-2b"), 256000) is None
     with pytest.raises(UnigramError, match="another tokenizer"):
-        P.load_published_counts(paper, 256000)
+        load_published_counts(paper, 256000)
 
 
 def test_a_damaged_count_file_is_refused(tmp_path):
@@ -99,10 +100,10 @@ def test_a_damaged_count_file_is_refused(tmp_path):
         P.resolve_paper_model("gpt2"), unigrams=dataclasses.replace(P.GPT2_COUNTS, folder=tmp_path)
     )
     with pytest.raises(UnigramError, match="not the published"):
-        P.load_published_counts(paper, 50257)
+        load_published_counts(paper, 50257)
     damaged.unlink()
     with pytest.raises(UnigramError, match="missing"):
-        P.load_published_counts(paper, 50257)
+        load_published_counts(paper, 50257)
 
 
 # --------------------------------------------------------------------------- a tiny model standing in for "gpt2"
@@ -166,7 +167,7 @@ def test_standin_scan_uses_the_papers_k_and_counts(standin_scan, standin):
 
 def test_standin_report_marks_the_papers_neurons(standin_scan, standin):
     result, _ = standin_scan
-    table = P.paper_neuron_table(standin, result.neurons)
+    table = paper_neuron_table(standin, result.neurons)
     verdict = dict(zip(table["name"], table["verdict"]))
     assert verdict[f"1.{NEURON_A}"] == "found"  # the planted entropy neuron
     assert verdict[f"1.{NEURON_B}"] != "found"
@@ -206,4 +207,4 @@ def test_explicit_counts_win_and_damaged_published_counts_stop_the_scan(
     assert main([*base, "--out", str(tmp_path / "bad"), "--quiet"]) == 2
     assert "not the published" in capsys.readouterr().err
     with pytest.raises(ToolkitError):
-        P.load_published_counts(bad, VOCAB_SIZE)
+        load_published_counts(bad, VOCAB_SIZE)
