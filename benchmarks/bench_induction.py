@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from confidence_neurons.commands.induction import InductionConfig, induction
 from confidence_neurons.models.loading import load_model
+from confidence_neurons.studies.induction import InductionConfig, induction
 
 
 def main() -> None:

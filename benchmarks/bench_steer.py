@@ -19,10 +19,10 @@ import torch
 from confidence_neurons.analysis import steering as S
 from confidence_neurons.analysis.activity import parse_neuron
 from confidence_neurons.analysis.forward import run_forward
-from confidence_neurons.commands.common import sample_tokens
-from confidence_neurons.commands.steer import DEFAULT_ALPHAS, SteerConfig, steer
 from confidence_neurons.models.final_layer import final_layer
 from confidence_neurons.models.loading import load_model
+from confidence_neurons.studies.inputs import sample_tokens
+from confidence_neurons.studies.steer import DEFAULT_ALPHAS, SteerConfig, steer
 
 
 @torch.no_grad()

@@ -15,11 +15,11 @@ from confidence_neurons import paper as P
 from confidence_neurons.analysis.paper_models import paper_neuron_table
 from confidence_neurons.analysis.weights import PAPER_K, default_k
 from confidence_neurons.cli import main
-from confidence_neurons.commands.scan import ScanConfig
 from confidence_neurons.commands.scan import run as run_scan
 from confidence_neurons.data.unigrams import UnigramError, load_published_counts
 from confidence_neurons.errors import ToolkitError
 from confidence_neurons.paths import file_sha256
+from confidence_neurons.studies.scan import ScanConfig
 from tests.analysis.test_planted import NEURON_A, NEURON_B, plant
 from tests.tiny import VOCAB_SIZE, make_tiny_dir
 

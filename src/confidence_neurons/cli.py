@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from confidence_neurons.commands import flags as F
-from confidence_neurons.commands.compare import CompareConfig
-from confidence_neurons.commands.induction import InductionConfig
-from confidence_neurons.commands.inspect import InspectConfig
-from confidence_neurons.commands.options import from_dict
-from confidence_neurons.commands.scan import ScanConfig
-from confidence_neurons.commands.steer import SteerConfig
 from confidence_neurons.commands.unigrams import UnigramsConfig
 from confidence_neurons.errors import ConfigError, ToolkitError
 from confidence_neurons.provenance import toolkit_version
+from confidence_neurons.studies.compare import CompareConfig
+from confidence_neurons.studies.induction import InductionConfig
+from confidence_neurons.studies.inspect import InspectConfig
+from confidence_neurons.studies.options import from_dict
+from confidence_neurons.studies.scan import ScanConfig
+from confidence_neurons.studies.steer import SteerConfig
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
+from confidence_neurons._version import __version__
+
 #: Libraries whose version can change the numbers a run produces.
 NUMERIC_LIBRARIES = ("torch", "transformer-lens", "transformers", "accelerate", "gguf", "numpy", "pandas", "pyarrow")
 
@@ -18,8 +20,6 @@ def toolkit_version() -> str:
     try:
         return metadata.version("confidence-neurons")
     except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
-        from confidence_neurons import __version__
-
         return __version__
 
 

@@ -323,33 +323,7 @@ class RunDir:
     def tables(self) -> list[str]:
         return sorted(p.stem for p in self.path.glob("*.parquet"))
 
-    # ------------------------------------------------------------------ figures and report
-
-    def figure(self, stem: str, fig) -> None:
-        """``figures/stem.html`` (interactive, beside one shared plotly.min.js) and ``figures/stem.png``."""
-        from confidence_neurons.figures.export import PLOTLYJS_FILENAME, figure_html, plotlyjs_source
-        from confidence_neurons.figures.png import figure_to_png
-
-        if not stem or Path(stem).name != stem or stem in {".", ".."}:
-            raise ValueError(f"a figure's stem must be a plain file name, got {stem!r}")
-        html, png = figure_html(fig).encode("utf-8"), figure_to_png(fig)  # both drawn before either is written
-        folder = self.path / FIGURES
-        js = folder / PLOTLYJS_FILENAME
-        if not js.is_file():
-            atomic_write(js, plotlyjs_source().encode("utf-8"))
-        atomic_write(folder / f"{stem}.html", html)
-        atomic_write(folder / f"{stem}.png", png)
-
-    def figures(self, figs: dict[str, Any]) -> None:
-        for stem, fig in figs.items():
-            self.figure(stem, fig)
-
-    def report(self, *, title: str, settings: dict, sections: list) -> Path:
-        """``report.html``: one self-contained page with the figures, tables and settings."""
-        from confidence_neurons.report.html import render_report
-
-        text = render_report(title=title, settings=settings, sections=sections)
-        return atomic_write(self.path / REPORT, text.encode("utf-8"))
+    # ------------------------------------------------------------------ the report
 
     @property
     def report_path(self) -> Path:

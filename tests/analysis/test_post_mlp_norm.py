@@ -81,8 +81,9 @@ def test_without_the_post_norm_term_the_closed_form_would_be_wrong(tmp_path):
 def test_scan_of_a_soft_capped_model_skips_only_the_frequency_part(tmp_path):
     import numpy as np
 
-    from confidence_neurons.commands.scan import ScanConfig, scan, write
+    from confidence_neurons.commands.scan import write
     from confidence_neurons.rundir import RunDir
+    from confidence_neurons.studies.scan import ScanConfig, scan
 
     model = _tiny_gemma(2, 30.0, tmp_path / "m")
     corpus = tmp_path / "corpus.txt"

@@ -22,8 +22,8 @@ from confidence_neurons.analysis.selection import (
     select_token_frequency_neurons,
 )
 from confidence_neurons.commands import flags as F
-from confidence_neurons.commands.scan import ScanConfig
 from confidence_neurons.errors import ConfigError
+from confidence_neurons.studies.scan import ScanConfig
 
 N = 20
 
@@ -194,9 +194,10 @@ def test_the_flags_reach_the_config():
 
 
 def test_a_scan_with_sparse_counts_is_marked_and_flags_no_token_frequency_neuron(tiny_model, tmp_path, caplog):
-    from confidence_neurons.commands.scan import scan, write
+    from confidence_neurons.commands.scan import write
     from confidence_neurons.models.loading import load_model
     from confidence_neurons.rundir import RunDir
+    from confidence_neurons.studies.scan import scan
 
     corpus = tmp_path / "few_words.txt"
     corpus.write_text(" ".join(f"w{i % 15}" for i in range(3000)))  # 15 of 96 ids: most are never seen

@@ -16,10 +16,11 @@ import torch
 import confidence_neurons as cn
 from confidence_neurons.cli import main
 from confidence_neurons.commands import compare as C
-from confidence_neurons.commands.scan import ScanConfig
 from confidence_neurons.commands.scan import run as run_scan
 from confidence_neurons.errors import ConfigError
 from confidence_neurons.models.final_layer import final_layer
+from confidence_neurons.studies import compare as SC
+from confidence_neurons.studies.scan import ScanConfig
 from tests.tiny import N_SPECIAL, VOCAB_SIZE, make_tiny_dir
 
 
@@ -107,18 +108,18 @@ def test_spectrum_and_its_drop_match_a_fresh_svd_of_W_U(compared, scans):
 
 def test_spectrum_drop_by_hand():
     # bottom 2 of [4, 3, 2, 1, 0.1, 0]: median 0.05; median of all (2 + 1) / 2 = 1.5
-    assert C.spectrum_drop(np.array([0.0, 4, 1, 3, 0.1, 2]), 2) == pytest.approx(0.05 / 1.5)
+    assert SC.spectrum_drop(np.array([0.0, 4, 1, 3, 0.1, 2]), 2) == pytest.approx(0.05 / 1.5)
 
 
 def test_percentiles_come_from_the_scan_when_it_has_them():
     old = pd.DataFrame({"w_out_norm": [3.0, 1.0, 2.0, 4.0]}, index=[10, 11, 12, 13])  # a scan from before norm_pct
-    got = C._percentile(old, "norm_pct", "norm_written", "w_out_norm")
+    got = SC._percentile(old, "norm_pct", "norm_written", "w_out_norm")
     assert list(got.index) == [10, 11, 12, 13]
     np.testing.assert_allclose(got, [75, 25, 50, 100])
     old["norm_written"] = [1.0, 2.0, 3.0, 4.0]  # the written direction wins over the raw one
-    np.testing.assert_allclose(C._percentile(old, "norm_pct", "norm_written", "w_out_norm"), [25, 50, 75, 100])
+    np.testing.assert_allclose(SC._percentile(old, "norm_pct", "norm_written", "w_out_norm"), [25, 50, 75, 100])
     old["norm_pct"] = [5.0, 6.0, 7.0, 8.0]  # a newer scan's own column is taken as it is
-    np.testing.assert_allclose(C._percentile(old, "norm_pct", "norm_written", "w_out_norm"), [5, 6, 7, 8])
+    np.testing.assert_allclose(SC._percentile(old, "norm_pct", "norm_written", "w_out_norm"), [5, 6, 7, 8])
 
 
 def test_figures_share_their_axes_and_are_written(compared):

@@ -9,11 +9,11 @@ import pytest
 
 from confidence_neurons.cli import COMMANDS, build_parser
 from confidence_neurons.commands import flags as F
-from confidence_neurons.commands.compare import CompareConfig
-from confidence_neurons.commands.induction import InductionConfig
-from confidence_neurons.commands.inspect import InspectConfig
-from confidence_neurons.commands.scan import ScanConfig
 from confidence_neurons.errors import ConfigError
+from confidence_neurons.studies.compare import CompareConfig
+from confidence_neurons.studies.induction import InductionConfig
+from confidence_neurons.studies.inspect import InspectConfig
+from confidence_neurons.studies.scan import ScanConfig
 
 
 def _flags(command: str) -> set[str]:

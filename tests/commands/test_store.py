@@ -20,10 +20,10 @@ from confidence_neurons.analysis.forward import analysed_tokens, run_forward
 from confidence_neurons.cli import main
 from confidence_neurons.commands import inspect as inspect_cmd
 from confidence_neurons.commands import scan as scan_cmd
-from confidence_neurons.commands.scan import ScanConfig
 from confidence_neurons.models.final_layer import final_layer
 from confidence_neurons.models.loading import load_model
 from confidence_neurons.rundir import ActivationStore
+from confidence_neurons.studies.scan import ScanConfig
 from tests.tiny import BOS_ID, EOS_ID
 
 

@@ -11,6 +11,7 @@ import pytest
 from confidence_neurons.figures import entropy as E
 from confidence_neurons.figures.export import PLOTLYJS_FILENAME, figure_html, figure_to_png, plotlyjs_source
 from confidence_neurons.figures.png import figure_to_png as png_figure_to_png
+from confidence_neurons.report.publish import write_figure
 from confidence_neurons.rundir import RunDir, atomic_write
 from tests.figures.pngcheck import png_size
 from tests.figures.test_entropy_figures import K, make_neurons
@@ -69,7 +70,7 @@ def test_run_dir_writes_offline_html_and_png(neurons, tmp_path):
 
     fig = E.fig_rho_vs_ln_share(neurons, K)
     t0 = time.perf_counter()
-    RunDir(tmp_path).figure("fig2e", fig)
+    write_figure(RunDir(tmp_path), "fig2e", fig)
     elapsed = time.perf_counter() - t0
     assert elapsed < 5, elapsed
     figs = tmp_path / "figures"
@@ -90,7 +91,7 @@ def test_run_dir_writes_offline_html_and_png(neurons, tmp_path):
 
 def test_run_dir_refuses_folders_in_the_stem_and_unsupported_figures(tmp_path):
     with pytest.raises(ValueError):
-        RunDir(tmp_path).figure("../escape", go.Figure())
+        write_figure(RunDir(tmp_path), "../escape", go.Figure())
     with pytest.raises(NotImplementedError):
-        RunDir(tmp_path).figure("heatmap", go.Figure(go.Heatmap(z=[[1, 2], [3, 4]])))
+        write_figure(RunDir(tmp_path), "heatmap", go.Figure(go.Heatmap(z=[[1, 2], [3, 4]])))
     assert not (tmp_path / "figures").exists(), "a figure that cannot be drawn leaves no file"

@@ -11,11 +11,11 @@ import torch
 from confidence_neurons.analysis.forward import run_forward
 from confidence_neurons.analysis.sweep import sweep
 from confidence_neurons.cli import main
-from confidence_neurons.commands.scan import ScanConfig, scan
 from confidence_neurons.errors import ConfigError
 from confidence_neurons.models.final_layer import final_layer
 from confidence_neurons.models.loading import boot, load_model
 from confidence_neurons.models.placement import parse_device_map, parse_max_memory, resolve_placement
+from confidence_neurons.studies.scan import ScanConfig, scan
 from tests.analysis.test_planted import NEURON_A, plant
 from tests.tiny import build_tiny_hf, random_tokens, save_tiny
 

@@ -10,6 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
+from confidence_neurons.report import publish
 from confidence_neurons.report.html import ReportSection, format_cell
 from confidence_neurons.rundir import RunDir
 
@@ -25,7 +26,7 @@ SETTINGS = {
 
 def write_report(run_dir, **kwargs):
     """The report as a run directory writes it."""
-    return RunDir(run_dir).report(**kwargs)
+    return publish.write_report(RunDir(run_dir), **kwargs)
 
 
 def small_fig(title: str) -> go.Figure:

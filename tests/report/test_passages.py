@@ -7,6 +7,7 @@ import re
 import plotly.graph_objects as go
 import pytest
 
+from confidence_neurons.report import publish
 from confidence_neurons.report.html import ReportSection
 from confidence_neurons.report.passages import passages_html
 from confidence_neurons.rundir import RunDir
@@ -17,7 +18,7 @@ N = len(TOKENS)
 
 def write_report(run_dir, **kwargs):
     """The report as a run directory writes it."""
-    return RunDir(run_dir).report(**kwargs)
+    return publish.write_report(RunDir(run_dir), **kwargs)
 
 
 def make_passage(**over) -> dict:

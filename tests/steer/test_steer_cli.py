@@ -13,8 +13,8 @@ import pytest
 
 from confidence_neurons import load_run
 from confidence_neurons.cli import main
-from confidence_neurons.commands.steer import SteerConfig, SteerResult, chosen_dials
 from confidence_neurons.errors import ConfigError
+from confidence_neurons.studies.steer import SteerConfig, SteerResult, chosen_dials
 
 FIGURES = [
     "steer_nll_vs_ece",

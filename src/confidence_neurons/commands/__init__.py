@@ -1,6 +1,6 @@
-"""The toolkit's commands, one module each, all of one shape: a frozen config dataclass (the single
-source of the command's settings and flags), a pure computation that takes a loaded model, and
-``run(config, out) -> Result`` that loads, checks, computes and writes one run directory.
+"""The toolkit's commands, one module each, all of one shape: ``run(config, out) -> Result`` checks the
+inputs, loads the model, records and writes one run directory around the study's pure computation
+(``studies/``, which holds each config, result type and figure list).
 
 ``load_run(path)`` gives back the typed result a finished run wrote.
 """
@@ -11,18 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from confidence_neurons.rundir import RunDir, RunDirError
+from confidence_neurons.studies.compare import CompareResult
+from confidence_neurons.studies.induction import InductionResult
+from confidence_neurons.studies.inspect import InspectResult
+from confidence_neurons.studies.scan import ScanResult
+from confidence_neurons.studies.steer import SteerResult
 
 
 def load_run(path: str | Path) -> Any:
     """The result of a finished run (``ScanResult``, ``InspectResult``, ``InductionResult`` or ``CompareResult``), read
     from its run directory: tables as DataFrames, settings, and figures rebuildable with ``.figures()``.
     """
-    from confidence_neurons.commands.compare import CompareResult
-    from confidence_neurons.commands.inspect import InspectResult
-    from confidence_neurons.commands.scan import ScanResult
-    from confidence_neurons.commands.steer import SteerResult
-    from confidence_neurons.induction.study import InductionResult
-
     rd = RunDir(Path(path))
     record = rd.read_config()
     if record.get("status") != "complete":

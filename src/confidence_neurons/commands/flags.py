@@ -12,8 +12,8 @@ import dataclasses
 from dataclasses import MISSING, fields, is_dataclass
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from confidence_neurons.commands.options import base_type
 from confidence_neurons.errors import ConfigError
+from confidence_neurons.studies.options import base_type
 
 
 def _comma_list(text: str) -> tuple[str, ...]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from confidence_neurons.commands.options import TextOptions, option
 from confidence_neurons.data.corpus import check_dataset
 from confidence_neurons.data.unigrams import UnigramCounts, count_unigrams, save_counts
 from confidence_neurons.errors import ConfigError
 from confidence_neurons.models.loading import load_tokenizer
 from confidence_neurons.rundir import check_writable
+from confidence_neurons.studies.options import TextOptions, option
 
 
 @dataclass(frozen=True, kw_only=True)

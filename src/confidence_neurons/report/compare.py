@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from plotly.graph_objects import Figure
 
-from confidence_neurons.figures.compare import fig6_spectra, fig7_panels, fig8_panels
 from confidence_neurons.report.html import ReportSection
-
-if TYPE_CHECKING:
-    from confidence_neurons.commands.compare import CompareResult
-
-FIG6 = "fig6_spectra"
-
-
-def compare_figures(result: CompareResult) -> dict[str, Figure]:
-    """Every figure of a comparison, by file stem: Fig. 6, then Fig. 7 and Fig. 8 with one panel per scan."""
-    return {
-        FIG6: fig6_spectra(result.spectra),
-        **fig7_panels(result.neurons, result.table),
-        **fig8_panels(result.neurons, result.labels),
-    }
+from confidence_neurons.studies.compare import FIG6, CompareResult
 
 
 def compare_title(result: CompareResult) -> str:

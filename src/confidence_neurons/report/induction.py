@@ -1,99 +1,13 @@
-"""What the induction case study shows (Sec. 6, App. H, I): Fig. 5a-c, 9a-c, 10c, 11 (synthetic and
-natural), 12, 13, 14 and head scores, and the sections of its report. Head-ablation figures name the
-variant (per-position or all-positions) in their titles.
+"""What the induction case study's report shows (Sec. 6, App. H, I): its title, settings and sections
+(the figures are the study's).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import numpy as np
 from plotly.graph_objects import Figure
 
-from confidence_neurons.figures import induction as F
-from confidence_neurons.figures.activity import fig_loss_change_vs_initial
 from confidence_neurons.report.html import ReportSection
-
-if TYPE_CHECKING:
-    from confidence_neurons.induction.study import InductionResult
-
-
-HEAD_ABLATION_TEXT = {
-    "per-position": "heads ablated only at the position read (the paper's)",
-    "all-positions": "heads ablated at every position at once",
-}
-
-
-def head_ablation_variant(result: InductionResult) -> str:
-    """Which head-ablation variant the run used (runs from before the option: all-positions)."""
-    return str(result.settings.get("head_ablation", "all-positions"))
-
-
-def induction_figures(result: InductionResult) -> dict[str, Figure]:
-    """Every figure of the case study, by file stem."""
-    variant = HEAD_ABLATION_TEXT[head_ablation_variant(result)]
-    bos_kind = f"BOS ablation, {variant}"
-    z_kind = f"Mean attention-output ablation, {variant}"
-    summary = result.tables["clipped_summary"]
-    T, names = result.half_len, result.names
-    index_names = dict(zip(result.neurons, names))
-    change = result.tables["activation_change"]
-    is_flagged = change["family"].isin(["entropy", "chosen", "candidate"]).to_numpy()
-    prefix_by_label = {
-        F.head_label((l, h)): float(result.prefix[l, h])
-        for l in range(result.prefix.shape[0])
-        for h in range(result.prefix.shape[1])
-    }
-    kind = "frequency" if set(result.family.values()) == {"token frequency"} else "entropy"  # Fig. 10a/b vs 5a/b
-    figs: dict[str, object] = {
-        "fig5a_induction_curves": F.fig_induction_curves(result.curves, names, T, kind=kind),
-        "fig5b_clipped_ablation": F.fig_clipped_ablation(
-            result.tables["clipped_per_position"], summary, T, names=index_names, kind=kind
-        ),
-        "fig5b_clipped_summary": F.fig_clipped_summary(summary, names=index_names, kind=kind),
-        "fig11_activation_change": F.fig_activation_change(
-            change["change"].to_numpy(), change["rho"].to_numpy(), is_flagged, [f"{n}" for n in change["neuron"]]
-        ),
-        "head_scores": F.fig_head_scores(result.prefix, result.bos, result.induction_heads, result.baseline_heads),
-        "fig12_bos_ablation_summary": F.fig_head_ablation_summary(
-            result.tables["bos_ablation"], names, T, title_kind=f"{bos_kind} (Fig. 12 analogue)"
-        ),
-        "fig13_mean_z_ablation_summary": F.fig_head_ablation_summary(
-            result.tables["mean_z_ablation"], names, T, title_kind=f"{z_kind} (Fig. 13 analogue)"
-        ),
-    }
-    if "natural_activation_change" in result.tables:  # Fig. 11, natural-text panel (App. H.3)
-        nat = result.tables["natural_activation_change"].merge(change[["neuron", "rho", "family"]], on="neuron")
-        figs["fig11_natural_activation_change"] = F.fig_activation_change(
-            nat["change"].to_numpy(),
-            nat["rho"].to_numpy(),
-            nat["family"].isin(["entropy", "chosen", "candidate"]).to_numpy(),
-            [f"{n}" for n in nat["neuron"]],
-            setting="natural",
-        )
-    token_effects = result.tables["second_copy_token_effects"]
-    for i, name in zip(result.neurons, names):
-        slug = name.replace(".", "_")
-        fig = fig_loss_change_vs_initial(token_effects[token_effects["neuron"] == i], name)
-        fig.update_layout(
-            title_text=f"Fig. 10c analogue: change of loss on clipping {name} in the second copy vs initial loss"
-        )
-        figs[f"fig10c_second_copy_loss_{slug}"] = fig
-        figs[f"fig5c_bos_ablation_{slug}"] = F.fig_head_ablation(
-            result.tables["bos_ablation"], name, T, title_kind=f"{bos_kind} (Fig. 5c analogue)"
-        )
-        figs[f"fig13_mean_z_ablation_{slug}"] = F.fig_head_ablation(
-            result.tables["mean_z_ablation"], name, T, title_kind=f"{z_kind} (Fig. 13 analogue)"
-        )
-        if "natural_effects" in result.tables:
-            figs[f"fig9c_natural_loss_{slug}"] = F.fig_natural_loss_change(result.tables["natural_effects"], i, name)
-        if name in result.dfa:
-            labels, diff = result.dfa[name]
-            figs[f"fig14_dfa_{slug}"] = F.fig_dfa(labels, np.asarray(diff), prefix_by_label, name)
-    if "natural_effects" in result.tables:
-        figs["fig9a_natural_activation"] = F.fig_natural_induction(result.tables["natural_effects"], names)
-        figs["fig9b_natural_entropy"] = F.fig_natural_induction_entropy(result.tables["natural_effects"], names)
-    return figs
+from confidence_neurons.studies.induction import InductionResult, head_ablation_variant
 
 
 def induction_title(result: InductionResult) -> str:

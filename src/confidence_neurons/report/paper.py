@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from confidence_neurons.analysis.paper_models import found_counts, paper_neuron_table
 from confidence_neurons.paper import resolve_paper_model
 from confidence_neurons.report.html import ReportSection
-
-if TYPE_CHECKING:
-    from confidence_neurons.commands.scan import ScanResult
+from confidence_neurons.studies.scan import ScanResult
 
 PAPER_SECTION_TITLE = "The paper's neurons"
 

@@ -1,44 +1,14 @@
-"""What a scan shows: its figures (Fig. 1, 2a, 2c-e, 3a-c) and the sections of its report."""
+"""What a scan's report shows: its title, settings and sections (the figures are the study's)."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 from plotly.graph_objects import Figure
 
 from confidence_neurons.analysis.selection import BORDERLINE_SHORTFALL, borderline_neurons
 from confidence_neurons.analysis.table import FREQ_COLUMNS, top_neurons, top_token_frequency_neurons
-from confidence_neurons.figures.entropy import (
-    fig_entropy_vs_prediction,
-    fig_norm_vs_logitvar,
-    fig_rho_vs_ln_share,
-    fig_spectrum,
-    fig_total_vs_direct,
-)
-from confidence_neurons.figures.frequency import fig_freq_share_vs_dkl, fig_kl_vs_entropy, fig_total_vs_freq_direct
 from confidence_neurons.report.html import ReportSection
 from confidence_neurons.report.paper import paper_sections
-
-if TYPE_CHECKING:
-    from confidence_neurons.commands.scan import ScanResult
-
-
-def scan_figures(result: ScanResult) -> dict[str, Figure]:
-    """Every figure of a scan, by file stem."""
-    neurons, k = result.neurons, result.k
-    unreliable = not result.settings.get("token_frequency_reliable", True)
-    return {
-        "fig1_entropy_vs_prediction": fig_entropy_vs_prediction(neurons),
-        "fig2a_norm_vs_logitvar": fig_norm_vs_logitvar(neurons),
-        "fig2c_total_vs_direct": fig_total_vs_direct(neurons, seed=result.config.seed),
-        "fig2d_spectrum": fig_spectrum(result.singular_values, result.cos_sv, neurons, k),
-        "fig2e_rho_vs_ln_share": fig_rho_vs_ln_share(neurons, k),
-        "fig3a_kl_vs_entropy": fig_kl_vs_entropy(
-            result.token_metrics["entropy"].to_numpy(), result.token_metrics["kl"].to_numpy(), unreliable=unreliable
-        ),
-        "fig3b_freq_share_vs_dkl": fig_freq_share_vs_dkl(neurons, unreliable=unreliable),
-        "fig3c_total_vs_freq_direct": fig_total_vs_freq_direct(neurons, seed=result.config.seed, unreliable=unreliable),
-    }
+from confidence_neurons.studies.scan import ScanResult
 
 
 def scan_title(result: ScanResult) -> str:

@@ -1,65 +1,15 @@
-"""What a steer run shows: its figures, the plain verdict (which dial calibrates better) and the
-sections of its report.
-"""
+"""What a steer run's report shows: its title and sections (the figures and the verdict are the study's)."""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from plotly.graph_objects import Figure
 
-from confidence_neurons.figures.steer import (
-    fig_entropy_accuracy_vs_alpha,
-    fig_implied_histogram,
-    fig_implied_vs_confidence,
-    fig_nll_vs_ece,
-    fig_reliability,
-)
 from confidence_neurons.report.html import ReportSection
-
-if TYPE_CHECKING:
-    from confidence_neurons.commands.steer import SteerResult
+from confidence_neurons.studies.steer import SteerResult, fitted_rows, primary_dial, verdict
 
 SHOWN = ["label", "nll", "ece", "brier", "accuracy", "entropy", "confidence", "mean_rank_change", "top1_change_frac"]
-
-
-def _row(table: pd.DataFrame, mask) -> pd.Series | None:
-    rows = table[mask]
-    return None if rows.empty else rows.iloc[0]
-
-
-def primary_dial(result: SteerResult) -> str:
-    """The dial the single-dial figures show: all neurons together when there are several, else the one."""
-    return result.settings["dials"][0]
-
-
-def fitted_rows(result: SteerResult) -> tuple[pd.Series, pd.Series, pd.Series]:
-    """(clean, fitted temperature, the fitted neuron dial of least fitting-part NLL)."""
-    t = result.table
-    clean = _row(t, t["kind"] == "clean")
-    temp = _row(t, (t["kind"] == "temperature") & t["fitted"])
-    dials = t[(t["kind"] == "neuron dial") & t["fitted"]].sort_values("fit_nll", kind="stable")
-    return clean, temp, dials.iloc[0]
-
-
-def verdict(result: SteerResult) -> str:
-    """Which of the two dials calibrates better on the measuring part, with the numbers."""
-    clean, temp, dial = fitted_rows(result)
-    both = "(ECE {:.4f}, NLL {:.4f}, Brier {:.4f})"
-    t_text = f"temperature scaling at the fitted T = {temp['T']:.3f} " + both.format(temp.ece, temp.nll, temp.brier)
-    d_text = f"the neuron dial {dial['dial']} at its fitted alpha = {dial['alpha']:.3f} " + both.format(
-        dial.ece, dial.nll, dial.brier
-    )
-    c_text = "the clean model " + both.format(clean.ece, clean.nll, clean.brier)
-    if abs(temp.ece - dial.ece) < 1e-4:
-        head = "Both dials calibrate about equally well"
-    elif temp.ece < dial.ece:
-        head = "Temperature scaling calibrates better than the neuron dial"
-    else:
-        head = "The neuron dial calibrates better than temperature scaling"
-    return f"{head} on {result.settings['model']} and this text: {t_text} against {d_text}; {c_text}."
 
 
 def frontier_text(result: SteerResult) -> str:
@@ -90,26 +40,6 @@ def implied_text(result: SteerResult) -> str:
             f"no T in the bracket for {int((rows['clipped'] & ~np.isfinite(rows['T_implied'])).sum())}"
         )
     return "; ".join(parts) + "."
-
-
-def steer_figures(result: SteerResult) -> dict[str, Figure]:
-    """Every figure of a steer run, by file stem."""
-    t, d0 = result.table, primary_dial(result)
-    curves = {"clean (alpha = 1)": "clean"}
-    zero = _row(t, (t["dial"] == d0) & (t["alpha"] == 0) & ~t["fitted"])
-    if zero is not None:
-        curves = {f"{d0} alpha = 0 (mean ablation)": zero.label, **curves}
-    best = _row(t, (t["dial"] == d0) & t["fitted"])
-    temp = _row(t, (t["kind"] == "temperature") & t["fitted"])
-    curves[f"{d0} best alpha = {best['alpha']:.3f}"] = best.label
-    curves[f"fitted T = {temp['T']:.3f}"] = temp.label
-    return {
-        "steer_nll_vs_ece": fig_nll_vs_ece(t[t["kind"] != "clean"]),
-        "steer_reliability": fig_reliability(result.reliability, curves),
-        "steer_entropy_accuracy_vs_alpha": fig_entropy_accuracy_vs_alpha(t),
-        "steer_implied_temperature": fig_implied_histogram(result.implied),
-        "steer_implied_vs_confidence": fig_implied_vs_confidence(result.implied, d0),
-    }
 
 
 def steer_title(result: SteerResult) -> str:

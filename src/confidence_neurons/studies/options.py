@@ -111,6 +111,14 @@ class Options:
     def from_dict(cls, data: dict[str, Any]) -> Options:
         return from_dict(cls, data)
 
+    def neuron_specs(self) -> list[tuple[str, str]]:
+        """(LAYER.INDEX spec, field) of every final-layer neuron these settings name."""
+        return []
+
+    def sequence_lengths(self) -> dict[str, int]:
+        """{field: tokens} of every token sequence the study feeds the model, for the context-length check."""
+        return {}
+
 
 def run_name(kind: str, config: Options, *extra: str) -> Path:
     """``runs/<kind>-<model>[-<extra>]-<hash of the fingerprint>``: the default run directory."""
@@ -189,6 +197,9 @@ class TokenOptions(Options):
         "which predictions the mean-ablation value and every average count: paper (positions >= 3, "
         "without BOS/EOS/newline tokens and the tokens right after them) or all",
     )
+
+    def sequence_lengths(self) -> dict[str, int]:
+        return {"seq_len": self.seq_len}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,7 +5,8 @@ against random neurons (Fig. 5b), the change of every final-layer neuron (Fig. 1
 and BOS-attention scores of every head (Sec. 6.2), BOS ablation (Fig. 5c, 12), mean
 attention-output ablation (Fig. 13), both per-position (the paper's) or at all positions
 (``config.head_ablation``), direct feature attribution (Fig. 14) and natural induction
-(Fig. 9, Fig. 11's natural panel). ``commands/induction.py`` runs it and writes the run directory.
+(Fig. 9, Fig. 11's natural panel), and its figures. ``commands/induction.py`` runs it and writes the run
+directory.
 """
 
 from __future__ import annotations
@@ -14,19 +15,22 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
+from plotly.graph_objects import Figure
 
 from confidence_neurons.analysis.activity import parse_neuron
 from confidence_neurons.analysis.forward import run_forward
 from confidence_neurons.analysis.weights import default_k, weight_stats
 from confidence_neurons.data.corpus import CorpusError, sample_token_sequences
 from confidence_neurons.errors import ConfigError
+from confidence_neurons.figures import induction as F
+from confidence_neurons.figures.activity import fig_loss_change_vs_initial
 from confidence_neurons.induction import heads as H
 from confidence_neurons.induction import neurons as N
+from confidence_neurons.induction.heads import HEAD_ABLATIONS, HeadAblation
 from confidence_neurons.induction.sequences import (
     copy_offset,
     corrupt_first_copy,
@@ -35,22 +39,62 @@ from confidence_neurons.induction.sequences import (
 )
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
 from confidence_neurons.models.loading import LoadedModel
-
-if TYPE_CHECKING:
-    from confidence_neurons.commands.induction import InductionConfig
+from confidence_neurons.studies.inputs import scan_table
+from confidence_neurons.studies.options import KernelOptions, SourceOptions, option
 
 log = logging.getLogger(__name__)
 
 
-def scan_table(scan_dir: str) -> pd.DataFrame:
-    """The neuron table of a finished scan, or a ConfigError naming ``--scan``."""
-    table_path = Path(scan_dir) / "neurons.parquet"
-    if not table_path.is_file():
-        raise ConfigError(
-            f"{scan_dir} holds no finished scan (no neurons.parquet); run `confidence-neurons scan` first",
-            field="scan_dir",
-        )
-    return pd.read_parquet(table_path)
+@dataclass(frozen=True, kw_only=True)
+class InductionConfig(KernelOptions, SourceOptions):
+    """Which neurons, and how much text for each step of the case study."""
+
+    neurons: tuple[str, ...] = option((), "comma-separated final-layer neurons LAYER.INDEX (e.g. 29.830,29.1022)")
+    scan_dir: str | None = option(
+        None, "a finished scan run directory: study its entropy and token frequency neurons", flag="--scan"
+    )
+    half_len: int = option(100, "tokens per copy (paper: 100)", minimum=1)
+    n_seqs: int = option(64, "synthetic sequences for the curves (paper: 500)", flag="--n-induction-seqs", minimum=1)
+    n_random: int = option(
+        10,
+        "random final-layer neurons, each clipped on its own, as the baseline of Fig. 5b (paper App. H.2: 10)",
+        minimum=0,
+    )
+    n_prefix_seqs: int = option(64, "repeated random-token sequences for prefix matching (paper: 1024)", minimum=1)
+    n_bos_seqs: int = option(64, "natural sequences for the mean BOS attention (paper: 1000)", minimum=1)
+    n_ablation_seqs: int = option(16, "sequences for BOS / mean-z ablation and DFA (paper: 100)", minimum=1)
+    head_ablation: HeadAblation = option(
+        "all-positions",
+        "where BOS / mean-z ablation acts: all-positions (every query position in one forward) or per-position "
+        "(the paper's, Sec. 6.2: only at the query position read; exact, about seq_len times the work: for a GPU)",
+    )
+    n_natural: int = option(64, "natural induction sequences (paper: 1000)", minimum=1)
+    natural_seq_len: int = option(256, "tokens per natural induction sequence", minimum=2)
+    ngram: int = option(6, "repeated n-gram length for natural induction (paper: 6)", minimum=1)
+    k: int | None = option(
+        None,
+        "null-space size for rho in Fig. 11 (default: the paper's: 12 for GPT-2 Small, "
+        "else floor(1%% of d_model), at least 1)",
+    )
+
+    def neuron_specs(self) -> list[tuple[str, str]]:
+        return [(s, "neurons") for s in self.neurons]
+
+    def sequence_lengths(self) -> dict[str, int]:
+        return {"half_len": 2 * self.half_len + 1, "natural_seq_len": self.natural_seq_len}  # BOS + two copies
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.head_ablation not in HEAD_ABLATIONS:
+            raise ConfigError(
+                f"head_ablation must be one of {', '.join(HEAD_ABLATIONS)}, not {self.head_ablation!r}",
+                field="head_ablation",
+            )
+        if not self.neurons and self.scan_dir is None:
+            raise ConfigError(
+                "name the neurons to study with --neurons L.I,L.J or give a finished scan with --scan RUN_DIR",
+                field="neurons",
+            )
 
 
 def chosen_neurons(config: InductionConfig, layer) -> tuple[list[int], dict[int, str]]:
@@ -71,12 +115,7 @@ def _chosen_neurons(config: InductionConfig, layer) -> tuple[list[int], dict[int
     if config.neurons:
         idx = [parse_neuron(s, layer, field="neurons") for s in config.neurons]
         return idx, {i: "chosen" for i in idx}
-    t = scan_table(config.scan_dir)
-    if int(t["layer"].iloc[0]) != layer.layer or len(t) != layer.d_mlp:
-        raise ConfigError(
-            f"the scan in {config.scan_dir} was made on another model (layer {t['layer'].iloc[0]}, {len(t)} neurons)",
-            field="scan_dir",
-        )
+    t = scan_table(config.scan_dir, layer)
     family = {int(i): "entropy" for i in t.loc[t["is_entropy_neuron"], "neuron"]}
     family |= {
         int(i): "token frequency" for i in t.loc[t["is_token_frequency_neuron"], "neuron"] if int(i) not in family
@@ -113,8 +152,6 @@ class InductionResult:
     run_dir: Path | None = None
 
     def figures(self) -> dict:
-        from confidence_neurons.report.induction import induction_figures
-
         return induction_figures(self)
 
     def _repr_html_(self) -> str:
@@ -128,8 +165,6 @@ class InductionResult:
     @classmethod
     def load(cls, rd) -> InductionResult:
         """The result a finished induction run wrote into the run directory ``rd``."""
-        from confidence_neurons.commands.induction import InductionConfig
-
         record = rd.read_config()
         settings, config = record["settings"], InductionConfig.from_dict(record["config"])
         tables = {name: rd.read_table(name) for name in rd.tables()}
@@ -459,3 +494,81 @@ def induction(
         settings=settings,
         config=config,
     )
+
+
+HEAD_ABLATION_TEXT = {
+    "per-position": "heads ablated only at the position read (the paper's)",
+    "all-positions": "heads ablated at every position at once",
+}
+
+
+def head_ablation_variant(result: InductionResult) -> str:
+    """Which head-ablation variant the run used (runs from before the option: all-positions)."""
+    return str(result.settings.get("head_ablation", "all-positions"))
+
+
+def induction_figures(result: InductionResult) -> dict[str, Figure]:
+    """Every figure of the case study, by file stem."""
+    variant = HEAD_ABLATION_TEXT[head_ablation_variant(result)]
+    bos_kind = f"BOS ablation, {variant}"
+    z_kind = f"Mean attention-output ablation, {variant}"
+    summary = result.tables["clipped_summary"]
+    T, names = result.half_len, result.names
+    index_names = dict(zip(result.neurons, names))
+    change = result.tables["activation_change"]
+    is_flagged = change["family"].isin(["entropy", "chosen", "candidate"]).to_numpy()
+    prefix_by_label = {
+        F.head_label((l, h)): float(result.prefix[l, h])
+        for l in range(result.prefix.shape[0])
+        for h in range(result.prefix.shape[1])
+    }
+    kind = "frequency" if set(result.family.values()) == {"token frequency"} else "entropy"  # Fig. 10a/b vs 5a/b
+    figs: dict[str, object] = {
+        "fig5a_induction_curves": F.fig_induction_curves(result.curves, names, T, kind=kind),
+        "fig5b_clipped_ablation": F.fig_clipped_ablation(
+            result.tables["clipped_per_position"], summary, T, names=index_names, kind=kind
+        ),
+        "fig5b_clipped_summary": F.fig_clipped_summary(summary, names=index_names, kind=kind),
+        "fig11_activation_change": F.fig_activation_change(
+            change["change"].to_numpy(), change["rho"].to_numpy(), is_flagged, [f"{n}" for n in change["neuron"]]
+        ),
+        "head_scores": F.fig_head_scores(result.prefix, result.bos, result.induction_heads, result.baseline_heads),
+        "fig12_bos_ablation_summary": F.fig_head_ablation_summary(
+            result.tables["bos_ablation"], names, T, title_kind=f"{bos_kind} (Fig. 12 analogue)"
+        ),
+        "fig13_mean_z_ablation_summary": F.fig_head_ablation_summary(
+            result.tables["mean_z_ablation"], names, T, title_kind=f"{z_kind} (Fig. 13 analogue)"
+        ),
+    }
+    if "natural_activation_change" in result.tables:  # Fig. 11, natural-text panel (App. H.3)
+        nat = result.tables["natural_activation_change"].merge(change[["neuron", "rho", "family"]], on="neuron")
+        figs["fig11_natural_activation_change"] = F.fig_activation_change(
+            nat["change"].to_numpy(),
+            nat["rho"].to_numpy(),
+            nat["family"].isin(["entropy", "chosen", "candidate"]).to_numpy(),
+            [f"{n}" for n in nat["neuron"]],
+            setting="natural",
+        )
+    token_effects = result.tables["second_copy_token_effects"]
+    for i, name in zip(result.neurons, names):
+        slug = name.replace(".", "_")
+        fig = fig_loss_change_vs_initial(token_effects[token_effects["neuron"] == i], name)
+        fig.update_layout(
+            title_text=f"Fig. 10c analogue: change of loss on clipping {name} in the second copy vs initial loss"
+        )
+        figs[f"fig10c_second_copy_loss_{slug}"] = fig
+        figs[f"fig5c_bos_ablation_{slug}"] = F.fig_head_ablation(
+            result.tables["bos_ablation"], name, T, title_kind=f"{bos_kind} (Fig. 5c analogue)"
+        )
+        figs[f"fig13_mean_z_ablation_{slug}"] = F.fig_head_ablation(
+            result.tables["mean_z_ablation"], name, T, title_kind=f"{z_kind} (Fig. 13 analogue)"
+        )
+        if "natural_effects" in result.tables:
+            figs[f"fig9c_natural_loss_{slug}"] = F.fig_natural_loss_change(result.tables["natural_effects"], i, name)
+        if name in result.dfa:
+            labels, diff = result.dfa[name]
+            figs[f"fig14_dfa_{slug}"] = F.fig_dfa(labels, np.asarray(diff), prefix_by_label, name)
+    if "natural_effects" in result.tables:
+        figs["fig9a_natural_activation"] = F.fig_natural_induction(result.tables["natural_effects"], names)
+        figs["fig9b_natural_entropy"] = F.fig_natural_induction_entropy(result.tables["natural_effects"], names)
+    return figs
