@@ -21,7 +21,7 @@ from confidence_neurons.errors import ToolkitError
 from confidence_neurons.paths import file_sha256
 from confidence_neurons.studies.scan import ScanConfig
 from tests.analysis.test_planted import NEURON_A, NEURON_B, plant
-from tests.tiny import VOCAB_SIZE, make_tiny_dir
+from tests.tiny import VOCAB_SIZE, make_tiny_dir, scan_argv
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "reference" / "unigram-counts"
 
@@ -196,7 +196,7 @@ def test_explicit_counts_win_and_damaged_published_counts_stop_the_scan(
     monkeypatch.setattr(P, "PAPER_MODELS", (*P.PAPER_MODELS, standin))
     own = tmp_path / "own.npy"
     np.save(own, np.full(VOCAB_SIZE, 3, dtype=np.int64))
-    base = ["scan", "--model", str(planted_model), "--dataset", str(corpus), "--n-seqs", "2", "--seq-len", "16"]
+    base = scan_argv(planted_model, corpus)
     assert main([*base, "--unigrams", str(own), "--out", str(tmp_path / "own"), "--quiet"]) == 0
     record = json.loads((tmp_path / "own" / "config.json").read_text())
     assert record["settings"]["unigrams"]["source"] == "published:own.npy"

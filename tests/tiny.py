@@ -19,8 +19,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-Arch = Literal["gpt2", "neox", "llama", "gemma", "phi"]
+Arch = Literal["gpt2", "neox", "llama", "gemma", "phi", "gemma2", "gemma3"]
 ARCHITECTURES: tuple[Arch, ...] = ("gpt2", "neox", "llama", "gemma", "phi")
+#: Gemma 2 and 3 normalise each MLP output before the residual (and Gemma 2 may soft-cap its logits).
+POST_NORM_ARCHITECTURES: tuple[Arch, ...] = ("gemma2", "gemma3")
 NORM_KIND: dict[str, str] = {"gpt2": "LN", "neox": "LN", "phi": "LN", "llama": "RMS", "gemma": "RMS"}
 GATED: frozenset[str] = frozenset({"llama", "gemma"})
 MAX_PARAMS = 2_000_000
@@ -49,8 +51,16 @@ def tiny_tokenizer(vocab_size: int = VOCAB_SIZE):
 
 
 def tiny_config(arch: Arch, **overrides):
-    """The transformers config of a tiny model: d_model 32, 2 layers, 4 heads, vocab 96."""
-    from transformers import GemmaConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, PhiConfig
+    """The transformers config of a tiny model: d_model 32, 2 layers, 4 heads, vocab 96 (Gemma 3: text only)."""
+    from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
+        GemmaConfig,
+        GPT2Config,
+        GPTNeoXConfig,
+        LlamaConfig,
+        PhiConfig,
+    )
 
     common = dict(vocab_size=VOCAB_SIZE, bos_token_id=BOS_ID, eos_token_id=EOS_ID)
     if arch == "gpt2":
@@ -98,6 +108,20 @@ def tiny_config(arch: Arch, **overrides):
             max_position_embeddings=64,
         )
         return GemmaConfig(**{**common, **cfg, **overrides})
+    if arch in ("gemma2", "gemma3"):  # no logit soft-capping unless asked for (final_logit_softcapping=30.0)
+        cfg = dict(
+            hidden_size=D_MODEL,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=64,
+            final_logit_softcapping=None,
+        )
+        if arch == "gemma2":
+            return Gemma2Config(**{**common, **cfg, **overrides})
+        return Gemma3TextConfig(**{**common, **cfg, "sliding_window": 16, **overrides})
     if arch == "phi":
         cfg = dict(
             hidden_size=D_MODEL,
@@ -135,7 +159,7 @@ def build_tiny_hf(arch: Arch, *, seed: int = 0, **overrides):
         if p.ndim >= 2:
             p.copy_(noise / d_model**0.5)
         elif name.endswith("weight"):  # every 1-D weight of these architectures is a norm's
-            p.copy_(0.2 * noise if arch == "gemma" else 1.0 + 0.2 * noise)
+            p.copy_(0.2 * noise if arch.startswith("gemma") else 1.0 + 0.2 * noise)
         else:
             p.copy_(0.1 * noise)
     n_params = sum(p.numel() for p in model.parameters())
@@ -179,3 +203,8 @@ def random_tokens(
     tokens = torch.randint(N_SPECIAL, vocab_size, (n_seqs, seq_len), generator=gen)
     tokens[:, 0] = bos_id
     return tokens
+
+
+def scan_argv(model: Path, corpus: Path, *, n_seqs: int = 2, seq_len: int = 16) -> list[str]:
+    """The command line of a tiny scan: ``model`` (a saved tiny model) on the test ``corpus``."""
+    return ["scan", "--model", str(model), "--dataset", str(corpus), "--n-seqs", str(n_seqs), "--seq-len", str(seq_len)]

@@ -39,7 +39,6 @@ from confidence_neurons.models.final_layer import FinalLayer, final_layer
 from confidence_neurons.models.loading import LoadedModel
 from confidence_neurons.rundir import CheckpointStore
 from tests.analysis.test_closed_form import _kernel_problem
-from tests.analysis.test_post_mlp_norm import _tiny_gemma
 from tests.tiny import ARCHITECTURES, load_tiny, random_tokens
 
 TOL = 1e-4
@@ -177,7 +176,7 @@ def _setup(name: str, model: LoadedModel, seed: int = 2) -> Setup:
 def setup(request, tmp_path_factory) -> Setup:
     directory = tmp_path_factory.mktemp(request.param)
     if request.param == "gemma3-post-norm":
-        return _setup(request.param, _tiny_gemma(3, None, directory))
+        return _setup(request.param, load_tiny("gemma3", directory))
     return _setup(request.param, load_tiny(request.param, directory))
 
 
@@ -208,7 +207,7 @@ def test_sweep_de_freq_equals_the_exact_pass(arch, tmp_path):
     """The sweep's DE_freq (series or second exponential inside the TE pass) equals the exact third
     pass of per_token_effects, for every neuron; on data where the series and the exact path both run.
     """
-    model = _tiny_gemma(3, None, tmp_path) if arch == "gemma3-post-norm" else load_tiny(arch, tmp_path)
+    model = load_tiny("gemma3", tmp_path) if arch == "gemma3-post-norm" else load_tiny(arch, tmp_path)
     s = _setup(arch, model, seed=5)
     freq = zipf_freq(s.layer.d_vocab, seed=5, exponent=2.0)
     eff = per_token_effects(s.layer, s.cache, list(range(s.layer.d_mlp)), freq=freq)

@@ -5,47 +5,20 @@ through the ablation exactly (and DE freezes only the final norm's scale).
 from __future__ import annotations
 
 import pytest
-import torch
 
 from confidence_neurons.analysis.effects import per_token_effects
 from confidence_neurons.analysis.forward import run_forward
 from confidence_neurons.analysis.reference import brute_force_ablation
 from confidence_neurons.models.final_layer import final_layer
 from confidence_neurons.models.loading import load_model
-from tests.tiny import VOCAB_SIZE, random_tokens, save_tiny
+from tests.tiny import load_tiny, random_tokens
 
 TOL = 1e-4
 
 
-def _tiny_gemma(version: int, softcap: float | None, directory):
-    from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
-
-    common = dict(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=128,
-        final_logit_softcapping=softcap,
-    )
-    if version == 2:
-        model = Gemma2ForCausalLM(Gemma2Config(**common))
-    else:
-        model = Gemma3ForCausalLM(Gemma3TextConfig(**common, sliding_window=16))
-    torch.manual_seed(version)
-    with torch.no_grad():
-        for p in model.parameters():  # random norm weights too, so that the post-MLP norm matters
-            p.normal_(0, 0.3)
-    assert sum(p.numel() for p in model.parameters()) < 2_000_000
-    return load_model(str(save_tiny(model, directory)))
-
-
 @pytest.mark.parametrize(("version", "softcap"), [(2, 30.0), (2, None), (3, None)])
 def test_closed_form_through_the_post_mlp_norm(version, softcap, tmp_path):
-    model = _tiny_gemma(version, softcap, tmp_path / "m")
+    model = load_tiny(f"gemma{version}", tmp_path / "m", final_logit_softcapping=softcap)
     layer = final_layer(model)
     assert layer.post_mlp_norm is not None and layer.softcap == softcap
     tokens = random_tokens(3, 20)
@@ -68,7 +41,7 @@ def test_without_the_post_norm_term_the_closed_form_would_be_wrong(tmp_path):
     """The post-MLP norm matters: treating the ablation as x + delta w_out misses the brute force."""
     from dataclasses import replace
 
-    model = _tiny_gemma(2, None, tmp_path / "m")
+    model = load_tiny("gemma2", tmp_path / "m")
     layer = final_layer(model)
     tokens = random_tokens(2, 16)
     cache = run_forward(model, layer, tokens, progress=False)
@@ -85,7 +58,7 @@ def test_scan_of_a_soft_capped_model_skips_only_the_frequency_part(tmp_path):
     from confidence_neurons.rundir import RunDir
     from confidence_neurons.studies.scan import ScanConfig, scan
 
-    model = _tiny_gemma(2, 30.0, tmp_path / "m")
+    model = load_tiny("gemma2", tmp_path / "m", final_logit_softcapping=30.0)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(" ".join(f"w{i % 90}" for i in range(3000)))
     result = scan(model, ScanConfig(dataset=str(corpus), n_seqs=2, seq_len=16), progress=False)
@@ -104,9 +77,7 @@ def test_a_gemma3_config_without_architectures_loads(tmp_path):
     """
     import json
 
-    from confidence_neurons.models.loading import load_model
-
-    _tiny_gemma(3, None, tmp_path / "m")
+    load_tiny("gemma3", tmp_path / "m")
     config_file = tmp_path / "m" / "config.json"
     config = json.loads(config_file.read_text())
     assert config.pop("architectures") and config["model_type"] == "gemma3_text"

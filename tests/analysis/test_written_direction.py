@@ -16,7 +16,6 @@ from confidence_neurons.analysis.table import NEURON_COLUMNS, neuron_table
 from confidence_neurons.analysis.weights import logit_var, weight_stats, written_directions
 from confidence_neurons.figures.entropy import fig_norm_vs_logitvar, fig_rho_vs_ln_share
 from confidence_neurons.models.final_layer import final_layer
-from tests.analysis.test_post_mlp_norm import _tiny_gemma
 from tests.tiny import load_tiny, random_tokens
 
 K = 3
@@ -24,7 +23,7 @@ K = 3
 
 @pytest.fixture(scope="module", params=[2, 3])
 def gemma(request, tmp_path_factory):
-    model = _tiny_gemma(request.param, None, tmp_path_factory.mktemp(f"gemma{request.param}"))
+    model = load_tiny(f"gemma{request.param}", tmp_path_factory.mktemp(f"gemma{request.param}"))
     return model, final_layer(model)
 
 

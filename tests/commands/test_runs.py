@@ -9,7 +9,7 @@ import pytest
 
 import confidence_neurons as cn
 from confidence_neurons.cli import main
-from tests.cli.test_scan_cli import _scan
+from tests.commands.test_scan import _scan
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from confidence_neurons.models.final_layer import final_layer
 from confidence_neurons.models.loading import load_model
 from confidence_neurons.rundir import ActivationStore
 from confidence_neurons.studies.scan import ScanConfig
-from tests.tiny import BOS_ID, EOS_ID
+from tests.tiny import BOS_ID, EOS_ID, scan_argv
 
 
 def _forbid_forward(model):
@@ -156,7 +156,7 @@ def test_out_of_memory_in_the_forward_is_one_sentence_naming_the_flag(
         return model
 
     monkeypatch.setattr(loading, "boot", boot_then_break)
-    argv = ["scan", "--model", str(tiny_model), "--dataset", str(corpus), "--n-seqs", "2", "--seq-len", "16"]
+    argv = scan_argv(tiny_model, corpus)
     assert main([*argv, "--out", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "out of memory in the forward pass" in err and "--batch-size" in err, err

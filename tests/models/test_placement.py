@@ -17,7 +17,7 @@ from confidence_neurons.models.loading import boot, load_model
 from confidence_neurons.models.placement import parse_device_map, parse_max_memory, resolve_placement
 from confidence_neurons.studies.scan import ScanConfig, scan
 from tests.analysis.test_planted import NEURON_A, plant
-from tests.tiny import build_tiny_hf, random_tokens, save_tiny
+from tests.tiny import build_tiny_hf, random_tokens, save_tiny, scan_argv
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -86,7 +86,7 @@ def test_cli_refuses_placements_before_loading(tiny_model, corpus, tmp_path, cap
 
     monkeypatch.setattr(checks, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     out = tmp_path / "run"
-    argv = ["scan", "--model", str(tiny_model), "--dataset", str(corpus), "--n-seqs", "2", "--seq-len", "16"]
+    argv = scan_argv(tiny_model, corpus)
     assert main([*argv, "--out", str(out), "--quiet", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and words in err, err

@@ -27,7 +27,6 @@ from confidence_neurons.induction.neurons import (
 )
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
 from confidence_neurons.models.loading import LoadedModel
-from tests.analysis.test_post_mlp_norm import _tiny_gemma
 from tests.tiny import ARCHITECTURES, BOS_ID, load_tiny, random_tokens
 
 TOL = 1e-4
@@ -70,7 +69,7 @@ def test_clipped_ablation_matches_a_real_forward_pass_in_the_second_copy(setup: 
 
 def test_clipped_ablation_through_a_post_mlp_norm_and_soft_cap(tmp_path):
     """Gemma 2: the sub-cache of second-copy positions must carry the MLP output for the post-MLP norm."""
-    setup = make_setup(_tiny_gemma(2, 30.0, tmp_path / "m"))
+    setup = make_setup(load_tiny("gemma2", tmp_path / "m", final_logit_softcapping=30.0))
     assert setup.layer.post_mlp_norm is not None and setup.cache.mlp_out is not None
     check_against_brute_force(setup)
 

@@ -18,7 +18,6 @@ from confidence_neurons.analysis.forward import ForwardCache, run_forward
 from confidence_neurons.analysis.sweep import sweep
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
 from confidence_neurons.models.loading import LoadedModel
-from tests.analysis.test_post_mlp_norm import _tiny_gemma
 from tests.tiny import ARCHITECTURES, VOCAB_SIZE, load_tiny, random_tokens
 
 TOL = 1e-4
@@ -96,7 +95,7 @@ def test_closed_form_equals_hooked_forward(setup: Setup):
 
 @pytest.mark.parametrize(("version", "softcap"), [(2, 30.0), (3, None)])
 def test_closed_form_through_the_post_mlp_norm(version, softcap, tmp_path):
-    s = _setup(_tiny_gemma(version, softcap, tmp_path / "m"))
+    s = _setup(load_tiny(f"gemma{version}", tmp_path / "m", final_logit_softcapping=softcap))
     assert s.layer.post_mlp_norm is not None and s.layer.softcap == softcap
     _check_against_hooks(s, shifts=(0.0, 0.5))
 

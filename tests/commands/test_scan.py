@@ -11,7 +11,7 @@ import pytest
 
 from confidence_neurons.analysis.table import NEURON_COLUMNS
 from confidence_neurons.cli import main
-from tests.tiny import VOCAB_SIZE
+from tests.tiny import VOCAB_SIZE, scan_argv
 
 RUN_FILES = [
     "config.json",
@@ -38,25 +38,8 @@ FIGURES = [
 
 
 def _scan(model: Path, corpus: Path, out: Path, *extra: str) -> int:
-    return main(
-        [
-            "scan",
-            "--model",
-            str(model),
-            "--dataset",
-            str(corpus),
-            "--n-seqs",
-            "4",
-            "--seq-len",
-            "32",
-            "--neuron-chunk",
-            "32",
-            "--out",
-            str(out),
-            "--quiet",
-            *extra,
-        ]
-    )
+    argv = scan_argv(model, corpus, n_seqs=4, seq_len=32)
+    return main([*argv, "--neuron-chunk", "32", "--out", str(out), "--quiet", *extra])
 
 
 def test_scan_writes_every_file(tiny_model, corpus, tmp_path, capsys):

@@ -1,1 +1,0 @@
-"""Tests of the steer command: the neuron dial against temperature scaling."""
