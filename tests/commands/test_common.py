@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import confidence_neurons.commands.scan as scan_cmd
+import confidence_neurons.studies.scan as scan_study
 from confidence_neurons.cli import main
 
 # Each finished chunk is followed by a pause, so that the test can stop the run between chunks.
@@ -125,7 +125,7 @@ def test_a_failure_during_the_run_is_exit_1_and_recorded(tiny_model, corpus, tmp
     def broken_sweep(*args, **kwargs):
         raise RuntimeError("boom in the sweep")
 
-    monkeypatch.setattr(scan_cmd, "sweep", broken_sweep)
+    monkeypatch.setattr(scan_study, "sweep", broken_sweep)
     out = tmp_path / "run"
     assert main(_argv(tiny_model, corpus, out)) == 1
     err = capsys.readouterr().err.strip()
