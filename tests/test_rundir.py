@@ -78,4 +78,4 @@ def test_checkpoints_are_read_back_only_under_the_same_stamp(tmp_path):
     np.testing.assert_array_equal(store.load("sweep_000000", {"format": 3, "n": 5})["TE"], np.ones(4))
     assert store.load("sweep_000000", {"format": 3, "n": 6}) is None
     assert store.load("sweep_000000", {"format": 2, "n": 5}) is None
-    assert sorted(p.name for p in store.folder.iterdir()) == ["sweep_000000.npz"]
+    assert sorted(p.name for p in store.folder.iterdir()) == ["manifest.jsonl", "sweep_000000.npz"]
