@@ -317,12 +317,12 @@ class ActivationStore:
             and meta.get("layout") == STORE_LAYOUT
             and meta.get("stamp") == stamp
             and meta.get("shapes") == want
-            and meta.get("batches") == batches
         )
-        if same:
+        # a finished store serves any batch size; an unfinished one resumes only in the batches it began with
+        if same and (meta.get("batches") == batches or meta.get("complete")):
             good = self._verify(meta)
-            if good is not None:
-                todo = [b for b in range(len(batches)) if b not in good]
+            todo = None if good is None else [b for b in range(len(meta["batches"])) if b not in good]
+            if todo is not None and (not todo or meta["batches"] == batches):
                 meta.update(written=sorted(good), done=len(good), complete=meta.get("complete", False) and not todo)
                 return StoreWriter(self, meta, todo)
         elif meta is None and self.folder.is_dir() and any(self.folder.glob("*.npy")):

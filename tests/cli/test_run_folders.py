@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import confidence_neurons.commands.checks as checks
 import confidence_neurons.files as files
@@ -356,3 +357,19 @@ def test_a_forward_pass_memory_cannot_hold_is_one_sentence(tiny_model, corpus, t
     assert len(err.splitlines()) == 1 and "holding the forward pass of 92 tokens in memory needs about" in err, err
     assert "lower --n-seqs or --seq-len" in err
     assert _record(out)["status"] == "failed"
+
+
+def test_a_finished_store_serves_another_batch_size_without_the_model(tiny_model, rerun):
+    from confidence_neurons.analysis.forward import run_forward
+    from confidence_neurons.models.final_layer import final_layer
+    from confidence_neurons.models.loading import load_model
+    from confidence_neurons.stores import ActivationStore
+
+    out, _ = rerun
+    model = load_model(str(tiny_model))
+    model.bridge.run_with_cache = lambda *a, **k: pytest.fail("the model was run")
+    tokens = torch.from_numpy(np.load(out / "tokens.npy"))
+    store = ActivationStore(out / "activations")
+    cache = run_forward(model, final_layer(model), tokens, batch_size=3, progress=False, store=store)
+    assert cache.from_store and not store.problems
+    np.testing.assert_allclose(cache.acts.numpy(), np.load(out / "activations" / "acts.npy"), rtol=0, atol=0)
