@@ -108,7 +108,9 @@ def _under(prefix: str) -> list[str]:
 def test_leaves_import_nothing_of_the_toolkit():
     for leaf in ("confidence_neurons.paper", "confidence_neurons.errors", "confidence_neurons._version"):
         assert GRAPH[leaf] == set(), f"{leaf} imports {GRAPH[leaf]}"
-    assert GRAPH["confidence_neurons.rundir"] <= {"confidence_neurons.errors"}
+    storage = {f"{NAME}.{m}" for m in ("rundir", "stores", "files", "errors")}
+    for m in storage:
+        assert GRAPH[m] <= storage, f"{m}, the storage layer, imports {GRAPH[m] - storage}"
 
 
 def test_layers_import_only_downward():

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from confidence_neurons.files import OutOfSpaceError
 from confidence_neurons.rundir import CheckpointStore, RunDir, RunDirError
 
 FP = {"model": "m", "seed": 0}
@@ -78,4 +80,31 @@ def test_checkpoints_are_read_back_only_under_the_same_stamp(tmp_path):
     np.testing.assert_array_equal(store.load("sweep_000000", {"format": 3, "n": 5})["TE"], np.ones(4))
     assert store.load("sweep_000000", {"format": 3, "n": 6}) is None
     assert store.load("sweep_000000", {"format": 2, "n": 5}) is None
-    assert sorted(p.name for p in store.folder.iterdir()) == ["sweep_000000.npz"]
+    assert sorted(p.name for p in store.folder.iterdir()) == ["manifest.jsonl", "sweep_000000.npz"]
+
+
+def test_a_line_torn_by_a_crash_costs_only_its_own_chunk(tmp_path):
+    CheckpointStore(tmp_path).save("a", {"n": 1}, {"TE": np.ones(2)})
+    with open(tmp_path / "manifest.jsonl", "a") as fh:
+        fh.write('{"name": "b", "byt')  # the process died mid-line
+    CheckpointStore(tmp_path).save("c", {"n": 1}, {"TE": np.zeros(2)})
+    again = CheckpointStore(tmp_path)
+    np.testing.assert_array_equal(again.load("a", {"n": 1})["TE"], np.ones(2))
+    np.testing.assert_array_equal(again.load("c", {"n": 1})["TE"], np.zeros(2))
+    assert not again.problems
+
+
+def test_a_full_disk_is_one_sentence_and_the_failure_is_still_recorded(tmp_path, monkeypatch):
+    rd = RunDir.open(tmp_path / "run", kind="scan", fingerprint=FP)
+    rd.write_config(config={"seed": 0}, status="running")
+    full = shutil.disk_usage(tmp_path)._replace(free=0)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: full)
+    with pytest.raises(
+        OutOfSpaceError,
+        match=r"^not enough disk space for neurons.parquet in .*: it needs .* and 0 bytes is free; free some space",
+    ):
+        rd.table("neurons", pd.DataFrame({"TE": [0.5]}))
+    rd.set_status("failed", error="out of space")  # atomic_write refuses: overwritten in place instead
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["status"] == "failed"
+    assert not list((tmp_path / "run").glob("*.tmp"))
+    rd.close()

@@ -119,7 +119,15 @@ def _print_scan(result) -> None:
 
     fmt = lambda v: f"{v:.4g}"  # noqa: E731
     s = result.settings
-    if s.get("sweep_chunks_reused"):
+    if s.get("pieces_recomputed"):
+        n = s["pieces_recomputed"]
+        print(
+            f"repaired: {n} damaged or unverifiable piece{'s' * (n > 1)} recomputed (named above and in config.json's "
+            f"integrity); reused {s.get('sweep_chunks_reused', 0)} finished sweep chunks"
+        )
+    elif s.get("earlier_status") == "complete":
+        print(f"already complete: verified and reused {s.get('sweep_chunks_reused', 0)} finished sweep chunks")
+    elif s.get("sweep_chunks_reused"):
         print(f"resumed: reused {s['sweep_chunks_reused']} finished sweep chunks of an earlier attempt")
     print(
         f"\n{len(result.entropy_neurons)} entropy neurons in layer {s['final_layer']} "

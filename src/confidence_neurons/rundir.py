@@ -2,9 +2,11 @@
 
 A run directory holds ``config.json`` (kind, settings, fingerprint, status, provenance), the
 token ids, tables (parquet, some also as csv), arrays (npy), figures (interactive HTML and PNG),
-``report.html`` and the sweep's checkpoints. Every file is written through :func:`atomic_write`
-(a uniquely named temporary file in the same folder, then a rename), so a run stopped at any
-point leaves whole files or none.
+``report.html``, the sweep's checkpoints and the activation store. Every file is written through
+:func:`~confidence_neurons.files.atomic_write` (a uniquely named temporary file in the same folder,
+then a rename), so a run stopped at any point leaves whole files or none, and a disk too full for a
+file is one sentence (``files.OutOfSpaceError``). Checkpoints and the activation store are recorded
+with their sha256 and verified before a rerun reuses them (``stores``).
 
 A directory is only created once the inputs have been validated, so bad input leaves nothing
 behind. Opening a directory that holds an earlier attempt of the same run (same kind and
@@ -15,9 +17,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,10 @@ import numpy as np
 import pandas as pd
 
 from confidence_neurons.errors import ToolkitError
+from confidence_neurons.files import OutOfSpaceError, atomic_write, is_disk_full, overwrite_in_place
+from confidence_neurons.stores import ActivationStore, CheckpointStore
+
+log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
 REPORT = "report.html"
@@ -36,24 +42,6 @@ LOCK = ".lock"
 
 class RunDirError(ToolkitError, ValueError):
     """The output directory cannot take this run."""
-
-
-def atomic_write(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a uniquely named temporary file in the same folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def check_writable(path: Path, what: str = "--out") -> None:
@@ -84,126 +72,16 @@ def _json_bytes(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
 
 
-@dataclass(frozen=True)
-class CheckpointStore:
-    """Finished pieces of a long computation, each stamped with the settings and data it was made from.
-
-    ``load`` returns a piece only when its stamp equals the one asked for, so a piece made by other
-    settings, data or an older format is recomputed rather than misread.
-    """
-
-    folder: Path
-
-    def load(self, name: str, stamp: dict) -> dict[str, np.ndarray] | None:
-        path = self.folder / f"{name}.npz"
-        if not path.is_file():
-            return None
-        with np.load(path, allow_pickle=False) as saved:
-            if "stamp" not in saved or json.loads(str(saved["stamp"])) != stamp:
-                return None
-            return {k: saved[k] for k in saved.files if k != "stamp"}
-
-    def save(self, name: str, stamp: dict, arrays: dict[str, np.ndarray]) -> None:
-        buf = io.BytesIO()
-        np.savez(buf, stamp=np.asarray(json.dumps(stamp, sort_keys=True)), **arrays)
-        atomic_write(self.folder / f"{name}.npz", buf.getvalue())
-
-
-@dataclass(frozen=True)
-class ActivationStore:
-    """The forward pass's cache as memory-mapped ``.npy`` files in ``folder``, filled batch by batch.
-
-    ``store.json`` records the stamp (tokens, model, dtype: what the activations were made from),
-    the shapes and how many batches are written. Array files are written in place through the
-    memory map and flushed before ``store.json`` moves on, so a forward pass stopped half-way
-    resumes at its first unwritten batch, and a finished store is read back without the model.
-    """
-
-    folder: Path
-
-    @property
-    def _meta_path(self) -> Path:
-        return self.folder / "store.json"
-
-    def _meta(self) -> dict | None:
-        try:
-            return json.loads(self._meta_path.read_text())
-        except (OSError, ValueError):
-            return None
-
-    def load(self, stamp: dict) -> tuple[dict[str, np.ndarray], dict] | None:
-        """(arrays, extra) of a finished store made from ``stamp``; arrays are copy-on-write maps."""
-        meta = self._meta()
-        if meta is None or meta.get("stamp") != stamp or not meta.get("complete"):
-            return None
-        return {name: np.load(self.folder / f"{name}.npy", mmap_mode="c") for name in meta["shapes"]}, meta["extra"]
-
-    def begin(
-        self, stamp: dict, shapes: dict[str, tuple[tuple[int, ...], str]], n_batches: int
-    ) -> tuple[dict[str, np.ndarray], int, dict]:
-        """Writable maps for a store made from ``stamp``: (arrays, batches already written, extra).
-        An earlier store of other data is replaced.
-        """
-        meta = self._meta()
-        if meta is not None and meta.get("stamp") == stamp and meta.get("n_batches") == n_batches:
-            arrays = {name: np.load(self.folder / f"{name}.npy", mmap_mode="r+") for name in meta["shapes"]}
-            return arrays, int(meta["done"]), meta.get("extra", {})
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._meta_path.unlink(missing_ok=True)
-        arrays = {
-            name: np.lib.format.open_memmap(self.folder / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
-            for name, (shape, dtype) in shapes.items()
-        }
-        meta = {
-            "stamp": stamp,
-            "shapes": {k: [list(v[0]), v[1]] for k, v in shapes.items()},
-            "n_batches": n_batches,
-            "done": 0,
-            "complete": False,
-            "extra": {},
-        }
-        atomic_write(self._meta_path, _json_bytes(meta))
-        return arrays, 0, {}
-
-    def mark(self, arrays: dict[str, np.ndarray], done: int, extra: dict, *, complete: bool = False) -> None:
-        """Flush the maps, then record that ``done`` batches are written (and, finally, ``complete``)."""
-        for a in arrays.values():
-            if isinstance(a, np.memmap):
-                a.flush()
-        meta = self._meta() or {}
-        meta.update(done=done, extra=extra, complete=complete)
-        atomic_write(self._meta_path, _json_bytes(meta))
-
-    def subset(self, arrays: dict[str, np.ndarray], rows: np.ndarray, *, chunk: int = 4096) -> dict[str, np.ndarray]:
-        """The given ``rows`` of ``arrays`` copied, ``chunk`` rows at a time, into ``analysed_*.npy`` maps
-        here, so that the selection costs disk, not memory.
-        """
-        self.folder.mkdir(parents=True, exist_ok=True)
-        out = {}
-        for name, a in arrays.items():
-            path = self.folder / f"analysed_{name}.npy"
-            m = np.lib.format.open_memmap(path, mode="w+", dtype=a.dtype, shape=(len(rows), *a.shape[1:]))
-            for c0 in range(0, len(rows), chunk):
-                m[c0 : c0 + chunk] = a[rows[c0 : c0 + chunk]]
-            m.flush()
-            del m
-            out[name] = np.load(path, mmap_mode="c")
-        return out
-
-    def size_bytes(self) -> int:
-        """Bytes of the stored forward pass (without the analysed-token copy)."""
-        if not self.folder.is_dir():
-            return 0
-        return sum(f.stat().st_size for f in self.folder.glob("*.npy") if not f.name.startswith("analysed_"))
-
-
 class RunDir:
     """One run's folder. ``RunDir.open`` creates or resumes it; ``RunDir(path)`` only reads."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.resumed = False
+        self.earlier_status: str | None = None  # the status an earlier attempt left ("complete", "failed", ...)
         self._record: dict[str, Any] = {}
+        self._checkpoints = CheckpointStore(self.path / CHECKPOINTS)
+        self._activations = ActivationStore(self.path / ACTIVATIONS)
 
     @classmethod
     def preflight(cls, path: Path, *, kind: str, fingerprint: dict[str, Any]) -> bool:
@@ -242,6 +120,8 @@ class RunDir:
         except OSError as exc:
             raise RunDirError(f"cannot create --out {rd.path} ({exc.strerror}); choose another --out") from None
         rd._lock_file = rd._lock()
+        if rd.resumed:
+            rd.earlier_status = rd.read_config().get("status")
         rd._record = {"kind": kind, "fingerprint": fingerprint}
         return rd
 
@@ -270,12 +150,32 @@ class RunDir:
     # ------------------------------------------------------------------ config.json and status
 
     def write_config(self, **record: Any) -> None:
-        """Merge ``record`` into config.json (kind, fingerprint, config, status, settings, provenance, ...)."""
+        """Merge ``record`` into config.json (kind, fingerprint, config, status, settings, provenance, ...),
+        with ``integrity``: what the stores found damaged and recomputed in this attempt, if anything.
+        """
         self._record.update(record)
+        if self.problems:
+            self._record["integrity"] = self.problems
         atomic_write(self.path / CONFIG, _json_bytes(self._record))
 
+    @property
+    def problems(self) -> list[str]:
+        """What this attempt found damaged in the stored pieces and recomputed, one sentence each."""
+        return self._checkpoints.problems + self._activations.problems
+
     def set_status(self, status: str, **extra: Any) -> None:
-        self.write_config(status=status, **extra)
+        """Record ``status``; on a disk too full for a new copy of config.json, overwrite it in place, so
+        that a run stopped by a full disk is recorded as such and not left "running".
+        """
+        try:
+            self.write_config(status=status, **extra)
+        except (OutOfSpaceError, OSError) as exc:
+            if isinstance(exc, OSError) and not is_disk_full(exc):
+                raise
+            try:
+                overwrite_in_place(self.path / CONFIG, _json_bytes(self._record))
+            except OSError:
+                log.error("could not record status %r in %s: the disk is full", status, self.path / CONFIG)
 
     def read_config(self) -> dict[str, Any]:
         path = self.path / CONFIG
@@ -333,9 +233,10 @@ class RunDir:
 
     @property
     def checkpoints(self) -> CheckpointStore:
-        return CheckpointStore(self.path / CHECKPOINTS)
+        """The sweep's finished chunks, verified before reuse (one object per run, so its problems are recorded)."""
+        return self._checkpoints
 
     @property
     def activations(self) -> ActivationStore:
-        """The forward pass's cache, memory-mapped (``analysis.forward.run_forward``)."""
-        return ActivationStore(self.path / ACTIVATIONS)
+        """The forward pass's cache (``analysis.forward.run_forward``), verified before reuse."""
+        return self._activations

@@ -4,15 +4,16 @@ Mean-ablating a final-layer neuron moves only the final residual, so everything 
 ``inspect`` and the induction statistics compute follows from the clean pass's final residual and
 final-layer activations. ``run_forward`` caches them (in float32 on the host, whatever the model's
 device and dtype) and checks the closed form against the model. Given an
-:class:`~confidence_neurons.rundir.ActivationStore` it writes them memory-mapped into the run
-directory batch by batch, so a stopped pass resumes and a finished one is read back without the model.
+:class:`~confidence_neurons.stores.ActivationStore` it writes them into the run directory batch by
+batch, each batch hashed as it is written, so a stopped pass resumes, a finished one is read back
+(verified, memory-mapped) without the model, and a damaged batch is recomputed.
 
 Which cached tokens the averages count is ``analysed_tokens`` (``--token-filter``).
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from typing import Literal
@@ -25,14 +26,15 @@ from tqdm.auto import tqdm
 
 from confidence_neurons.analysis.kernel import is_out_of_memory
 from confidence_neurons.errors import ToolkitError
+from confidence_neurons.files import require_memory, sha256_of
 from confidence_neurons.models.final_layer import FinalLayer
 from confidence_neurons.models.loading import LoadedModel
 from confidence_neurons.models.placement import LOGPROB_TOLERANCE
 
 log = logging.getLogger(__name__)
 
-#: Bumped whenever what the activation store holds changes.
-STORE_FORMAT = 1
+#: Bumped whenever what the activation store holds or its stamp records changes.
+STORE_FORMAT = 2
 
 TokenFilter = Literal["paper", "all"]
 
@@ -55,6 +57,7 @@ class ForwardCache:
     mlp_out: Float[Tensor, "N d_model"] | None = None  # the last MLP's output before a post-MLP norm
     rows: Int[Tensor, " N"] | None = None  # flat (seq * (seq_len - 1) + pos) index of each row; None: all
     from_store: bool = False  # read back from a finished activation store, without running the model
+    digest: str | None = None  # sha256 of the rows' content, where a store recorded it (else hashed on demand)
 
     @property
     def n_tokens(self) -> int:
@@ -89,7 +92,15 @@ class ForwardCache:
             mlp_out=picked.get("mlp_out"),
             rows=self.flat_rows[idx],
             from_store=self.from_store,
+            digest=None if self.digest is None else sha256_of(self.digest, idx.numpy().astype(np.int64)),
         )
+
+    def content_digest(self) -> str:
+        """sha256 of what the sweep reads (resid, acts, target, mlp_out): the store's record, else hashed now."""
+        if self.digest is not None:
+            return self.digest
+        parts = [self.resid, self.acts, self.target] + ([self.mlp_out] if self.mlp_out is not None else [])
+        return sha256_of(json.dumps([list(p.shape) for p in parts]), *(p.contiguous().numpy() for p in parts))
 
 
 def newline_ids(tokenizer, ids: np.ndarray) -> set[int]:
@@ -166,16 +177,24 @@ def _model_dtype(model: LoadedModel) -> torch.dtype:
     return placement.dtype if placement is not None else torch.float32
 
 
+def layer_digest(layer: FinalLayer) -> str:
+    """sha256 of the final layer as the closed form sees it: W_out, W_U, b_U, the norm and any post-MLP norm."""
+    post = layer.post_mlp_norm
+    tensors = [layer.W_out, layer.W_U, layer.b_U] + ([post.g] if post is not None else [])
+    facts = [layer.layer, layer.norm, layer.eps, layer.softcap, None if post is None else post.eps]
+    facts += [list(t.shape) for t in tensors]
+    return sha256_of(json.dumps(facts), *(t.detach().float().cpu().contiguous().numpy() for t in tensors))
+
+
 def store_stamp(model: LoadedModel, layer: FinalLayer, tokens: Tensor) -> dict:
-    """What a stored forward pass was made from: the tokens, the model's identity and final weights, dtype."""
+    """What a stored forward pass was made from: the tokens, the model's identity and final layer, dtype."""
     return {
         "format": STORE_FORMAT,
-        "tokens_sha256": hashlib.sha256(np.ascontiguousarray(tokens.numpy()).tobytes()).hexdigest(),
+        "tokens_sha256": sha256_of(tokens.numpy().astype(np.int64)),
         "tokens_shape": list(tokens.shape),
         "model": model.name,
         "dtype": str(_model_dtype(model)).removeprefix("torch."),
-        "W_U_sum": float(layer.W_U.double().sum()),
-        "W_out_sum": float(layer.W_out.double().sum()),
+        "final_layer_sha256": layer_digest(layer),
         "post_mlp_norm": layer.post_mlp_norm is not None,
     }
 
@@ -191,9 +210,19 @@ def _shapes(layer: FinalLayer, n: int) -> dict[str, tuple[tuple[int, ...], str]]
     return shapes
 
 
-def _cache_of(arrays: dict[str, np.ndarray], seq_len: int, check: float, from_store: bool) -> ForwardCache:
+def _cache_of(
+    arrays: dict[str, np.ndarray], seq_len: int, check: float, from_store: bool, digest: str | None = None
+) -> ForwardCache:
     t = {name: torch.from_numpy(a) for name, a in arrays.items()}
-    return ForwardCache(t["resid"], t["acts"], t["target"], seq_len, check, t.get("mlp_out"), from_store=from_store)
+    return ForwardCache(
+        t["resid"], t["acts"], t["target"], seq_len, check, t.get("mlp_out"), from_store=from_store, digest=digest
+    )
+
+
+def _batches(n_seqs: int, seq_len: int, batch_size: int) -> list[tuple[int, int]]:
+    """The cache rows (r0, r1) each forward batch of ``batch_size`` sequences fills."""
+    P = seq_len - 1
+    return [(b * P, min(n_seqs, b + batch_size) * P) for b in range(0, n_seqs, batch_size)]
 
 
 @torch.no_grad()
@@ -207,32 +236,71 @@ def run_forward(
 ) -> ForwardCache:
     """Cache the final residual and neuron activations, and check the closed form's clean logits.
 
-    With ``store`` (an ``ActivationStore``) the cache is written there memory-mapped; a finished
-    store of the same tokens and model is read back without running the model.
+    With ``store`` (an ``ActivationStore``) the cache is written there batch by batch; a finished
+    store of the same tokens and model is verified and read back without running the model, and
+    the batches that fail verification are recomputed. Without one the cache is held in memory,
+    refused up front if the system has not that much memory available.
     """
     n_seqs, seq_len = tokens.shape
     n = n_seqs * (seq_len - 1)
-    n_batches = -(-n_seqs // batch_size)
-    stamp = store_stamp(model, layer, tokens) if store is not None else None
-    if store is not None and (done := store.load(stamp)) is not None:
-        arrays, extra = done
-        log.info("read the forward pass back from %s (the model is not run)", store.folder)
-        return _cache_of(arrays, seq_len, float(extra.get("logits_check", 0.0)), True)
+    shapes = _shapes(layer, n)
+    batches = _batches(n_seqs, seq_len, batch_size)
+    writer, arrays = None, None
     if store is not None:
-        arrays, start, extra = store.begin(stamp, _shapes(layer, n), n_batches)
+        writer = store.open(store_stamp(model, layer, tokens), shapes, batches)
+        extra = writer.meta.get("extra", {})
+        if writer.complete:
+            log.info("read the forward pass back from %s (verified; the model is not run)", store.folder)
+            return _cache_of(writer.arrays(), seq_len, float(extra.get("logits_check", 0.0)), True, writer.digest)
+        todo = writer.todo
     else:
-        arrays = {name: np.empty(shape, dtype=dtype) for name, (shape, dtype) in _shapes(layer, n).items()}
-        start, extra = 0, {}
-    worst = float(extra.get("logits_check", 0.0))
+        need = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in shapes.values())
+        require_memory(need, f"holding the forward pass of {n:,} tokens in memory", "lower --n-seqs or --seq-len")
+        arrays = {name: np.empty(shape, dtype=dtype) for name, (shape, dtype) in shapes.items()}
+        todo, extra = list(range(len(batches))), {}
+    try:
+        worst = _forward_batches(
+            model,
+            layer,
+            tokens,
+            batch_size,
+            batches,
+            todo,
+            writer,
+            arrays,
+            float(extra.get("logits_check", 0.0)),
+            progress,
+        )
+    finally:
+        if writer is not None:
+            writer.close()
+    tol = LOGPROB_TOLERANCE.get(_model_dtype(model), 1e-2)
+    if worst > tol:
+        raise RuntimeError(
+            f"closed-form logits differ from the model's by {worst:.3g} (log-prob; {tol:g} allowed in "
+            f"{_model_dtype(model)}): the final norm or unembedding of this architecture is not what the "
+            "closed form assumes"
+        )
+    if writer is None:
+        return _cache_of(arrays, seq_len, worst, False)
+    writer.finish({"logits_check": worst})
+    return _cache_of(writer.arrays(), seq_len, worst, False, writer.digest)
+
+
+def _forward_batches(model, layer, tokens, batch_size, batches, todo, writer, arrays, worst, progress) -> float:
+    """Run the model on the batches ``todo``, writing each one's rows to ``writer`` or into ``arrays``;
+    return the largest closed-form logit error seen (starting from ``worst``).
+    """
+    seq_len = tokens.shape[1]
     tol = LOGPROB_TOLERANCE.get(_model_dtype(model), 1e-2)
     post = layer.post_mlp_norm
     names = {layer.act_hook, layer.resid_hook, layer.scale_hook} | ({post.in_hook} if post else set())
     device = _input_device(model)
-    P = seq_len - 1
-    bar = tqdm(total=n_batches, initial=start, desc="forward pass", disable=not progress, unit="batch")
-    for b in range(start, n_batches):
+    bar = tqdm(
+        total=len(batches), initial=len(batches) - len(todo), desc="forward pass", disable=not progress, unit="batch"
+    )
+    for b in todo:
         batch = tokens[b * batch_size : (b + 1) * batch_size]
-        rows = slice(b * batch_size * P, (b * batch_size + batch.shape[0]) * P)
         try:
             logits, cache = model.bridge.run_with_cache(batch.to(device), names_filter=lambda name: name in names)
         except (RuntimeError, MemoryError) as exc:
@@ -251,23 +319,21 @@ def run_forward(
             raise RuntimeError(
                 f"the final norm's scale differs from the closed form by {scale_err:.3g}: unsupported norm"
             )
-        arrays["resid"][rows] = x.reshape(-1, layer.d_model).numpy()
-        arrays["acts"][rows] = cache[layer.act_hook][:, :-1].float().cpu().reshape(-1, layer.d_mlp).numpy()
-        arrays["target"][rows] = batch[:, 1:].reshape(-1).numpy()
+        block = {
+            "resid": x.reshape(-1, layer.d_model).numpy(),
+            "acts": cache[layer.act_hook][:, :-1].float().cpu().reshape(-1, layer.d_mlp).numpy(),
+            "target": batch[:, 1:].reshape(-1).numpy().astype(np.int64),
+        }
         if post is not None:
-            arrays["mlp_out"][rows] = cache[post.in_hook][:, :-1].float().cpu().reshape(-1, layer.d_model).numpy()
+            block["mlp_out"] = cache[post.in_hook][:, :-1].float().cpu().reshape(-1, layer.d_model).numpy()
         del logits, cache
-        if store is not None:
-            store.mark(arrays, b + 1, {"logits_check": worst})
+        if writer is not None:
+            writer.set_extra({"logits_check": worst})
+            writer.write(b, block)
+        else:
+            r0, r1 = batches[b]
+            for name, rows in block.items():
+                arrays[name][r0:r1] = rows
         bar.update(1)
     bar.close()
-    if worst > tol:
-        raise RuntimeError(
-            f"closed-form logits differ from the model's by {worst:.3g} (log-prob; {tol:g} allowed in "
-            f"{_model_dtype(model)}): the final norm or unembedding of this architecture is not what the "
-            "closed form assumes"
-        )
-    if store is not None:
-        store.mark(arrays, n_batches, {"logits_check": worst}, complete=True)
-        arrays, _ = store.load(stamp)
-    return _cache_of(arrays, seq_len, worst, False)
+    return worst

@@ -174,13 +174,14 @@ def mean_nll(z: Float[Tensor, "T V"], target: Int[Tensor, " T"]) -> Tensor:
 def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -> pd.DataFrame:
     """Equal-mass bins of the tokens sorted by confidence (``np.array_split`` of the stable order, so
     sizes differ by at most one; empty bins, with fewer tokens than bins, are dropped): per bin its
-    size, mean confidence and accuracy.
+    size, mean confidence and accuracy. Bins past one per token would all be empty, so at most that
+    many are made (the same table, without allocating the empty ones).
     """
     conf, corr = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
     order = np.argsort(conf, kind="stable")
     rows = [
         {"bin": b, "n": len(idx), "confidence": conf[idx].mean(), "accuracy": corr[idx].mean()}
-        for b, idx in enumerate(np.array_split(order, n_bins))
+        for b, idx in enumerate(np.array_split(order, max(1, min(n_bins, len(order)))))
         if len(idx)
     ]
     return pd.DataFrame(rows, columns=["bin", "n", "confidence", "accuracy"])

@@ -2,7 +2,9 @@
 
 Each neuron is mean-ablated in closed form (``closed_form``) and its effects are averaged over
 the cached tokens into a :class:`NeuronEffects`. Neurons are taken in chunks; with a checkpoint
-store every finished chunk is kept, so a stopped sweep resumes where it was.
+store every finished chunk is kept, stamped with the sha256 of the cache, the final layer and
+P_freq it was computed from, so a stopped sweep resumes where it was and a chunk of other inputs,
+or one edited or damaged since, is recomputed rather than reused.
 """
 
 from __future__ import annotations
@@ -27,17 +29,18 @@ from confidence_neurons.analysis.effects import (
     clean_kl,
     clean_stats,
 )
-from confidence_neurons.analysis.forward import ForwardCache
+from confidence_neurons.analysis.forward import ForwardCache, layer_digest
 from confidence_neurons.analysis.frequency import FreqDirection
 from confidence_neurons.analysis.kernel import NMOM, Backend, SoftmaxStats, is_out_of_memory, resolve_backend
 from confidence_neurons.errors import ToolkitError
+from confidence_neurons.files import require_space, sha256_of
 from confidence_neurons.models.final_layer import FinalLayer
-from confidence_neurons.rundir import CheckpointStore
+from confidence_neurons.stores import CheckpointStore
 
 log = logging.getLogger(__name__)
 
-#: Bumped whenever what a checkpoint holds changes, so older chunks are recomputed, not misread.
-CHECKPOINT_FORMAT = 3
+#: Bumped whenever what a checkpoint holds or its stamp records changes, so older chunks are recomputed.
+CHECKPOINT_FORMAT = 4
 
 
 @dataclass
@@ -112,12 +115,30 @@ def _accumulate(part: dict[str, Tensor], ab: AblatedStats, base: CleanStats, bas
         part["abs_delta_kl"] += (ab.kl_TE - base_kl[:, None]).double().abs().sum(0)
 
 
-def _stamp_sum(x: Tensor, rows: int = 4096) -> float:
-    """sum(x) in float64, a block of rows at a time (no full float64 copy of a large cache)."""
-    total = 0.0
-    for r0 in range(0, x.shape[0], rows):
-        total += float(x[r0 : r0 + rows].double().sum())
-    return total
+def checkpoint_stamp(
+    layer: FinalLayer, cache: ForwardCache, mode: str, freq: FreqDirection | None, neuron_chunk: int, freq_tol: float
+) -> dict:
+    """What a sweep chunk is computed from: the settings that change its numbers and the sha256 of its inputs."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "n_tokens": cache.n_tokens,
+        "d_mlp": layer.d_mlp,
+        "mode": mode,
+        "neuron_chunk": neuron_chunk,
+        "freq_tol": freq_tol,
+        "cache_sha256": cache.content_digest(),
+        "final_layer_sha256": layer_digest(layer),
+        "freq_sha256": None
+        if freq is None
+        else sha256_of(freq.p.detach().double().cpu().numpy(), freq.v.detach().double().cpu().numpy()),
+    }
+
+
+def _checkpoint_bytes(d_mlp: int, neuron_chunk: int, n_fields: int) -> int:
+    """About the bytes of all of a sweep's checkpoint files: float64 per field and neuron, plus each file's
+    zip and .npy headers and stamp (a generous 4 kB), plus its manifest line.
+    """
+    return d_mlp * n_fields * 8 + -(-d_mlp // neuron_chunk) * (4096 + n_fields * 256 + 1024)
 
 
 def _to(st: CleanStats, device: torch.device | str) -> CleanStats:
@@ -200,16 +221,9 @@ def _sweep(
         bases.append(_to(base, host))
     stamp = None
     if checkpoints is not None:
-        stamp = {
-            "format": CHECKPOINT_FORMAT,
-            "n_tokens": n,
-            "d_mlp": d_mlp,
-            "mode": mode,
-            "neuron_chunk": neuron_chunk,
-            "resid_sum": _stamp_sum(cache.resid),
-            "acts_sum": _stamp_sum(cache.acts),
-            "freq_sum": None if freq is None else float((freq.v.double() * freq.p.double()).sum()),
-        }
+        stamp = checkpoint_stamp(layer, cache, mode, freq, neuron_chunk, freq_tol)
+        checkpoints.folder.mkdir(parents=True, exist_ok=True)
+        require_space(checkpoints.folder, _checkpoint_bytes(d_mlp, neuron_chunk, len(names)), "the sweep's checkpoints")
     bar = tqdm(total=d_mlp, desc="ablation sweep", unit="neuron", disable=not progress)
     reused = 0
     for k0 in range(0, d_mlp, neuron_chunk):

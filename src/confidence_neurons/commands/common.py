@@ -26,8 +26,10 @@ def recording(out: Path, kind: str, config: Options, **record: Any) -> Iterator[
     """
     rd = RunDir.open(out, kind=kind, fingerprint=config.fingerprint())
     try:
-        if rd.resumed:
-            log.info("resuming the run in %s", out)
+        if rd.earlier_status == "complete":
+            log.info("%s already holds this run, complete: its stored pieces are verified and reused", out)
+        elif rd.resumed:
+            log.info("resuming the run in %s (left %s)", out, rd.earlier_status)
         rd.write_config(config=config.to_dict(), status="running", provenance=provenance(), **record)
         yield rd
     except KeyboardInterrupt:

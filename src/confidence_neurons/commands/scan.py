@@ -58,6 +58,8 @@ def run(
             progress=progress,
         )
         result.run_dir = rd.path
+        result.settings["earlier_status"] = rd.earlier_status
+        result.settings["pieces_recomputed"] = len(rd.problems)
         write(rd, result)
         rd.set_status("complete", settings=result.settings)
     return result

@@ -31,6 +31,7 @@ def run(
 ) -> SteerResult:
     """Load and check, then steer and write the run directory."""
     config.check_neurons()
+    config.check_ece_bins()
     out = Path(out) if out is not None else run_name("steer", config)
     model = load_checked(config, "steer", out, model)
     layer = final_layer(model)

@@ -10,8 +10,9 @@ from typing import Any
 
 from confidence_neurons.figures.export import PLOTLYJS_FILENAME, figure_html, plotlyjs_source
 from confidence_neurons.figures.png import figure_to_png
+from confidence_neurons.files import atomic_write, require_space
 from confidence_neurons.report.html import ReportSection, render_report
-from confidence_neurons.rundir import FIGURES, REPORT, RunDir, atomic_write
+from confidence_neurons.rundir import FIGURES, REPORT, RunDir
 
 
 def write_figure(rd: RunDir, stem: str, fig: Any) -> None:
@@ -21,8 +22,10 @@ def write_figure(rd: RunDir, stem: str, fig: Any) -> None:
     html, png = figure_html(fig).encode("utf-8"), figure_to_png(fig)
     folder = rd.path / FIGURES
     js = folder / PLOTLYJS_FILENAME
-    if not js.is_file():
-        atomic_write(js, plotlyjs_source().encode("utf-8"))
+    script = None if js.is_file() else plotlyjs_source().encode("utf-8")
+    require_space(rd.path, len(html) + len(png) + len(script or b""), f"the figure {stem}")
+    if script is not None:
+        atomic_write(js, script)
     atomic_write(folder / f"{stem}.html", html)
     atomic_write(folder / f"{stem}.png", png)
 

@@ -39,6 +39,7 @@ from confidence_neurons.figures.steer import (
     fig_nll_vs_ece,
     fig_reliability,
 )
+from confidence_neurons.files import available_memory, human
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
 from confidence_neurons.models.loading import LoadedModel
 from confidence_neurons.rundir import RunDir
@@ -99,6 +100,19 @@ class SteerConfig(TokenOptions, SourceOptions):
 
     def neuron_specs(self) -> list[tuple[str, str]]:
         return [(s, "neurons") for s in self.neurons]
+
+    def check_ece_bins(self) -> None:
+        """At most one equal-mass bin per prediction the measuring half can hold: more bins only add empty
+        ones (dropped), and a billion of them exhausted memory before any result.
+        """
+        n_measure = self.n_seqs - max(1, self.n_seqs // 2)
+        most = n_measure * (self.seq_len - 1)
+        if self.ece_bins > most:
+            raise ConfigError(
+                f"{self.ece_bins:,} bins are more than the {most:,} predictions the measuring half holds "
+                f"({n_measure} sequences of {self.seq_len - 1}); give at most {most}",
+                field="ece_bins",
+            )
 
     def check_neurons(self) -> None:
         """Neurons come from ``--neurons`` or ``--scan``: one of them must be given."""
@@ -245,6 +259,14 @@ def steer(
     dials = [S.Dial(d.name, d.neurons, tuple(col[i] for i in d.neurons)) for d in dials]
     steerer = S.Steerer(layer, neurons, fit_cache.acts[:, neurons].mean(0))
     budget = config.memory_mb * 2**20
+    available = available_memory()
+    if available is not None and budget > available // 2:  # speed only: past half the free memory, recompute
+        log.info(
+            "--memory-mb %d is more than half the available memory; keeping at most %s",
+            config.memory_mb,
+            human(available // 2),
+        )
+        budget = available // 2
     t0 = time.perf_counter()
     fitted = S.fit(
         steerer,
