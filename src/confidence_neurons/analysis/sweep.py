@@ -159,6 +159,7 @@ def sweep(
     on_chunk: Callable[[int, int], None] | None = None,
     freq_tol: float = FREQ_SERIES_TOL,
     device: torch.device | str | None = None,
+    mean_act: Tensor | None = None,
 ) -> NeuronEffects:
     """Ablate every final-layer neuron in closed form and average the effects over tokens: TE and
     DE, and with ``freq`` also DE_freq and |change of KL(P_freq || P_model)|, all in one pass.
@@ -173,20 +174,47 @@ def sweep(
     host), and the per-neuron sums come back as float64 on the CPU. Device memory is bounded by the
     chunk sizes, not by the number of tokens or neurons; running out of it raises a ToolkitError
     that names the flags to lower.
+
+    ``mean_act`` (d_mlp,) is the mean-ablation value (``forward.ablation_mean``); default: the mean over
+    ``cache``'s rows.
     """
     dev = torch.device(device if device is not None else "cpu")
     resolve_backend(backend, dev)  # a C kernel asked for on a GPU fails here, before any work
     with _memory_errors_explained(dev, neuron_chunk, token_chunk):
         return _sweep(
-            layer, cache, mode, freq, neuron_chunk, token_chunk, backend, checkpoints, progress, on_chunk, freq_tol, dev
+            layer,
+            cache,
+            mode,
+            freq,
+            neuron_chunk,
+            token_chunk,
+            backend,
+            checkpoints,
+            progress,
+            on_chunk,
+            freq_tol,
+            dev,
+            mean_act,
         )
 
 
 def _sweep(
-    layer, cache, mode, freq, neuron_chunk, token_chunk, backend, checkpoints, progress, on_chunk, freq_tol, dev
+    layer,
+    cache,
+    mode,
+    freq,
+    neuron_chunk,
+    token_chunk,
+    backend,
+    checkpoints,
+    progress,
+    on_chunk,
+    freq_tol,
+    dev,
+    mean_act,
 ) -> NeuronEffects:
     n, d_mlp = cache.n_tokens, layer.d_mlp
-    mean = cache.acts.mean(0)
+    mean = cache.acts.mean(0) if mean_act is None else mean_act.float()
     names = effect_fields(freq)
     acc = {name: torch.zeros(d_mlp, dtype=torch.float64) for name in names}
     all_neurons = torch.arange(d_mlp)
@@ -208,6 +236,7 @@ def _sweep(
             "neuron_chunk": neuron_chunk,
             "resid_sum": _stamp_sum(cache.resid),
             "acts_sum": _stamp_sum(cache.acts),
+            "mean_sum": _stamp_sum(mean[None]),
             "freq_sum": None if freq is None else float((freq.v.double() * freq.p.double()).sum()),
         }
     bar = tqdm(total=d_mlp, desc="ablation sweep", unit="neuron", disable=not progress)

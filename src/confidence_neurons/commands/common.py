@@ -43,6 +43,7 @@ def sample_tokens(model: LoadedModel, config: SourceOptions | TokenOptions) -> T
         bos_id=model.bos_id,
         text_field=config.text_field,
         split=config.split,
+        sampling=config.sampling,
     )
 
 

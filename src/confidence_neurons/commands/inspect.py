@@ -11,7 +11,7 @@ import torch
 from plotly.graph_objects import Figure
 
 from confidence_neurons.analysis.activity import NeuronActivity, neuron_activity, parse_neuron, passages
-from confidence_neurons.analysis.forward import analysed_tokens, run_forward, special_ids
+from confidence_neurons.analysis.forward import ablation_mean, analysed_tokens, run_forward, special_ids
 from confidence_neurons.analysis.frequency import FreqDirection
 from confidence_neurons.commands.checks import load_checked
 from confidence_neurons.commands.common import recording, sample_tokens, unigram_distribution
@@ -95,9 +95,18 @@ def inspect_neuron(
     tokens = tokens if tokens is not None else sample_tokens(model, config)
     counts, freq = unigrams if unigrams is not None else unigram_distribution(model, layer, config, progress=progress)
     cache = run_forward(model, layer, tokens.tokens, batch_size=config.batch_size, progress=progress, store=store)
-    analysed = analysed_tokens(tokens.tokens, config.token_filter, special=special_ids(model, tokens.tokens))
+    special = special_ids(model, tokens.tokens, config.token_filter)
+    analysed = analysed_tokens(tokens.tokens, config.token_filter, special=special)
     activity = neuron_activity(
-        layer, cache, tokens.tokens, neuron, freq, model.tokenizer, backend=config.backend, analysed=analysed
+        layer,
+        cache,
+        tokens.tokens,
+        neuron,
+        freq,
+        model.tokenizer,
+        backend=config.backend,
+        analysed=analysed,
+        mean_act=ablation_mean(cache, analysed, config.ablation_mean),
     )
     found = passages(activity, layer, cache, tokens.tokens, model.tokenizer, n=config.n_passages)
     settings = {
@@ -109,6 +118,7 @@ def inspect_neuron(
         "n_seqs": config.n_seqs,
         "unigrams": counts.meta.get("source"),
         "token_filter": config.token_filter,
+        "ablation_mean": config.ablation_mean,
         "n_tokens_analysed": int(analysed.sum()),
         "forward_from_store": cache.from_store,
         "placement": model.placement_record(),

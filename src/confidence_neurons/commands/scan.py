@@ -15,7 +15,14 @@ import pandas as pd
 from plotly.graph_objects import Figure
 
 from confidence_neurons.analysis.effects import FREQ_SERIES_TOL
-from confidence_neurons.analysis.forward import analysed_tokens, run_forward, special_ids, sweep_device
+from confidence_neurons.analysis.forward import (
+    ablation_mean,
+    analysed_tokens,
+    authors_newline_id,
+    run_forward,
+    special_ids,
+    sweep_device,
+)
 from confidence_neurons.analysis.frequency import FreqDirection
 from confidence_neurons.analysis.kernel import describe_backend
 from confidence_neurons.analysis.selection import EntropyNeuronRule, TokenFrequencyNeuronRule
@@ -138,13 +145,15 @@ def scan(
     t0 = time.perf_counter()
     full = run_forward(model, layer, tokens.tokens, batch_size=config.batch_size, progress=progress, store=store)
     t_forward = time.perf_counter() - t0
-    keep = analysed_tokens(tokens.tokens, config.token_filter, special=special_ids(model, tokens.tokens))
+    special = special_ids(model, tokens.tokens, config.token_filter)
+    keep = analysed_tokens(tokens.tokens, config.token_filter, special=special)
     if not bool(keep.any()):
         raise ConfigError(
             f"--token-filter {config.token_filter} leaves no token to analyse in sequences of {config.seq_len} "
             "tokens; use longer sequences or --token-filter all",
             field="token_filter",
         )
+    mean_act = ablation_mean(full, keep, config.ablation_mean)
     cache = full.select(keep, store=store)
     ws = weight_stats(layer, k)
     counts, freq = unigrams if unigrams is not None else unigram_distribution(model, layer, config, progress=progress)
@@ -166,6 +175,7 @@ def scan(
         progress=progress,
         checkpoints=checkpoints,
         device=sweep_device(model),
+        mean_act=mean_act,
     )
     t_sweep = time.perf_counter() - t0
     sparsity = count_sparsity(counts)
@@ -184,6 +194,9 @@ def scan(
         "n_tokens_analysed": cache.n_tokens,
         "n_tokens_cached": full.n_tokens,
         "token_filter": config.token_filter,
+        "token_filter_special_ids": sorted(special),
+        "authors_newline": authors_newline_id(model.name, model.tokenizer)[1],
+        "ablation_mean": config.ablation_mean,
         "forward_from_store": full.from_store,
         "placement": model.placement_record(),
         "k": k,

@@ -234,7 +234,9 @@ def steer(
     t0 = time.perf_counter()
     cache = run_forward(model, layer, tokens.tokens, batch_size=config.batch_size, progress=progress)
     t_forward = time.perf_counter() - t0
-    keep = analysed_tokens(tokens.tokens, config.token_filter, special=special_ids(model, tokens.tokens))
+    keep = analysed_tokens(
+        tokens.tokens, config.token_filter, special=special_ids(model, tokens.tokens, config.token_filter)
+    )
     fit_cache, measure_cache, n_fit = split_cache(cache, n_seqs, keep)
     if fit_cache.n_tokens == 0 or measure_cache.n_tokens == 0:
         raise ConfigError(
@@ -245,7 +247,11 @@ def steer(
     neurons = sorted({i for d in dials for i in d.neurons})
     col = {i: k for k, i in enumerate(neurons)}
     dials = [S.Dial(d.name, d.neurons, tuple(col[i] for i in d.neurons)) for d in dials]
-    steerer = S.Steerer(layer, neurons, fit_cache.acts[:, neurons].mean(0))
+    # the ablation value, from the fitting sequences only: every position of them, or the analysed ones
+    fit_rows = torch.zeros(cache.n_tokens, dtype=torch.bool)
+    fit_rows[: n_fit * (cache.seq_len - 1)] = True
+    mean_from = cache.select(fit_rows) if config.ablation_mean == "all" else fit_cache
+    steerer = S.Steerer(layer, neurons, mean_from.acts[:, neurons].mean(0))
     budget = config.memory_mb * 2**20
     t0 = time.perf_counter()
     fitted = S.fit(
@@ -334,6 +340,7 @@ def steer(
             "fit_seqs": [0, n_fit],
             "measure_seqs": [n_fit, n_seqs],
             "token_filter": config.token_filter,
+            "ablation_mean": config.ablation_mean,
             "fit_tokens": fit_cache.n_tokens,
             "measure_tokens": n_measure,
         },

@@ -256,6 +256,7 @@ def induction(
             seed=config.seed,
             text_field=config.text_field,
             split=config.split,
+            sampling=config.sampling,
         )
         cache = run_forward(model, layer, tokens, batch_size=config.batch_size, progress=progress)
         curves = N.curves_from_cache(layer, cache, neurons)
@@ -314,6 +315,7 @@ def induction(
             bos_id=bos_id,
             text_field=config.text_field,
             split=config.split,
+            sampling=config.sampling,
         ).tokens
         bos = H.mean_bos_attention(model, natural, batch_size=config.batch_size)
         ind_heads, base_heads = H.choose_heads(prefix, bos, seed=config.seed)
@@ -357,6 +359,7 @@ def induction(
             prepend_bos=False,
             text_field=config.text_field,
             split=config.split,
+            sampling=config.sampling,
         ).tokens
         corrupted = corrupt_first_copy(abl_tokens, other)
         try:
@@ -384,6 +387,7 @@ def induction(
                 seed=config.seed,
                 text_field=config.text_field,
                 split=config.split,
+                sampling=config.sampling,
             )
             nat_cache = run_forward(model, layer, nat_tokens, batch_size=config.batch_size, progress=progress)
             tables["natural_effects"] = N.natural_induction_effects(
