@@ -14,6 +14,7 @@ from confidence_neurons.commands.common import recording
 from confidence_neurons.commands.options import KernelOptions, SourceOptions, option, run_name
 from confidence_neurons.errors import ConfigError
 from confidence_neurons.induction.heads import HEAD_ABLATIONS, HeadAblation
+from confidence_neurons.induction.neurons import Fig5bClip, NaturalAblation
 from confidence_neurons.induction.study import InductionResult, chosen_neurons, induction
 from confidence_neurons.models.final_layer import final_layer
 from confidence_neurons.models.loading import LoadedModel
@@ -41,6 +42,12 @@ class InductionConfig(KernelOptions, SourceOptions):
         "random final-layer neurons, each clipped on its own, as the baseline of Fig. 5b (paper App. H.2: 10)",
         minimum=0,
     )
+    fig5b_clip: Fig5bClip = option(
+        "authors",
+        "Fig. 5b's clipping: authors (to the mean over the first half of the positions, BOS included; from "
+        "below for neurons that fall in the second copy, as their case_studies/induction.py) or toolkit (every "
+        "neuron from above to its first-copy mean)",
+    )
     n_prefix_seqs: int = option(64, "repeated random-token sequences for prefix matching (paper: 1024)", minimum=1)
     n_bos_seqs: int = option(64, "natural sequences for the mean BOS attention (paper: 1000)", minimum=1)
     n_ablation_seqs: int = option(16, "sequences for BOS / mean-z ablation and DFA (paper: 100)", minimum=1)
@@ -51,6 +58,12 @@ class InductionConfig(KernelOptions, SourceOptions):
     )
     n_natural: int = option(64, "natural induction sequences (paper: 1000)", minimum=1)
     natural_seq_len: int = option(256, "tokens per natural induction sequence", minimum=2)
+    natural_ablation: NaturalAblation = option(
+        "authors",
+        "how natural induction (Fig. 9) ablates: authors (set to the neuron's mean over every position of plain "
+        "text, unclipped, as their natural_induction_true.py) or toolkit (clip from above to the synthetic "
+        "first copy's mean)",
+    )
     ngram: int = option(6, "repeated n-gram length for natural induction (paper: 6)", minimum=1)
     k: int | None = option(
         None,

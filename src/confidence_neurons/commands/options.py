@@ -73,6 +73,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "ablation_mean": "analysed",
     "sampling": "first",
     "natural_ablation": "toolkit",
+    "fig5b_clip": "toolkit",
 }
 #: Values renamed since: the old name and the new one.
 LEGACY_VALUES: dict[str, dict[Any, Any]] = {"token_filter": {"paper": "toolkit"}}
@@ -220,8 +221,9 @@ class TokenOptions(Options):
     token_filter: TokenFilter = option(
         "authors",
         "which predictions every average counts: authors (their filter_entropy_activation_df: positions >= 3 "
-        "whose token and target are not BOS/EOS, nor GPT-2's newline), toolkit (positions >= 3 without "
-        "BOS/EOS/line-break tokens and the tokens right after them) or all",
+        "whose token and target are not BOS/EOS, nor the newline token on GPT-2 and on models their code never "
+        "ran whose tokenizer has one as GPT-2's), toolkit (positions >= 3 without BOS/EOS/line-break tokens "
+        "and the tokens right after them) or all",
     )
     ablation_mean: AblationMean = option(
         "all",

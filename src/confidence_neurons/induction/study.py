@@ -269,7 +269,14 @@ def induction(
             else []
         )  # App. H.2: one draw of 10 random neurons, each clipped on its own
         clipped = N.clipped_ablation_curves(
-            layer, cache, tuple(tokens.shape), neurons, half_len=T, random_neurons=draws, backend=config.backend
+            layer,
+            cache,
+            tuple(tokens.shape),
+            neurons,
+            half_len=T,
+            random_neurons=draws,
+            backend=config.backend,
+            clip=config.fig5b_clip,
         )
         tables["clipped_per_position"] = clipped["per_position"]
         tables["clipped_summary"] = clipped["summary"]
@@ -285,11 +292,13 @@ def induction(
         )
     with timer("activation change of every neuron (Fig. 11)"):
         change = N.activation_change(N.acts_by_position(cache), T)
+        w_out_norm = layer.W_out.double().norm(dim=-1).numpy()  # (d_mlp,)
         rho = weight_stats(layer, config.k or default_k(layer.d_model, config.model)).rho.numpy()
         tables["activation_change"] = pd.DataFrame(
             {
                 "neuron": np.arange(layer.d_mlp),
                 "change": change,
+                "w_out_norm": w_out_norm,  # Fig. 11 ranks by change x ||w_out||, as the authors' weighted_diff
                 "rho": rho,
                 "family": [family.get(i, "") for i in range(layer.d_mlp)],
             }
@@ -390,12 +399,28 @@ def induction(
                 sampling=config.sampling,
             )
             nat_cache = run_forward(model, layer, nat_tokens, batch_size=config.batch_size, progress=progress)
+            if config.natural_ablation == "authors":  # the mean over every position of plain text
+                plain = sample_token_sequences(
+                    model.tokenizer,
+                    config.dataset,
+                    n_seqs=config.n_natural,
+                    seq_len=config.natural_seq_len,
+                    seed=config.seed + 3,
+                    bos_id=bos_id,
+                    text_field=config.text_field,
+                    split=config.split,
+                    sampling=config.sampling,
+                ).tokens
+                reference = N.plain_text_mean(model, layer, plain, batch_size=config.batch_size)
+            else:
+                reference = clipped["first_copy_mean"]
             tables["natural_effects"] = N.natural_induction_effects(
                 layer,
                 nat_cache,
                 repeats,
                 neurons,
-                reference_mean=clipped["first_copy_mean"],
+                ablation=config.natural_ablation,
+                reference_mean=reference,
                 n=config.ngram,
                 backend=config.backend,
                 tokens=nat_tokens,
@@ -405,6 +430,7 @@ def induction(
                 {
                     "neuron": np.arange(layer.d_mlp),
                     "change": N.natural_activation_change(nat_cache, repeats, n=config.ngram),
+                    "w_out_norm": layer.W_out.double().norm(dim=-1).numpy(),
                 }
             )
         except CorpusError as exc:
@@ -428,6 +454,8 @@ def induction(
         "induction_heads": [_head_label([h]) for h in ind_heads],
         "baseline_heads": [_head_label([h]) for h in base_heads],
         "head_ablation": config.head_ablation,
+        "natural_ablation": config.natural_ablation,
+        "fig5b_clip": config.fig5b_clip,
         "random_neurons": [f"{layer.layer}.{i}" for d in draws for i in d],
         "random_seed": config.seed,
         "synthetic": {k: v for k, v in source.items() if k != "corpus"},

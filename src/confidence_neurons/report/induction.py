@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 from plotly.graph_objects import Figure
 
 from confidence_neurons.figures import induction as F
@@ -29,8 +30,15 @@ def head_ablation_variant(result: InductionResult) -> str:
     return str(result.settings.get("head_ablation", "all-positions"))
 
 
+def _fig11_y(table: pd.DataFrame) -> np.ndarray:
+    """Fig. 11's y: the activation change times ||w_out|| (the authors' weighted_diff) where the table has it."""
+    y = table["change"].to_numpy()
+    return y * table["w_out_norm"].to_numpy() if "w_out_norm" in table.columns else y
+
+
 def induction_figures(result: InductionResult) -> dict[str, Figure]:
     """Every figure of the case study, by file stem."""
+    natural = str(result.settings.get("natural_ablation", "toolkit"))  # runs before the option clipped
     variant = HEAD_ABLATION_TEXT[head_ablation_variant(result)]
     bos_kind = f"BOS ablation, {variant}"
     z_kind = f"Mean attention-output ablation, {variant}"
@@ -38,6 +46,7 @@ def induction_figures(result: InductionResult) -> dict[str, Figure]:
     T, names = result.half_len, result.names
     index_names = dict(zip(result.neurons, names))
     change = result.tables["activation_change"]
+    w = "w_out_norm" in change.columns  # runs before the authors' weighting hold the raw change only
     is_flagged = change["family"].isin(["entropy", "chosen", "candidate"]).to_numpy()
     prefix_by_label = {
         F.head_label((l, h)): float(result.prefix[l, h])
@@ -52,7 +61,7 @@ def induction_figures(result: InductionResult) -> dict[str, Figure]:
         ),
         "fig5b_clipped_summary": F.fig_clipped_summary(summary, names=index_names, kind=kind),
         "fig11_activation_change": F.fig_activation_change(
-            change["change"].to_numpy(), change["rho"].to_numpy(), is_flagged, [f"{n}" for n in change["neuron"]]
+            _fig11_y(change), change["rho"].to_numpy(), is_flagged, [f"{n}" for n in change["neuron"]], weighted=w
         ),
         "head_scores": F.fig_head_scores(result.prefix, result.bos, result.induction_heads, result.baseline_heads),
         "fig12_bos_ablation_summary": F.fig_head_ablation_summary(
@@ -65,11 +74,12 @@ def induction_figures(result: InductionResult) -> dict[str, Figure]:
     if "natural_activation_change" in result.tables:  # Fig. 11, natural-text panel (App. H.3)
         nat = result.tables["natural_activation_change"].merge(change[["neuron", "rho", "family"]], on="neuron")
         figs["fig11_natural_activation_change"] = F.fig_activation_change(
-            nat["change"].to_numpy(),
+            _fig11_y(nat),
             nat["rho"].to_numpy(),
             nat["family"].isin(["entropy", "chosen", "candidate"]).to_numpy(),
             [f"{n}" for n in nat["neuron"]],
             setting="natural",
+            weighted="w_out_norm" in nat.columns,
         )
     token_effects = result.tables["second_copy_token_effects"]
     for i, name in zip(result.neurons, names):
@@ -86,13 +96,17 @@ def induction_figures(result: InductionResult) -> dict[str, Figure]:
             result.tables["mean_z_ablation"], name, T, title_kind=f"{z_kind} (Fig. 13 analogue)"
         )
         if "natural_effects" in result.tables:
-            figs[f"fig9c_natural_loss_{slug}"] = F.fig_natural_loss_change(result.tables["natural_effects"], i, name)
+            figs[f"fig9c_natural_loss_{slug}"] = F.fig_natural_loss_change(
+                result.tables["natural_effects"], i, name, ablation=natural
+            )
         if name in result.dfa:
             labels, diff = result.dfa[name]
             figs[f"fig14_dfa_{slug}"] = F.fig_dfa(labels, np.asarray(diff), prefix_by_label, name)
     if "natural_effects" in result.tables:
         figs["fig9a_natural_activation"] = F.fig_natural_induction(result.tables["natural_effects"], names)
-        figs["fig9b_natural_entropy"] = F.fig_natural_induction_entropy(result.tables["natural_effects"], names)
+        figs["fig9b_natural_entropy"] = F.fig_natural_induction_entropy(
+            result.tables["natural_effects"], names, ablation=natural
+        )
     return figs
 
 
