@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from plotly.graph_objects import Figure
 
+from confidence_neurons.analysis.boxes import box_token_effects
 from confidence_neurons.analysis.effects import FREQ_SERIES_TOL
 from confidence_neurons.analysis.forward import (
     ablation_mean,
@@ -69,7 +70,8 @@ class ScanResult:
     """``neurons``: one row per final-layer neuron (``analysis.table.NEURON_COLUMNS``);
     ``singular_values`` (d_model,) of W_U; ``cos_sv`` (d_mlp, d_model), cosine of w_out with each
     singular vector; ``token_metrics``: per analysed token seq, pos, loss, entropy, kl
-    (KL(P_freq || P_model)); ``settings``: what config.json records of the run.
+    (KL(P_freq || P_model)); ``effect_tokens``: the per-token effects Fig. 2c/3c box
+    (``analysis.boxes.box_token_effects``); ``settings``: what config.json records of the run.
     """
 
     config: ScanConfig
@@ -81,6 +83,7 @@ class ScanResult:
     token_metrics: pd.DataFrame
     unigrams: UnigramCounts | None = None
     run_dir: Path | None = None
+    effect_tokens: pd.DataFrame | None = None  # per-token |TE|, |DE| for Fig. 2c/3c (analysis.boxes); None: older run
 
     @property
     def entropy_neurons(self) -> pd.DataFrame:
@@ -119,6 +122,7 @@ class ScanResult:
             settings=record["settings"],
             token_metrics=rd.read_table("token_metrics"),
             unigrams=unigrams,
+            effect_tokens=rd.read_table("effect_tokens") if rd.has("effect_tokens.parquet") else None,
             run_dir=rd.path,
         )
 
@@ -218,6 +222,8 @@ def scan(
             "tol_nats": FREQ_SERIES_TOL,
             "exact_share": round(float(effects.de_freq_exact_share.mean()), 6),
         }
+    neurons = neuron_table(layer, ws, effects, config.rule, freq, config.tf_rule, counts_reliable=sparsity.reliable)
+    effect_tokens = box_token_effects(layer, cache, neurons, mean_act, freq, seed=config.seed, backend=config.backend)
     rows = cache.flat_rows.numpy()
     token_metrics = pd.DataFrame(
         {
@@ -230,13 +236,14 @@ def scan(
     )
     return ScanResult(
         config=config,
-        neurons=neuron_table(layer, ws, effects, config.rule, freq, config.tf_rule, counts_reliable=sparsity.reliable),
+        neurons=neurons,
         singular_values=ws.singular_values.numpy(),
         cos_sv=ws.cos_sv.numpy(),
         k=k,
         settings=settings,
         token_metrics=token_metrics,
         unigrams=counts,
+        effect_tokens=effect_tokens,
     )
 
 
@@ -249,6 +256,8 @@ def write(rd: RunDir, result: ScanResult) -> None:
     )
     rd.array("cos_sv", result.cos_sv)
     rd.table("token_metrics", result.token_metrics)
+    if result.effect_tokens is not None:
+        rd.table("effect_tokens", result.effect_tokens)
     if result.unigrams is not None and result.unigrams.meta.get("source") == "counted":
         rd.array("unigrams", result.unigrams.counts.astype(np.int64))
         rd.json("unigrams", {"n_entries": int(len(result.unigrams.counts)), **result.unigrams.meta})

@@ -13,12 +13,14 @@ if TYPE_CHECKING:
     from confidence_neurons.commands.compare import CompareResult
 
 FIG6 = "fig6_spectra"
+FIG6_RAW = "fig6_spectra_raw"
 
 
 def compare_figures(result: CompareResult) -> dict[str, Figure]:
     """Every figure of a comparison, by file stem: Fig. 6, then Fig. 7 and Fig. 8 with one panel per scan."""
     return {
         FIG6: fig6_spectra(result.spectra),
+        FIG6_RAW: fig6_spectra(result.spectra, normalised=False),
         **fig7_panels(result.neurons, result.table),
         **fig8_panels(result.neurons, result.labels),
     }
@@ -71,8 +73,10 @@ def compare_sections(result: CompareResult, figures: dict[str, Figure]) -> list[
             "Singular values divided by each model's median, against index / d_model, so models of every "
             "width share one axis. The paper uses this plot for Pythia 160M trained with and without dropout "
             "(App. E): the one trained with dropout has the deeper drop in its last ~10 values. On LayerNorm "
-            "models the last value is exactly 0 (folding the norm's centring removes the all-ones direction).",
-            figures=[figures[FIG6]],
+            "models the last value is exactly 0 (folding the norm's centring removes the all-ones direction). "
+            "The second plot shows the raw singular values: the median division hides App. E's observation that "
+            "the dropout model's singular values are generally lower.",
+            figures=[figures[FIG6], figures[FIG6_RAW]],
         ),
         ReportSection(
             "ρ against 1 - DE/TE, a panel per model (Fig. 7)",

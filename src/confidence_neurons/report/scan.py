@@ -27,18 +27,27 @@ def scan_figures(result: ScanResult) -> dict[str, Figure]:
     """Every figure of a scan, by file stem."""
     neurons, k = result.neurons, result.k
     unreliable = not result.settings.get("token_frequency_reliable", True)
-    return {
+    tokens = result.effect_tokens  # None for runs made before the authors' per-token boxes
+    figs = {
         "fig1_entropy_vs_prediction": fig_entropy_vs_prediction(neurons),
         "fig2a_norm_vs_logitvar": fig_norm_vs_logitvar(neurons),
-        "fig2c_total_vs_direct": fig_total_vs_direct(neurons, seed=result.config.seed),
+        "fig2c_total_vs_direct": fig_total_vs_direct(neurons, seed=result.config.seed, tokens=tokens),
         "fig2d_spectrum": fig_spectrum(result.singular_values, result.cos_sv, neurons, k),
         "fig2e_rho_vs_ln_share": fig_rho_vs_ln_share(neurons, k),
         "fig3a_kl_vs_entropy": fig_kl_vs_entropy(
             result.token_metrics["entropy"].to_numpy(), result.token_metrics["kl"].to_numpy(), unreliable=unreliable
         ),
         "fig3b_freq_share_vs_dkl": fig_freq_share_vs_dkl(neurons, unreliable=unreliable),
-        "fig3c_total_vs_freq_direct": fig_total_vs_freq_direct(neurons, seed=result.config.seed, unreliable=unreliable),
+        "fig3c_total_vs_freq_direct": fig_total_vs_freq_direct(
+            neurons, seed=result.config.seed, unreliable=unreliable, tokens=tokens
+        ),
     }
+    if tokens is not None:  # the toolkit's summary beside the authors' boxes: per-neuron means
+        figs["fig2c_total_vs_direct_neuron_means"] = fig_total_vs_direct(neurons, seed=result.config.seed)
+        figs["fig3c_total_vs_freq_direct_neuron_means"] = fig_total_vs_freq_direct(
+            neurons, seed=result.config.seed, unreliable=unreliable
+        )
+    return figs
 
 
 def scan_title(result: ScanResult) -> str:
@@ -85,8 +94,12 @@ def scan_sections(result: ScanResult, figures: dict[str, Figure]) -> list[Report
         ReportSection(
             "Total and direct effect (Fig. 2c)",
             "TE lets the final norm's scale respond to the ablation (Eq. 5); DE freezes it (Eq. 6). "
-            "For entropy neurons DE is a small part of TE.",
-            figures=[figures["fig2c_total_vs_direct"]],
+            "For entropy neurons DE is a small part of TE. As the authors draw it: per-token |change of loss| "
+            "of each entropy neuron and of 100 random neurons pooled, outliers beyond 1.5 IQR dropped; beside it "
+            "the per-neuron means (the toolkit's summary).",
+            figures=[
+                figures[f] for f in ("fig2c_total_vs_direct", "fig2c_total_vs_direct_neuron_means") if f in figures
+            ],
         ),
         ReportSection(
             "The unembedding's null space (Fig. 2d)",
@@ -119,7 +132,13 @@ def scan_sections(result: ScanResult, figures: dict[str, Figure]) -> list[Report
             figures=[figures["fig3b_freq_share_vs_dkl"]],
         ),
         ReportSection(
-            "Total and frequency-direct effect (Fig. 3c)", caveat, figures=[figures["fig3c_total_vs_freq_direct"]]
+            "Total and frequency-direct effect (Fig. 3c)",
+            caveat + "Per-token boxes as Fig. 2c, then the per-neuron means.",
+            figures=[
+                figures[f]
+                for f in ("fig3c_total_vs_freq_direct", "fig3c_total_vs_freq_direct_neuron_means")
+                if f in figures
+            ],
         ),
         _borderline_section(result),
         *paper_sections(result),
