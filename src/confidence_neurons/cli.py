@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             kind, settings = _read_config_file(args.run_dir / "config.json")
             if kind not in COMMANDS or not COMMANDS[kind].run_dir:
                 raise ConfigError(f"{args.run_dir} holds no run this version can repeat (kind {kind!r})")
-            config = from_dict(COMMANDS[kind].config, settings, where=str(args.run_dir / "config.json"))
+            config = from_dict(COMMANDS[kind].config, settings, where=str(args.run_dir / "config.json"), legacy=True)
             out = args.out or args.run_dir.with_name(args.run_dir.name + "-rerun")
             _run(kind, config, out, args.quiet)
         else:

@@ -60,7 +60,7 @@ def test_scan_writes_every_file(tiny_model, corpus, tmp_path, capsys):
     assert de_freq["tol_nats"] > 0 and 0 <= de_freq["exact_share"] <= 1
     tokens = np.load(out / "tokens.npy")
     assert tokens.shape == (4, 32) and (tokens[:, 0] == 1).all()  # BOS first
-    metrics = pd.read_parquet(out / "token_metrics.parquet")  # --token-filter paper: positions >= 3
+    metrics = pd.read_parquet(out / "token_metrics.parquet")  # --token-filter authors: positions >= 3
     assert len(metrics) == 4 * (31 - 3) == config["settings"]["n_tokens_analysed"] and metrics["pos"].min() == 3
     report = (out / "report.html").read_text()
     assert "Entropy neurons" in report and 'src="http' not in report

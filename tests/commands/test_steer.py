@@ -45,8 +45,8 @@ def test_steer_cli_writes_a_complete_run(tiny_model, corpus, tmp_path, capsys):
     assert record["settings"]["placement"] == {"device": "cpu", "dtype": "float32"}
     split = record["settings"]["split"]
     assert split["fit_seqs"] == [0, 2] and split["measure_seqs"] == [2, 4]
-    # 24-token sequences: 23 predictions each, of which --token-filter paper counts positions >= 3
-    assert split["token_filter"] == "paper" and split["fit_tokens"] == split["measure_tokens"] == 2 * (23 - 3)
+    # 24-token sequences: 23 predictions each, of which --token-filter authors counts positions >= 3
+    assert split["token_filter"] == "authors" and split["fit_tokens"] == split["measure_tokens"] == 2 * (23 - 3)
     implied = pd.read_parquet(out / "implied_temperature.parquet")
     assert implied["pos"].min() == 3 and set(implied["seq"]) == {2, 3}
     result = load_run(out)

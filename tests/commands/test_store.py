@@ -71,9 +71,9 @@ def test_inspect_with_scan_reads_the_stored_pass(stored_scan, tiny_model, tmp_pa
     assert result.settings["forward_from_store"] is True
     t = result.activity.tokens
     assert len(t) == 3 * 15 and t["analysed"].sum() == first.settings["n_tokens_analysed"]
-    # the ablation value is the mean over the analysed tokens, as in the scan
+    # the ablation value is the mean over every cached position (the authors'), as in the scan
     acts = np.load(out / "activations" / "acts.npy")[:, 3]
-    assert result.activity.mean_activation == pytest.approx(float(acts[t["analysed"].to_numpy()].mean()), rel=1e-6)
+    assert result.activity.mean_activation == pytest.approx(float(acts.mean()), rel=1e-6)
     assert first.neurons.loc[3, "mean_activation"] == pytest.approx(result.activity.mean_activation, rel=1e-6)
 
 
@@ -114,10 +114,10 @@ def test_a_stopped_forward_resumes_at_its_first_unwritten_batch(tiny_model, tmp_
     torch.testing.assert_close(resumed.resid, fresh.resid)
 
 
-def test_the_paper_filter_leaves_out_early_positions_and_specials():
+def test_the_toolkit_filter_leaves_out_early_positions_and_specials():
     tokens = torch.tensor([[BOS_ID, 5, 6, 7, 8, 9, 10, 11], [BOS_ID, 5, 6, 7, 8, 50, 9, 10]])
     tokens[1, 4] = EOS_ID
-    keep = analysed_tokens(tokens, "paper", special={BOS_ID, EOS_ID, 50}).reshape(2, 7)
+    keep = analysed_tokens(tokens, "toolkit", special={BOS_ID, EOS_ID, 50}).reshape(2, 7)
     assert keep[0].tolist() == [False, False, False, True, True, True, True]
     # position 4 is EOS, 5 follows it (and is the newline-like 50), 6 follows 50
     assert keep[1].tolist() == [False, False, False, True, False, False, False]
@@ -128,12 +128,17 @@ def test_scan_averages_over_the_filtered_tokens(stored_scan, tiny_model, corpus)
     config, out, first = stored_scan
     tm = first.token_metrics
     assert (tm["pos"] >= 3).all() and len(tm) == first.settings["n_tokens_analysed"] < 3 * 15
-    assert first.settings["token_filter"] == "paper"
+    assert first.settings["token_filter"] == "authors" and first.settings["ablation_mean"] == "all"
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["config"]["token_filter"] == "paper" and cfg["settings"]["token_filter"] == "paper"
+    assert cfg["config"]["token_filter"] == "authors" and cfg["settings"]["token_filter"] == "authors"
     acts = np.load(out / "activations" / "acts.npy")
-    rows = tm["seq"].to_numpy() * 15 + tm["pos"].to_numpy()
-    np.testing.assert_allclose(first.neurons["mean_activation"], acts[rows].mean(0), rtol=1e-5, atol=1e-6)
+    # the authors' ablation value: the mean over every cached position, BOS included
+    np.testing.assert_allclose(first.neurons["mean_activation"], acts.mean(0), rtol=1e-5, atol=1e-6)
+    old = scan_cmd.scan(
+        load_model(str(tiny_model)), replace(config, token_filter="toolkit", ablation_mean="analysed"), progress=False
+    )
+    rows = old.token_metrics["seq"].to_numpy() * 15 + old.token_metrics["pos"].to_numpy()
+    np.testing.assert_allclose(old.neurons["mean_activation"], acts[rows].mean(0), rtol=1e-5, atol=1e-6)
     every = scan_cmd.scan(load_model(str(tiny_model)), replace(config, token_filter="all"), progress=False)
     assert every.settings["n_tokens_analysed"] == 3 * 15
     np.testing.assert_allclose(every.neurons["mean_activation"], acts.mean(0), rtol=1e-5, atol=1e-6)

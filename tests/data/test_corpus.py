@@ -64,7 +64,11 @@ def _ids(tokenizer, text: str) -> list[int]:
 
 
 def _assert_windows_match(sample: TokenSample, tokenizer, dataset, **kw) -> None:
-    """Every row (after BOS) is the recorded slice of the re-tokenized recorded document."""
+    """Every row (after BOS) is the recorded slice of the re-tokenized recorded document (documents in
+    the order the sample read them: shuffled by its seed unless it sampled the first documents).
+    """
+    if sample.source.get("sampling") == "whole":
+        kw = {**kw, "order_seed": sample.source["seed"]}
     docs = list(iter_documents(dataset, **kw))
     skip = 1 if sample.source["prepend_bos"] else 0
     body_len = sample.tokens.shape[1] - skip
@@ -101,7 +105,8 @@ def test_deterministic_and_seed_dependent(tokenizer):
     c = sample_token_sequences(tokenizer, None, n_seqs=8, seq_len=32, seed=2)
     assert torch.equal(a.tokens, b.tokens) and a.source == b.source
     assert not torch.equal(a.tokens, c.tokens)
-    assert a.source["starts"] == sorted(a.source["starts"])
+    first = sample_token_sequences(tokenizer, None, n_seqs=8, seq_len=32, seed=1, sampling="first")
+    assert first.source["starts"] == sorted(first.source["starts"])
 
 
 def test_bos_rules(tokenizer, tokenizer_no_bos):
@@ -146,7 +151,7 @@ def test_jsonl_custom_field_and_folder(tokenizer, tmp_path):
     docs = list(iter_documents(str(tmp_path), text_field="body"))
     assert docs[0].startswith("Alpha") and docs[1:] == [r["body"] for r in rows]
     folder = sample_token_sequences(tokenizer, str(tmp_path), n_seqs=6, seq_len=24, text_field="body")
-    files = folder.source["files"]
+    files = sorted(folder.source["files"], key=lambda f: f["path"])  # in the order they were read
     assert [f["path"] for f in files] == ["a.txt", "sub/b.jsonl"]
     assert files[1]["sha256"] == hashlib.sha256(jl.read_bytes()).hexdigest()
     json.dumps(folder.source)
@@ -174,7 +179,7 @@ def test_short_documents_fall_back_to_concatenation(tokenizer, tmp_path):
     sample = sample_token_sequences(tokenizer, str(tmp_path), n_seqs=3, seq_len=33, seed=5)
     assert sample.source["packing"] == "concatenated"
     eos = tokenizer.eos_token_id
-    docs = list(iter_documents(str(tmp_path)))
+    docs = list(iter_documents(str(tmp_path), order_seed=5))
     stream: list[int] = []
     for d, doc in enumerate(docs):
         stream += ([eos] if d else []) + _ids(tokenizer, doc)
@@ -241,3 +246,57 @@ def test_inaugural_speeches_folder(tokenizer):
     assert sample.source["files"][0]["path"].startswith("1789-Washington")
     assert len(np.unique(sample.tokens[:, 1:].numpy(), axis=0)) == 8
     _assert_windows_match(sample, tokenizer, str(INAUGURAL))
+
+
+def _many_files(tmp_path: Path) -> Path:
+    """Ten files, five .txt and five .jsonl of three documents each: 20 documents, each named by its first word."""
+    for i in range(5):
+        (tmp_path / f"t{i}.txt").write_text(f"Doc{i} " + PARAGRAPH, encoding="utf-8")
+        lines = [json.dumps({"text": f"Doc{i}{j} " + PARAGRAPH}) for j in range(3)]
+        (tmp_path / f"j{i}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return tmp_path
+
+
+def test_whole_sampling_reaches_every_file_and_document(tokenizer, tmp_path):
+    folder = str(_many_files(tmp_path))
+    all_docs = {doc.split()[0] for doc in iter_documents(folder)}
+    assert len(all_docs) == 20
+    seen, files = set(), set()
+    for seed in range(30):
+        sample = sample_token_sequences(tokenizer, folder, n_seqs=4, seq_len=12, seed=seed)
+        docs = list(iter_documents(folder, order_seed=seed))
+        names = [docs[d].split()[0] for d, _ in sample.source["starts"]]
+        assert len(set(names)) == 4  # each sequence from another document
+        seen.update(names)
+        files.update(f["path"] for f in sample.source["files"])
+        _assert_windows_match(sample, tokenizer, folder)
+        assert sample.source["n_documents_in_corpus"] == 20 and sample.source["n_documents"] == 4
+    assert seen == all_docs and len(files) == 10
+    for seed in range(5):
+        old = sample_token_sequences(tokenizer, folder, n_seqs=4, seq_len=12, seed=seed, sampling="first")
+        first = {f["path"] for f in old.source["files"]}
+        assert first == {"j0.jsonl"}  # the old procedure never leaves the alphabetically first file
+
+
+def test_whole_sampling_of_the_builtin_corpus_draws_from_every_topic(tokenizer):
+    from pydoc_data.topics import topics
+
+    first_six = set(sorted(topics)[:6])
+    drawn = set()
+    for seed in range(3):
+        sample = sample_token_sequences(tokenizer, None, n_seqs=6, seq_len=64, seed=seed)
+        keys = sorted(topics)
+        order = [keys[i] for i in np.random.default_rng(seed).permutation(len(keys))]
+        names = {order[d] for d, _ in sample.source["starts"]}
+        assert len(names) == 6  # six topics, one window each
+        drawn |= names
+    assert len(drawn) > 6 and not drawn <= first_six
+
+
+def test_too_few_documents_take_more_windows_of_those_read(tokenizer, tmp_path):
+    (tmp_path / "one.txt").write_text(PARAGRAPH * 6, encoding="utf-8")
+    (tmp_path / "two.txt").write_text(PARAGRAPH * 6, encoding="utf-8")
+    sample = sample_token_sequences(tokenizer, str(tmp_path), n_seqs=5, seq_len=16, seed=0)
+    assert sample.source["packing"] == "per_document" and len({tuple(s) for s in sample.source["starts"]}) == 5
+    assert {d for d, _ in sample.source["starts"]} == {0, 1}
+    _assert_windows_match(sample, tokenizer, str(tmp_path))

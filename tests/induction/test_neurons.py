@@ -76,7 +76,9 @@ def test_clipped_ablation_through_a_post_mlp_norm_and_soft_cap(tmp_path):
 
 def check_against_brute_force(setup: Setup) -> None:
     neuron = clipped_neuron(setup.cache)
-    out = clipped_ablation_curves(setup.layer, setup.cache, tuple(setup.tokens.shape), [neuron], half_len=HALF)
+    out = clipped_ablation_curves(
+        setup.layer, setup.cache, tuple(setup.tokens.shape), [neuron], half_len=HALF, clip="toolkit"
+    )
     pp = out["per_position"]
     threshold = float(first_copy_mean(setup.cache)[neuron])
     torch.testing.assert_close(out["first_copy_mean"], first_copy_mean(setup.cache))
@@ -121,10 +123,14 @@ def test_a_neuron_below_its_first_copy_mean_changes_nothing(setup: Setup):
     acts = acts_by_position(setup.cache).clone()
     acts[:, 1 + HALF :, neuron] = first_copy_mean(setup.cache)[neuron] - 0.5
     cache = replace(setup.cache, acts=acts.reshape(setup.cache.acts.shape))
-    out = clipped_ablation_curves(setup.layer, cache, tuple(setup.tokens.shape), [neuron], half_len=HALF)
+    out = clipped_ablation_curves(
+        setup.layer, cache, tuple(setup.tokens.shape), [neuron], half_len=HALF, clip="toolkit"
+    )
     assert (out["per_position"][["delta_entropy_mean", "delta_loss_mean"]] == 0).all().all()
     assert out["summary"]["frac_clipped"].item() == 0.0
-    changed = clipped_ablation_curves(setup.layer, setup.cache, tuple(setup.tokens.shape), [neuron], half_len=HALF)
+    changed = clipped_ablation_curves(
+        setup.layer, setup.cache, tuple(setup.tokens.shape), [neuron], half_len=HALF, clip="toolkit"
+    )
     assert changed["summary"]["frac_clipped"].item() > 0
 
 
@@ -169,7 +175,9 @@ def test_natural_induction_effects_at_repeat_positions(setup: Setup):
     repeats = [(1, 9)] * tokens.shape[0]
     neuron = clipped_neuron(setup.cache)
     reference = setup.cache.acts.mean(0)
-    df = natural_induction_effects(setup.layer, setup.cache, repeats, [neuron], reference_mean=reference, n=3)
+    df = natural_induction_effects(
+        setup.layer, setup.cache, repeats, [neuron], reference_mean=reference, n=3, ablation="toolkit"
+    )
     assert len(df) == tokens.shape[0] * 8
     seq0 = df[df["seq"] == 0]
     assert seq0["label"].tolist() == ["A0", "A1", "A2", "B", "A0", "A1", "A2", "X"]
@@ -201,7 +209,7 @@ def test_second_copy_token_effects_match_the_curves(tmp_path):
     tokens = torch.cat([half[:, :1] * 0 + 1, half, half], dim=1)  # BOS, T, T with T = 8
     cache = run_forward(model, layer, tokens, progress=False)
     neurons = [int(i) for i in cache.acts.std(0).topk(2).indices]
-    curves = clipped_ablation_curves(layer, cache, tuple(tokens.shape), neurons, half_len=8)
+    curves = clipped_ablation_curves(layer, cache, tuple(tokens.shape), neurons, half_len=8, clip="toolkit")
     eff = second_copy_token_effects(
         layer, cache, tokens, neurons, half_len=8, threshold=curves["first_copy_mean"], tokenizer=tiny_tokenizer()
     )
@@ -230,6 +238,7 @@ def test_natural_effects_name_the_tokens_and_fig9c_draws_the_second_occurrence(s
         n=3,
         tokens=tokens,
         tokenizer=tiny_tokenizer(),
+        ablation="toolkit",
     )
     flat = [s * 16 + p for s, p in zip(df["seq"], df["position"])]
     assert df["target_id"].tolist() == setup.cache.target[flat].tolist()  # the token each position predicts

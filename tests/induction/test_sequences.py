@@ -122,7 +122,7 @@ def test_natural_induction_finds_planted_repeats(tmp_path):
     corpus = jsonl(tmp_path / "c.jsonl", docs)
     tokens, repeats, record = natural_induction(tok, corpus, n_seqs=2, seq_len=26, n=6, bos_id=BOS_ID)
     assert tokens.shape == (2, 26) and (tokens[:, 0] == BOS_ID).all()
-    assert repeats == [(4, 14), (7, 17)]
+    assert sorted(repeats) == [(4, 14), (7, 17)]  # documents read in an order shuffled by the seed
     for row, (first, second) in zip(tokens.tolist(), repeats):
         assert row[first : first + 6] == row[second : second + 6]
         assert (first, second) in find_repeated_ngrams(row, 6)

@@ -266,7 +266,7 @@ def test_the_check_catches_a_broken_page(chromium, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
-    """``confidence-neurons scan`` of a tiny random GPT-2 on a small local corpus (as tests/cli/test_scan_cli.py)."""
+    """``confidence-neurons scan`` of a tiny random GPT-2 on a small local corpus (as tests/commands/test_scan.py)."""
     from confidence_neurons.cli import main
     from tests.tiny import N_SPECIAL, VOCAB_SIZE, make_tiny_dir
 

@@ -92,13 +92,14 @@ def neuron_activity(
     *,
     backend="auto",
     analysed: Tensor | None = None,
+    mean_act: Tensor | None = None,
 ) -> NeuronActivity:
     """Per-token effects of clip-mean-ablating ``neuron`` (Sec. 5), one row per cached position; the
     mean (the ablation value) is taken over the ``analysed`` positions (default: all), which the
-    table's ``analysed`` column marks.
+    table's ``analysed`` column marks, unless ``mean_act`` (d_mlp,) gives it (``forward.ablation_mean``).
     """
     analysed = torch.ones(cache.n_tokens, dtype=torch.bool) if analysed is None else analysed
-    mean = cache.acts[analysed].mean(0)
+    mean = cache.acts[analysed].mean(0) if mean_act is None else mean_act
     eff = per_token_effects(layer, cache, [neuron], mode="clip", mean_act=mean, freq=freq, backend=backend)
     acts = cache.acts[:, neuron]
     n_seqs, per_seq = tokens.shape[0], tokens.shape[1] - 1

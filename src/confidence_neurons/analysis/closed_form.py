@@ -34,12 +34,16 @@ from confidence_neurons.analysis.forward import ForwardCache
 from confidence_neurons.analysis.frequency import FreqDirection
 from confidence_neurons.models.final_layer import FinalLayer
 
-AblationMode = Literal["mean", "clip"]
+AblationMode = Literal["mean", "clip", "clip_below"]
 
 
 def ablated_values(acts: Tensor, mean: Tensor, mode: AblationMode) -> Tensor:
-    """Mean ablation sets the activation to its mean; clipped ablation only where it exceeds it (Sec. 5)."""
-    return mean.expand_as(acts) if mode == "mean" else torch.minimum(acts, mean)
+    """Mean ablation sets the activation to its mean; clipped ablation only where it exceeds it (Sec. 5);
+    ``clip_below`` only where it is below it (the authors' Fig. 5b for neurons that fall during induction).
+    """
+    if mode == "mean":
+        return mean.expand_as(acts)
+    return torch.maximum(acts, mean) if mode == "clip_below" else torch.minimum(acts, mean)
 
 
 @dataclass

@@ -36,7 +36,16 @@ log = logging.getLogger(__name__)
 #: Bumped whenever what the activation store holds or its stamp records changes.
 STORE_FORMAT = 2
 
-TokenFilter = Literal["paper", "all"]
+#: Which predictions the averages count (``analysed_tokens``). ``paper`` is what runs made before the
+#: authors' filter became the default called ``toolkit``; config.json may still say so.
+TokenFilter = Literal["authors", "toolkit", "all"]
+#: Over which positions the mean-ablation value is taken: ``all`` every cached position (the authors'
+#: ``mean_ablate_components``), ``analysed`` only those the token filter keeps (the toolkit's variant).
+AblationMean = Literal["all", "analysed"]
+
+#: Model families the authors' ``filter_entropy_activation_df`` (utils.py) knows, and whether it
+#: also drops their newline token: only GPT-2's ("gpt" in the model name, Stanford's GPT-2s included).
+_AUTHORS_FAMILIES = {"gpt": True, "pythia": False, "phi": False, "llama": False, "gemma": False, "mistral": False}
 
 
 @dataclass
@@ -119,33 +128,82 @@ def newline_ids(tokenizer, ids: np.ndarray) -> set[int]:
 def analysed_tokens(
     tokens: Int[Tensor, "n_seqs seq_len"], mode: TokenFilter, *, special: set[int], first_position: int = 3
 ) -> Bool[Tensor, " N"]:
-    """Which predictions the averages count, flattened like ``ForwardCache`` rows.
+    """Which predictions the averages count, flattened like ``ForwardCache`` rows (position p of a
+    sequence reads token p and predicts token p + 1; the last position predicts nothing and has no row).
 
-    ``all``: every position. ``paper`` (the authors' filter): positions >= ``first_position``
-    (3), and neither the token read at the position nor the one before it is in ``special`` (BOS,
-    EOS and newline tokens): so BOS, EOS and newlines and the tokens right after them are left out.
+    ``all``: every position. ``authors`` (their ``filter_entropy_activation_df``, utils.py): positions
+    >= ``first_position`` (3) whose token and whose next token (the target) are not in ``special``
+    (BOS, EOS and, on GPT-2, its newline token; see ``special_ids``). ``toolkit`` (this toolkit's
+    earlier filter): positions >= 3 whose token and whose *previous* token are not in ``special``
+    (there BOS, EOS and every token holding a line break).
     """
     n_seqs, seq_len = tokens.shape
     P = seq_len - 1
     if mode == "all":
         return torch.ones(n_seqs * P, dtype=torch.bool)
-    if mode != "paper":
+    if mode not in ("authors", "toolkit"):
         raise ValueError(f"unknown token filter {mode!r}")
-    inp = tokens[:, :P]
     is_special = (
-        torch.isin(inp, torch.tensor(sorted(special), dtype=inp.dtype))
+        torch.isin(tokens, torch.tensor(sorted(special), dtype=tokens.dtype))
         if special
-        else torch.zeros_like(inp, dtype=torch.bool)
-    )
-    prev_special = torch.zeros_like(is_special)
-    prev_special[:, 1:] = is_special[:, :-1]
+        else torch.zeros_like(tokens, dtype=torch.bool)
+    )  # (n_seqs, seq_len)
+    read = is_special[:, :P]
+    if mode == "authors":
+        neighbour = is_special[:, 1:]  # the target
+    else:
+        neighbour = torch.zeros_like(read)
+        neighbour[:, 1:] = read[:, :-1]  # the token before
     pos = torch.arange(P).expand(n_seqs, P)
-    return ((pos >= first_position) & ~is_special & ~prev_special).reshape(-1)
+    return ((pos >= first_position) & ~read & ~neighbour).reshape(-1)
 
 
-def special_ids(model: LoadedModel, tokens: Tensor) -> set[int]:
-    """BOS, EOS and the newline tokens that occur in ``tokens``."""
-    out = newline_ids(model.tokenizer, tokens.numpy())
+def ablation_mean(cache: ForwardCache, keep: Bool[Tensor, " N"], over: AblationMean) -> Float[Tensor, " d_mlp"]:
+    """The mean-ablation value of every neuron: the mean activation over all of ``cache``'s rows
+    (``all``: every position that predicts a token, as the authors' ``mean_ablate_components`` averages
+    their whole activation table, BOS included) or over the rows ``keep`` marks (``analysed``).
+    """
+    if over == "all":
+        return cache.acts.mean(0)
+    if over != "analysed":
+        raise ValueError(f"unknown ablation mean {over!r}")
+    return cache.acts[keep].mean(0)
+
+
+def authors_newline_id(name: str | None, tokenizer) -> tuple[int | None, str]:
+    r"""The newline token the authors' filter drops, and why: GPT-2's ``tokenizer.encode("\n")[0]``
+    for GPT-2-family names, none for the other families their code ran (Pythia, Phi, LLaMA, Gemma,
+    Mistral); for a model their code never ran, the newline token when the tokenizer has one as
+    GPT-2's does ("\n" alone encodes to a single token), else none.
+    """
+    lower = (name or "").lower()
+    for family, drops in _AUTHORS_FAMILIES.items():
+        if family in lower:
+            if not drops:
+                return None, f"{family}: the authors' filter drops no newline token"
+            break
+    else:
+        family = None
+    try:
+        ids = tokenizer.encode("\n", add_special_tokens=False)
+    except Exception:  # noqa: BLE001 - a tokenizer that cannot encode a newline has no newline token
+        ids = []
+    if family is not None:
+        return (int(ids[0]), "gpt: GPT-2's newline token") if ids else (None, "gpt: no newline token")
+    if len(ids) == 1:
+        return int(ids[0]), "a single newline token, as GPT-2's (the authors drop it on GPT-2)"
+    return None, "no single newline token"
+
+
+def special_ids(model: LoadedModel, tokens: Tensor, token_filter: TokenFilter = "toolkit") -> set[int]:
+    """The tokens ``analysed_tokens`` leaves out: BOS and EOS, with the authors' newline token
+    (``authors_newline_id``) or, for the ``toolkit`` filter, every token in ``tokens`` holding a line break.
+    """
+    if token_filter == "authors":
+        newline, _ = authors_newline_id(model.name, model.tokenizer)
+        out = set() if newline is None else {newline}
+    else:
+        out = newline_ids(model.tokenizer, tokens.numpy())
     for name in ("bos_token_id", "eos_token_id"):
         value = getattr(model.tokenizer, name, None)
         if value is None:

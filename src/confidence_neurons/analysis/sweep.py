@@ -116,7 +116,13 @@ def _accumulate(part: dict[str, Tensor], ab: AblatedStats, base: CleanStats, bas
 
 
 def checkpoint_stamp(
-    layer: FinalLayer, cache: ForwardCache, mode: str, freq: FreqDirection | None, neuron_chunk: int, freq_tol: float
+    layer: FinalLayer,
+    cache: ForwardCache,
+    mode: str,
+    freq: FreqDirection | None,
+    neuron_chunk: int,
+    freq_tol: float,
+    mean: Tensor,
 ) -> dict:
     """What a sweep chunk is computed from: the settings that change its numbers and the sha256 of its inputs."""
     return {
@@ -128,6 +134,7 @@ def checkpoint_stamp(
         "freq_tol": freq_tol,
         "cache_sha256": cache.content_digest(),
         "final_layer_sha256": layer_digest(layer),
+        "mean_sha256": sha256_of(mean.detach().double().cpu().numpy()),
         "freq_sha256": None
         if freq is None
         else sha256_of(freq.p.detach().double().cpu().numpy(), freq.v.detach().double().cpu().numpy()),
@@ -180,6 +187,7 @@ def sweep(
     on_chunk: Callable[[int, int], None] | None = None,
     freq_tol: float = FREQ_SERIES_TOL,
     device: torch.device | str | None = None,
+    mean_act: Tensor | None = None,
 ) -> NeuronEffects:
     """Ablate every final-layer neuron in closed form and average the effects over tokens: TE and
     DE, and with ``freq`` also DE_freq and |change of KL(P_freq || P_model)|, all in one pass.
@@ -194,20 +202,47 @@ def sweep(
     host), and the per-neuron sums come back as float64 on the CPU. Device memory is bounded by the
     chunk sizes, not by the number of tokens or neurons; running out of it raises a ToolkitError
     that names the flags to lower.
+
+    ``mean_act`` (d_mlp,) is the mean-ablation value (``forward.ablation_mean``); default: the mean over
+    ``cache``'s rows.
     """
     dev = torch.device(device if device is not None else "cpu")
     resolve_backend(backend, dev)  # a C kernel asked for on a GPU fails here, before any work
     with _memory_errors_explained(dev, neuron_chunk, token_chunk):
         return _sweep(
-            layer, cache, mode, freq, neuron_chunk, token_chunk, backend, checkpoints, progress, on_chunk, freq_tol, dev
+            layer,
+            cache,
+            mode,
+            freq,
+            neuron_chunk,
+            token_chunk,
+            backend,
+            checkpoints,
+            progress,
+            on_chunk,
+            freq_tol,
+            dev,
+            mean_act,
         )
 
 
 def _sweep(
-    layer, cache, mode, freq, neuron_chunk, token_chunk, backend, checkpoints, progress, on_chunk, freq_tol, dev
+    layer,
+    cache,
+    mode,
+    freq,
+    neuron_chunk,
+    token_chunk,
+    backend,
+    checkpoints,
+    progress,
+    on_chunk,
+    freq_tol,
+    dev,
+    mean_act,
 ) -> NeuronEffects:
     n, d_mlp = cache.n_tokens, layer.d_mlp
-    mean = cache.acts.mean(0)
+    mean = cache.acts.mean(0) if mean_act is None else mean_act.float()
     names = effect_fields(freq)
     acc = {name: torch.zeros(d_mlp, dtype=torch.float64) for name in names}
     all_neurons = torch.arange(d_mlp)
@@ -221,7 +256,7 @@ def _sweep(
         bases.append(_to(base, host))
     stamp = None
     if checkpoints is not None:
-        stamp = checkpoint_stamp(layer, cache, mode, freq, neuron_chunk, freq_tol)
+        stamp = checkpoint_stamp(layer, cache, mode, freq, neuron_chunk, freq_tol, mean)
         checkpoints.folder.mkdir(parents=True, exist_ok=True)
         require_space(checkpoints.folder, _checkpoint_bytes(d_mlp, neuron_chunk, len(names)), "the sweep's checkpoints")
     bar = tqdm(total=d_mlp, desc="ablation sweep", unit="neuron", disable=not progress)

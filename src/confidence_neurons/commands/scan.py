@@ -28,6 +28,8 @@ def write(rd: RunDir, result: ScanResult) -> None:
     )
     rd.array("cos_sv", result.cos_sv)
     rd.table("token_metrics", result.token_metrics)
+    if result.effect_tokens is not None:
+        rd.table("effect_tokens", result.effect_tokens)
     if result.unigrams is not None and result.unigrams.meta.get("source") == "counted":
         rd.array("unigrams", result.unigrams.counts.astype(np.int64))
         rd.json("unigrams", {"n_entries": int(len(result.unigrams.counts)), **result.unigrams.meta})

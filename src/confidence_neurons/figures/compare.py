@@ -62,30 +62,35 @@ def shared_range(values: np.ndarray, keep: np.ndarray, *, low_q: float = 0.01, p
     return [lo - pad * span, hi + pad * span]
 
 
-def fig6_spectra(spectra: pd.DataFrame) -> go.Figure:
-    """Fig. 6 analogue: each model's W_U singular values, divided by their median, against the
-    index divided by d_model, so models of any width share one axis.
+def fig6_spectra(spectra: pd.DataFrame, *, normalised: bool = True) -> go.Figure:
+    """Fig. 6 analogue: each model's W_U singular values against the index divided by d_model, so
+    models of any width share one axis; ``normalised`` divides them by their median (the shapes
+    compare), else they are drawn raw (App. E's "generally lower" singular values of a model show).
     """
     check_columns(spectra, ["label", "index", "singular_value", "rel_index", "rel_value"], "fig6_spectra", "spectra")
     fig = go.Figure()
+    ycol = "rel_value" if normalised else "singular_value"
     for i, (label, group) in enumerate(spectra.groupby("label", sort=False)):
         fig.add_trace(
             go.Scatter(
                 x=floats(group["rel_index"]),
-                y=floats(group["rel_value"]),
+                y=floats(group[ycol]),
                 mode="lines",
                 name=str(label),
                 line={"color": MODEL_COLORS[i % len(MODEL_COLORS)], "width": 2.5},
                 customdata=np.stack([floats(group["index"]), floats(group["singular_value"])], axis=-1),
                 hovertemplate=f"<b>{label}</b><br>index %{{customdata[0]:.0f}}<br>σ = %{{customdata[1]:.4g}}"
-                "<br>σ / median = %{y:.4g}<extra></extra>",
+                + ("<br>σ / median = %{y:.4g}" if normalised else "")
+                + "<extra></extra>",
             )
         )
     base_layout(
         fig,
-        "Fig. 6 analogue: singular values of W_U, every model on one normalised axis",
+        "Fig. 6 analogue: singular values of W_U, every model on one normalised axis"
+        if normalised
+        else "Fig. 6 analogue: raw singular values of W_U (not normalised), every model on one index axis",
         "singular value index / d_model (descending order)",
-        "singular value / median singular value",
+        "singular value / median singular value" if normalised else "singular value σ",
         legend=legend_below(),
     )
     fig.update_layout(margin={"b": 110})

@@ -22,7 +22,72 @@ from confidence_neurons.figures.style import (
     note,
 )
 
-__all__ = ["total_vs_direct_boxes"]
+__all__ = ["drop_outliers", "total_vs_direct_boxes", "total_vs_direct_token_boxes"]
+
+
+def drop_outliers(values: np.ndarray, whis: float = 1.5) -> np.ndarray:
+    """``values`` without those beyond ``whis`` IQR of the quartiles (the authors' ``remove_outliers``)."""
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return values
+    q1, q3 = np.quantile(values, [0.25, 0.75])
+    iqr = q3 - q1
+    return values[(values >= q1 - whis * iqr) & (values <= q3 + whis * iqr)]
+
+
+def total_vs_direct_token_boxes(
+    neurons: pd.DataFrame,
+    mask: np.ndarray,
+    tokens: pd.DataFrame,
+    *,
+    direct_col: str,
+    direct_label: str,
+    title: str,
+    no_group_text: str,
+    total_col: str = "abs_TE",
+    total_label: str = "|TE| per token",
+) -> go.Figure:
+    """The authors' Fig. 2c / 3c: one box per flagged neuron and one for the random neurons pooled,
+    of the per-token |loss change| (``tokens``: ``analysis.boxes.box_token_effects``), total and
+    direct, each box without the values beyond 1.5 IQR (as their load_results.py; no points).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != (len(neurons),):
+        raise ValueError(f"mask must have shape ({len(neurons)},), got {mask.shape}")
+    flagged = neurons.index[mask].tolist()
+    name_of = dict(zip(neurons.index, neurons["name"].astype(str)))
+    rand = tokens[tokens["random"].astype(bool)]
+    n_rand = rand["neuron"].nunique()
+    rand_label = f"{RANDOM_TRACE} (n={n_rand}, tokens pooled)"
+    order = [name_of[i] for i in flagged] + [rand_label]
+    fig = go.Figure()
+    for col, color, label in (
+        (total_col, LOSS_EFFECT_COLOR, total_label),
+        (direct_col, DIRECT_EFFECT_COLOR, direct_label),
+    ):
+        xs, ys = [], []
+        for i in flagged:
+            y = drop_outliers(floats(tokens.loc[tokens["neuron"] == i, col]))
+            xs += [name_of[i]] * len(y)
+            ys.append(y)
+        y = drop_outliers(floats(rand[col]))
+        xs += [rand_label] * len(y)
+        ys.append(y)
+        fig.add_trace(
+            go.Box(
+                x=xs,
+                y=np.concatenate(ys) if ys else np.zeros(0),
+                name=label,
+                marker={"color": color, "size": 3},
+                line={"color": color},
+                boxpoints=False,
+            )
+        )
+    base_layout(fig, title, "neuron", "|change of loss| per token on mean ablation (nats)", boxmode="group")
+    fig.update_xaxes(categoryorder="array", categoryarray=order)
+    if not mask.any():
+        note(fig, no_group_text)
+    return fig
 
 
 def total_vs_direct_boxes(

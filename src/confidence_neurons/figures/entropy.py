@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from confidence_neurons.figures.effects import total_vs_direct_boxes
+from confidence_neurons.figures.effects import total_vs_direct_boxes, total_vs_direct_token_boxes
 from confidence_neurons.figures.style import (
     ENTROPY_COLOR,
     ENTROPY_EDGE_COLOR,
@@ -205,22 +205,37 @@ def fig_norm_vs_logitvar(neurons: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def fig_total_vs_direct(neurons: pd.DataFrame, n_random: int = 100, seed: int = 0) -> go.Figure:
+def fig_total_vs_direct(
+    neurons: pd.DataFrame, n_random: int = 100, seed: int = 0, tokens: pd.DataFrame | None = None
+) -> go.Figure:
     """Fig. 2c analogue: total vs direct effect for entropy neurons and a random baseline.
 
-    Two box traces (named ``"TE (total effect)"`` and ``"DE (direct effect)"``) grouped by category:
-    ``"entropy neurons"`` (all flagged neurons) and ``"random neurons"`` (``n_random`` non-entropy neurons
-    drawn without replacement with ``numpy.random.default_rng(seed)``; all of them if
-    fewer exist). The gap between TE and DE is the LayerNorm-mediated effect.
+    With ``tokens`` (``analysis.boxes.box_token_effects``) as the authors draw it: one box per entropy
+    neuron and one for the random neurons pooled, of the per-token |change of loss|, TE and DE
+    (``effects.total_vs_direct_token_boxes``). Without (runs made before it, or the toolkit's summary):
+    two box traces (named ``"TE (total effect)"`` and ``"DE (direct effect)"``) of the per-neuron means,
+    grouped by ``"entropy neurons"`` (all flagged neurons) and ``"random neurons"`` (``n_random``
+    non-entropy neurons drawn without replacement with ``numpy.random.default_rng(seed)``; all of them
+    if fewer exist). The gap between TE and DE is the LayerNorm-mediated effect.
     """
     _check(neurons, "fig_total_vs_direct")
+    if tokens is not None:
+        return total_vs_direct_token_boxes(
+            neurons,
+            _entropy_mask(neurons),
+            tokens,
+            direct_col="abs_DE",
+            direct_label="|DE| per token (direct effect)",
+            title="Fig. 2c analogue: per-token total vs direct effect of mean ablation on the loss (authors' boxes)",
+            no_group_text=NO_ENTROPY_TEXT,
+        )
     return total_vs_direct_boxes(
         neurons,
         _entropy_mask(neurons),
         group="entropy neurons",
         direct_col="DE",
         direct_label="DE (direct effect)",
-        title="Fig. 2c analogue: total vs direct effect of mean ablation on the loss",
+        title="Fig. 2c analogue: total vs direct effect of mean ablation on the loss, per-neuron means (toolkit)",
         no_group_text=NO_ENTROPY_TEXT,
         n_random=n_random,
         seed=seed,

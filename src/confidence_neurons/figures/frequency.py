@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from confidence_neurons.figures.effects import total_vs_direct_boxes
+from confidence_neurons.figures.effects import total_vs_direct_boxes, total_vs_direct_token_boxes
 from confidence_neurons.figures.style import (
     ENTROPY_COLOR,
     ENTROPY_TRACE,
@@ -296,7 +296,11 @@ def fig_freq_share_vs_dkl(neurons: pd.DataFrame, *, outlier_iqr: float = 3.0, un
 
 
 def fig_total_vs_freq_direct(
-    neurons: pd.DataFrame, n_random: int = 100, seed: int = 0, unreliable: bool = False
+    neurons: pd.DataFrame,
+    n_random: int = 100,
+    seed: int = 0,
+    unreliable: bool = False,
+    tokens: pd.DataFrame | None = None,
 ) -> go.Figure:
     """Fig. 3c analogue: TE vs DE_freq for token frequency neurons and a random baseline.
 
@@ -306,16 +310,30 @@ def fig_total_vs_freq_direct(
     ``"random neurons (n=...)"`` (``n_random`` unflagged neurons drawn without
     replacement with ``numpy.random.default_rng(seed)``).  The gap between TE and
     DE_freq is the effect mediated by the token frequency direction.  Same
-    layout as Fig. 2c (:func:`~confidence_neurons.figures.effects.total_vs_direct_boxes`).
+    layout as Fig. 2c (:func:`~confidence_neurons.figures.effects.total_vs_direct_boxes`); with
+    ``tokens`` the authors' per-token boxes, as :func:`~confidence_neurons.figures.entropy.fig_total_vs_direct`.
     """
     _check(neurons, "fig_total_vs_freq_direct")
+    if tokens is not None:
+        fig = total_vs_direct_token_boxes(
+            neurons,
+            flag(neurons, "is_token_frequency_neuron"),
+            tokens,
+            direct_col="abs_DE_freq",
+            direct_label="|DE_freq| per token (direct effect)",
+            title="Fig. 3c analogue: per-token total vs frequency-direct effect of mean ablation on the loss "
+            "(authors' boxes)",
+            no_group_text=NO_FREQ_TEXT,
+        )
+        return mark_unreliable(fig) if unreliable else fig
     fig = total_vs_direct_boxes(
         neurons,
         flag(neurons, "is_token_frequency_neuron"),
         group=FREQ_TRACE,
         direct_col="DE_freq",
         direct_label="DE_freq (direct effect)",
-        title="Fig. 3c analogue: total vs frequency-direct effect of mean ablation on the loss",
+        title="Fig. 3c analogue: total vs frequency-direct effect of mean ablation on the loss, per-neuron means "
+        "(toolkit)",
         no_group_text=NO_FREQ_TEXT,
         n_random=n_random,
         seed=seed,

@@ -10,6 +10,7 @@ the closed form of ``per_token_effects`` (total effect, TE) on the chosen positi
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,17 @@ from confidence_neurons.analysis.kernel import Backend
 from confidence_neurons.induction.sequences import copy_offset
 from confidence_neurons.models.final_layer import FinalLayer
 from confidence_neurons.models.loading import LoadedModel
+
+#: How natural induction ablates (App. H.1): ``authors`` sets the activation to the neuron's mean on
+#: plain text, unclipped (their case_studies/natural_induction_true.py: ``neurons_no_clipping_hook`` with
+#: ``mean_activation_on_normal_text``); ``toolkit`` clips it from above to a reference mean (Sec. 5's
+#: clipping, footnote 7), by default the first copy's mean of the synthetic sequences.
+NaturalAblation = Literal["authors", "toolkit"]
+#: Fig. 5b's clipping (case_studies/induction.py): ``authors`` clips to the mean over the first half of
+#: the positions (``pos < pos.max() / 2``: BOS included), from above for a neuron whose activation rises
+#: in the second half and from below for one that falls (``strict_neurons_clipped_ablation_hook``, by the
+#: sign of its W_out-weighted change); ``toolkit`` clips every neuron from above to its first-copy mean.
+Fig5bClip = Literal["authors", "toolkit"]
 
 
 @dataclass
@@ -139,21 +151,27 @@ def clipped_ablation_curves(
     random_neurons: list[list[int]] | None = None,
     token_chunk: int = 256,
     backend: Backend = "auto",
+    clip: Fig5bClip = "authors",
 ) -> dict:
-    """Fig. 5b (and Fig. 10b): clip each neuron, in the second copy only, to its mean over the first copy.
+    """Fig. 5b (and Fig. 10b): clip each neuron, in the second copy only, to a first-copy threshold.
 
-    The threshold is the neuron's mean activation over all first-copy positions of all sequences;
-    only positions of the second copy are ablated, so the change is exactly 0 at BOS and in the
-    first copy. Each neuron is ablated on its own (TE, ablated - clean); each neuron of each
-    ``random_neurons`` draw too, as the baseline. Returns
+    ``clip`` (``Fig5bClip``) "toolkit": the threshold is the neuron's mean activation over all
+    first-copy positions of all sequences, clipped from above. "authors": the mean over the cached
+    positions p < (seq_len - 1) / 2 (BOS included), clipped from above where the mean over the
+    positions after them is not lower, else from below. Only positions of the second copy are
+    ablated, so the change is exactly 0 at BOS and in the first copy. Each neuron is ablated on its
+    own (TE, ablated - clean); each neuron of each ``random_neurons`` draw too, as the baseline. Returns
     ``per_position``: one row per (group, draw, neuron, position) with mean and SE over sequences
     of activation, clean entropy, delta_entropy and delta_loss, and
     rel_delta_entropy_pct = 100 * mean delta_entropy / mean clean entropy at that position;
     ``summary``: one row per (group, draw, neuron) over the second copy, with the threshold, the
     share of clipped tokens, mean delta_entropy / delta_loss (SE over per-sequence means),
     rel_delta_entropy_pct = 100 * sum delta_entropy / sum clean entropy, and the per-position
-    extremes of rel_delta_entropy_pct; ``first_copy_mean``: the thresholds (d_mlp,).
+    extremes of rel_delta_entropy_pct; ``first_copy_mean``: the first copy's mean (d_mlp,);
+    ``threshold`` (d_mlp,) and ``from_below`` (d_mlp,) bool: the clipping used.
     """
+    if clip not in ("authors", "toolkit"):
+        raise ValueError(f"unknown Fig. 5b clipping {clip!r}: authors or toolkit")
     n_seqs, seq_len = tokens_shape
     P = seq_len - 1
     if cache.seq_len != seq_len or cache.n_tokens != n_seqs * P:
@@ -165,6 +183,12 @@ def clipped_ablation_curves(
     start2 = offset + half_len
     acts = acts_by_position(cache)  # (n_seqs, P, d_mlp)
     first_mean = acts[:, offset:start2].mean((0, 1))  # (d_mlp,)
+    if clip == "authors":
+        half = torch.arange(P) < (seq_len - 1) / 2  # their entropy_df.pos < entropy_df.pos.max() / 2
+        threshold = acts[:, half].mean((0, 1))
+        from_below = acts[:, ~half].mean((0, 1)) < threshold  # falls: the sign of their weighted_diff
+    else:
+        threshold, from_below = first_mean, torch.zeros(first_mean.shape, dtype=torch.bool)
     draws = [list(map(int, d)) for d in (random_neurons or [])]
     roles = [("selected", None, int(i)) for i in neurons] + [
         ("random", d, i) for d, draw in enumerate(draws) for i in draw
@@ -173,20 +197,25 @@ def clipped_ablation_curves(
     col = {i: k for k, i in enumerate(unique)}
 
     flat = (torch.arange(n_seqs)[:, None] * P + torch.arange(start2, P)[None, :]).reshape(-1)
-    eff = per_token_effects(
-        layer,
-        _sub_cache(cache, flat),
-        unique,
-        mode="clip",
-        mean_act=first_mean,
-        token_chunk=token_chunk,
-        backend=backend,
-    )
+    sub = _sub_cache(cache, flat)
     P2 = P - start2
     d_ent = np.zeros((n_seqs, P, len(unique)))
     d_loss = np.zeros((n_seqs, P, len(unique)))
-    d_ent[:, start2:] = (eff.TE.entropy - eff.entropy[:, None]).double().numpy().reshape(n_seqs, P2, -1)
-    d_loss[:, start2:] = (eff.TE.loss - eff.loss[:, None]).double().numpy().reshape(n_seqs, P2, -1)
+    for below in (False, True):
+        ks = [k for k, i in enumerate(unique) if bool(from_below[i]) == below]
+        if not ks:
+            continue
+        eff = per_token_effects(
+            layer,
+            sub,
+            [unique[k] for k in ks],
+            mode="clip_below" if below else "clip",
+            mean_act=threshold,
+            token_chunk=token_chunk,
+            backend=backend,
+        )
+        d_ent[:, start2:, ks] = (eff.TE.entropy - eff.entropy[:, None]).double().numpy().reshape(n_seqs, P2, -1)
+        d_loss[:, start2:, ks] = (eff.TE.loss - eff.loss[:, None]).double().numpy().reshape(n_seqs, P2, -1)
     entropy = clean_loss_entropy(layer, cache, token_chunk=token_chunk, backend=backend)[1]
     entropy = entropy.double().numpy().reshape(n_seqs, P)
     ent_mean, ent_se = _mean_se(entropy)
@@ -229,10 +258,14 @@ def clipped_ablation_curves(
                 "group": group,
                 "draw": draw,
                 "neuron": i,
-                "clip_threshold": float(first_mean[i]),
+                "clip": clip,
+                "clip_threshold": float(threshold[i]),
+                "clip_from": "below" if bool(from_below[i]) else "above",
                 "activation_first": float(act_np[:, offset:start2, k].mean()),
                 "activation_second": float(second.mean()),
-                "frac_clipped": float((second > float(first_mean[i])).mean()),
+                "frac_clipped": float(
+                    ((second < float(threshold[i])) if bool(from_below[i]) else (second > float(threshold[i]))).mean()
+                ),
                 "delta_entropy": float(seq_de[0]),
                 "delta_entropy_se": float(seq_de[1]),
                 "delta_loss": float(seq_dl[0]),
@@ -246,7 +279,13 @@ def clipped_ablation_curves(
     per_position["draw"] = per_position["draw"].astype("Int64")
     summary_df = pd.DataFrame(summary)
     summary_df["draw"] = summary_df["draw"].astype("Int64")
-    return {"per_position": per_position, "summary": summary_df, "first_copy_mean": first_mean}
+    return {
+        "per_position": per_position,
+        "summary": summary_df,
+        "first_copy_mean": first_mean,
+        "threshold": threshold,
+        "from_below": from_below,
+    }
 
 
 def random_neuron_draws(
@@ -286,6 +325,23 @@ def _repeat_positions(repeats: list[tuple[int, int]], n: int, P: int) -> list[tu
     return rows
 
 
+@torch.no_grad()
+def plain_text_mean(
+    model: LoadedModel, layer: FinalLayer, tokens: Int[Tensor, "n_seqs seq_len"], *, batch_size: int = 8
+) -> Float[Tensor, " d_mlp"]:
+    """Each final-layer neuron's mean activation over every position of ``tokens`` (BOS and the last
+    position included), as the authors' ``mean_activation_on_normal_text`` averages their token table.
+    """
+    total = torch.zeros(layer.d_mlp, dtype=torch.float64)
+    dev = getattr(model.cfg, "device", None) or "cpu"
+    for b in range(0, tokens.shape[0], batch_size):
+        batch = tokens[b : b + batch_size].to(dev)
+        _, cache = model.bridge.run_with_cache(batch, names_filter=lambda name: name == layer.act_hook)
+        total += cache[layer.act_hook].double().sum((0, 1)).cpu()  # (d_mlp,)
+        del cache
+    return (total / tokens.numel()).float()
+
+
 def natural_activation_change(cache: ForwardCache, repeats: list[tuple[int, int]], *, n: int = 6) -> np.ndarray:
     """Fig. 11 (natural): mean activation over the second occurrence (A0..A{n-1}, X) minus over the
     first (A0..A{n-1}, B), per final-layer neuron, (d_mlp,).
@@ -309,13 +365,17 @@ def natural_induction_effects(
     backend: Backend = "auto",
     tokens: Int[Tensor, "n_seqs seq_len"] | None = None,
     tokenizer=None,
+    ablation: NaturalAblation = "authors",
 ) -> pd.DataFrame:
-    """App. H.1, Fig. 9a-c: activations and clipped-ablation effects at the positions of each repeat.
+    """App. H.1, Fig. 9a-c: activations and ablation effects at the positions of each repeat.
 
     One row per (seq, neuron, occurrence, label): labels A0..A{n-1} are the n-gram's positions,
-    B / X the position after the first / second occurrence. Each neuron is clipped to
-    ``reference_mean`` (its mean on non-repeated text, chosen by the caller) at these positions
-    alone; columns: activation, clipped, entropy, loss (clean, nats), delta_entropy, delta_loss
+    B / X the position after the first / second occurrence. Each neuron is set to
+    ``reference_mean`` (its mean on non-repeated text, chosen by the caller: the authors take it over
+    every position of plain text) at these positions (``ablation`` "authors"; the authors ablate every
+    position, but a final-layer neuron changes only its own position's logits, so the effects here
+    are theirs) or clipped to it (``toolkit``: only where it is above); columns: activation, clipped
+    (ablated at all: every row under ``authors``), entropy, loss (clean, nats), delta_entropy, delta_loss
     (TE, ablated - clean) and reciprocal_rank of the correct token (Fig. 9c colour). With the
     ``tokens`` the cache was run on: token_id (input at the position) and target_id (the token it
     predicts); with a ``tokenizer`` too, their text as token and target (Fig. 9c hover labels).
@@ -328,6 +388,8 @@ def natural_induction_effects(
         )
     if reference_mean.shape != (layer.d_mlp,):
         raise ValueError(f"reference_mean must have shape ({layer.d_mlp},), got {tuple(reference_mean.shape)}")
+    if ablation not in ("authors", "toolkit"):
+        raise ValueError(f"unknown natural induction ablation {ablation!r}: authors or toolkit")
     rows = _repeat_positions(repeats, n, P)
     flat = torch.tensor([s * P + p for s, _, _, _, p in rows])
     sub = _sub_cache(cache, flat)
@@ -335,7 +397,7 @@ def natural_induction_effects(
         layer,
         sub,
         list(neurons),
-        mode="clip",
+        mode="mean" if ablation == "authors" else "clip",
         mean_act=reference_mean.float(),
         token_chunk=token_chunk,
         backend=backend,
@@ -360,7 +422,7 @@ def natural_induction_effects(
                 neuron=int(i),
                 activation=act.numpy(),
                 reference_mean=float(reference_mean[i]),
-                clipped=(act > reference_mean[i]).numpy(),
+                clipped=(act > reference_mean[i]).numpy() if ablation == "toolkit" else np.ones(len(act), bool),
                 entropy=eff.entropy.numpy(),
                 loss=eff.loss.numpy(),
                 delta_entropy=(eff.TE.entropy[:, k] - eff.entropy).numpy(),

@@ -20,7 +20,7 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from confidence_neurons.data.corpus import CorpusError, _open, sample_token_sequences
+from confidence_neurons.data.corpus import CorpusError, Sampling, _open, sample_token_sequences
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ def synthetic_induction(
     text_field: str = "text",
     split: str = "train",
     max_documents: int | None = None,
+    sampling: Sampling = "whole",
 ) -> tuple[Int[Tensor, "n_seqs seq_len"], dict]:
     """Sec. 6.1: ``n_seqs`` rows of [BOS] + t_1..t_T + t_1..t_T with T = ``half_len``.
 
@@ -55,6 +56,7 @@ def synthetic_induction(
         text_field=text_field,
         split=split,
         max_documents=max_documents,
+        sampling=sampling,
     )
     body = sample.tokens  # (n_seqs, T)
     parts = [body, body]
@@ -199,10 +201,12 @@ def natural_induction(
     max_windows: int | None = None,
     text_field: str = "text",
     split: str = "train",
+    sampling: Sampling = "whole",
 ) -> tuple[Int[Tensor, "k seq_len"], list[tuple[int, int]], dict]:
     """App. H.1: corpus windows of ``seq_len`` tokens (BOS first) that hold a repeated n-gram.
 
-    Documents are read in order and cut into non-overlapping windows; a window is a candidate
+    Documents are read in an order shuffled by ``seed`` over the whole corpus (``sampling="whole"``;
+    ``first``: in sorted order) and cut into non-overlapping windows; a window is a candidate
     when ``find_repeated_ngrams`` (with ``ExcludedTokens(tokenizer, bos_id)`` and a gap of at least
     one token) finds a repeat whose second occurrence is followed by a predicted token (so the
     position X after it exists). Reading stops at 4 x ``n_seqs``
@@ -213,7 +217,7 @@ def natural_induction(
     """
     if n_seqs < 1 or n < 1 or seq_len < 2 * n + 2:
         raise ValueError(f"need n_seqs >= 1, n >= 1 and seq_len >= 2n + 2 (got {n_seqs}, {n}, {seq_len})")
-    info, docs = _open(dataset, text_field, split)
+    info, docs = _open(dataset, text_field, split, order_seed=seed if sampling == "whole" else None)
     body_len = seq_len - (1 if bos_id is not None else 0)
     prefix = np.array([] if bos_id is None else [int(bos_id)], dtype=np.int64)
     excluded = ExcludedTokens(tokenizer, bos_id)
@@ -264,6 +268,7 @@ def natural_induction(
             "seq_len": seq_len,
             "bos_id": bos_id,
             "seed": seed,
+            "sampling": sampling,
             "tokenizer": str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__)),
             "n_requested": n_seqs,
             "n_found": k,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from plotly.graph_objects import Figure
 
 from confidence_neurons.report.html import ReportSection
-from confidence_neurons.studies.compare import FIG6, CompareResult
+from confidence_neurons.studies.compare import FIG6, FIG6_RAW, CompareResult
 
 
 def compare_title(result: CompareResult) -> str:
@@ -55,8 +55,10 @@ def compare_sections(result: CompareResult, figures: dict[str, Figure]) -> list[
             "Singular values divided by each model's median, against index / d_model, so models of every "
             "width share one axis. The paper uses this plot for Pythia 160M trained with and without dropout "
             "(App. E): the one trained with dropout has the deeper drop in its last ~10 values. On LayerNorm "
-            "models the last value is exactly 0 (folding the norm's centring removes the all-ones direction).",
-            figures=[figures[FIG6]],
+            "models the last value is exactly 0 (folding the norm's centring removes the all-ones direction). "
+            "The second plot shows the raw singular values: the median division hides App. E's observation that "
+            "the dropout model's singular values are generally lower.",
+            figures=[figures[FIG6], figures[FIG6_RAW]],
         ),
         ReportSection(
             "ρ against 1 - DE/TE, a panel per model (Fig. 7)",

@@ -55,8 +55,12 @@ def scan_sections(result: ScanResult, figures: dict[str, Figure]) -> list[Report
         ReportSection(
             "Total and direct effect (Fig. 2c)",
             "TE lets the final norm's scale respond to the ablation (Eq. 5); DE freezes it (Eq. 6). "
-            "For entropy neurons DE is a small part of TE.",
-            figures=[figures["fig2c_total_vs_direct"]],
+            "For entropy neurons DE is a small part of TE. As the authors draw it: per-token |change of loss| "
+            "of each entropy neuron and of 100 random neurons pooled, outliers beyond 1.5 IQR dropped; beside it "
+            "the per-neuron means (the toolkit's summary).",
+            figures=[
+                figures[f] for f in ("fig2c_total_vs_direct", "fig2c_total_vs_direct_neuron_means") if f in figures
+            ],
         ),
         ReportSection(
             "The unembedding's null space (Fig. 2d)",
@@ -89,7 +93,13 @@ def scan_sections(result: ScanResult, figures: dict[str, Figure]) -> list[Report
             figures=[figures["fig3b_freq_share_vs_dkl"]],
         ),
         ReportSection(
-            "Total and frequency-direct effect (Fig. 3c)", caveat, figures=[figures["fig3c_total_vs_freq_direct"]]
+            "Total and frequency-direct effect (Fig. 3c)",
+            caveat + "Per-token boxes as Fig. 2c, then the per-neuron means.",
+            figures=[
+                figures[f]
+                for f in ("fig3c_total_vs_freq_direct", "fig3c_total_vs_freq_direct_neuron_means")
+                if f in figures
+            ],
         ),
         _borderline_section(result),
         *paper_sections(result),

@@ -296,12 +296,14 @@ def compare(scans: list, labels: list[str] | None = None, config: CompareConfig 
 
 
 FIG6 = "fig6_spectra"
+FIG6_RAW = "fig6_spectra_raw"
 
 
 def compare_figures(result: CompareResult) -> dict[str, Figure]:
     """Every figure of a comparison, by file stem: Fig. 6, then Fig. 7 and Fig. 8 with one panel per scan."""
     return {
         FIG6: fig6_spectra(result.spectra),
+        FIG6_RAW: fig6_spectra(result.spectra, normalised=False),
         **fig7_panels(result.neurons, result.table),
         **fig8_panels(result.neurons, result.labels),
     }

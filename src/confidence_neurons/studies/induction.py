@@ -31,6 +31,7 @@ from confidence_neurons.figures.activity import fig_loss_change_vs_initial
 from confidence_neurons.induction import heads as H
 from confidence_neurons.induction import neurons as N
 from confidence_neurons.induction.heads import HEAD_ABLATIONS, HeadAblation
+from confidence_neurons.induction.neurons import Fig5bClip, NaturalAblation
 from confidence_neurons.induction.sequences import (
     copy_offset,
     corrupt_first_copy,
@@ -60,6 +61,12 @@ class InductionConfig(KernelOptions, SourceOptions):
         "random final-layer neurons, each clipped on its own, as the baseline of Fig. 5b (paper App. H.2: 10)",
         minimum=0,
     )
+    fig5b_clip: Fig5bClip = option(
+        "authors",
+        "Fig. 5b's clipping: authors (to the mean over the first half of the positions, BOS included; from "
+        "below for neurons that fall in the second copy, as their case_studies/induction.py) or toolkit (every "
+        "neuron from above to its first-copy mean)",
+    )
     n_prefix_seqs: int = option(64, "repeated random-token sequences for prefix matching (paper: 1024)", minimum=1)
     n_bos_seqs: int = option(64, "natural sequences for the mean BOS attention (paper: 1000)", minimum=1)
     n_ablation_seqs: int = option(16, "sequences for BOS / mean-z ablation and DFA (paper: 100)", minimum=1)
@@ -70,6 +77,12 @@ class InductionConfig(KernelOptions, SourceOptions):
     )
     n_natural: int = option(64, "natural induction sequences (paper: 1000)", minimum=1)
     natural_seq_len: int = option(256, "tokens per natural induction sequence", minimum=2)
+    natural_ablation: NaturalAblation = option(
+        "authors",
+        "how natural induction (Fig. 9) ablates: authors (set to the neuron's mean over every position of plain "
+        "text, unclipped, as their natural_induction_true.py) or toolkit (clip from above to the synthetic "
+        "first copy's mean)",
+    )
     ngram: int = option(6, "repeated n-gram length for natural induction (paper: 6)", minimum=1)
     k: int | None = option(
         None,
@@ -291,6 +304,7 @@ def induction(
             seed=config.seed,
             text_field=config.text_field,
             split=config.split,
+            sampling=config.sampling,
         )
         cache = run_forward(model, layer, tokens, batch_size=config.batch_size, progress=progress)
         curves = N.curves_from_cache(layer, cache, neurons)
@@ -303,7 +317,14 @@ def induction(
             else []
         )  # App. H.2: one draw of 10 random neurons, each clipped on its own
         clipped = N.clipped_ablation_curves(
-            layer, cache, tuple(tokens.shape), neurons, half_len=T, random_neurons=draws, backend=config.backend
+            layer,
+            cache,
+            tuple(tokens.shape),
+            neurons,
+            half_len=T,
+            random_neurons=draws,
+            backend=config.backend,
+            clip=config.fig5b_clip,
         )
         tables["clipped_per_position"] = clipped["per_position"]
         tables["clipped_summary"] = clipped["summary"]
@@ -319,11 +340,13 @@ def induction(
         )
     with timer("activation change of every neuron (Fig. 11)"):
         change = N.activation_change(N.acts_by_position(cache), T)
+        w_out_norm = layer.W_out.double().norm(dim=-1).numpy()  # (d_mlp,)
         rho = weight_stats(layer, config.k or default_k(layer.d_model, config.model)).rho.numpy()
         tables["activation_change"] = pd.DataFrame(
             {
                 "neuron": np.arange(layer.d_mlp),
                 "change": change,
+                "w_out_norm": w_out_norm,  # Fig. 11 ranks by change x ||w_out||, as the authors' weighted_diff
                 "rho": rho,
                 "family": [family.get(i, "") for i in range(layer.d_mlp)],
             }
@@ -349,6 +372,7 @@ def induction(
             bos_id=bos_id,
             text_field=config.text_field,
             split=config.split,
+            sampling=config.sampling,
         ).tokens
         bos = H.mean_bos_attention(model, natural, batch_size=config.batch_size)
         ind_heads, base_heads = H.choose_heads(prefix, bos, seed=config.seed)
@@ -392,6 +416,7 @@ def induction(
             prepend_bos=False,
             text_field=config.text_field,
             split=config.split,
+            sampling=config.sampling,
         ).tokens
         corrupted = corrupt_first_copy(abl_tokens, other)
         try:
@@ -419,14 +444,31 @@ def induction(
                 seed=config.seed,
                 text_field=config.text_field,
                 split=config.split,
+                sampling=config.sampling,
             )
             nat_cache = run_forward(model, layer, nat_tokens, batch_size=config.batch_size, progress=progress)
+            if config.natural_ablation == "authors":  # the mean over every position of plain text
+                plain = sample_token_sequences(
+                    model.tokenizer,
+                    config.dataset,
+                    n_seqs=config.n_natural,
+                    seq_len=config.natural_seq_len,
+                    seed=config.seed + 3,
+                    bos_id=bos_id,
+                    text_field=config.text_field,
+                    split=config.split,
+                    sampling=config.sampling,
+                ).tokens
+                reference = N.plain_text_mean(model, layer, plain, batch_size=config.batch_size)
+            else:
+                reference = clipped["first_copy_mean"]
             tables["natural_effects"] = N.natural_induction_effects(
                 layer,
                 nat_cache,
                 repeats,
                 neurons,
-                reference_mean=clipped["first_copy_mean"],
+                ablation=config.natural_ablation,
+                reference_mean=reference,
                 n=config.ngram,
                 backend=config.backend,
                 tokens=nat_tokens,
@@ -436,6 +478,7 @@ def induction(
                 {
                     "neuron": np.arange(layer.d_mlp),
                     "change": N.natural_activation_change(nat_cache, repeats, n=config.ngram),
+                    "w_out_norm": layer.W_out.double().norm(dim=-1).numpy(),
                 }
             )
         except CorpusError as exc:
@@ -459,6 +502,8 @@ def induction(
         "induction_heads": [_head_label([h]) for h in ind_heads],
         "baseline_heads": [_head_label([h]) for h in base_heads],
         "head_ablation": config.head_ablation,
+        "natural_ablation": config.natural_ablation,
+        "fig5b_clip": config.fig5b_clip,
         "random_neurons": [f"{layer.layer}.{i}" for d in draws for i in d],
         "random_seed": config.seed,
         "synthetic": {k: v for k, v in source.items() if k != "corpus"},
@@ -507,8 +552,15 @@ def head_ablation_variant(result: InductionResult) -> str:
     return str(result.settings.get("head_ablation", "all-positions"))
 
 
+def _fig11_y(table: pd.DataFrame) -> np.ndarray:
+    """Fig. 11's y: the activation change times ||w_out|| (the authors' weighted_diff) where the table has it."""
+    y = table["change"].to_numpy()
+    return y * table["w_out_norm"].to_numpy() if "w_out_norm" in table.columns else y
+
+
 def induction_figures(result: InductionResult) -> dict[str, Figure]:
     """Every figure of the case study, by file stem."""
+    natural = str(result.settings.get("natural_ablation", "toolkit"))  # runs before the option clipped
     variant = HEAD_ABLATION_TEXT[head_ablation_variant(result)]
     bos_kind = f"BOS ablation, {variant}"
     z_kind = f"Mean attention-output ablation, {variant}"
@@ -516,6 +568,7 @@ def induction_figures(result: InductionResult) -> dict[str, Figure]:
     T, names = result.half_len, result.names
     index_names = dict(zip(result.neurons, names))
     change = result.tables["activation_change"]
+    w = "w_out_norm" in change.columns  # runs before the authors' weighting hold the raw change only
     is_flagged = change["family"].isin(["entropy", "chosen", "candidate"]).to_numpy()
     prefix_by_label = {
         F.head_label((l, h)): float(result.prefix[l, h])
@@ -530,7 +583,7 @@ def induction_figures(result: InductionResult) -> dict[str, Figure]:
         ),
         "fig5b_clipped_summary": F.fig_clipped_summary(summary, names=index_names, kind=kind),
         "fig11_activation_change": F.fig_activation_change(
-            change["change"].to_numpy(), change["rho"].to_numpy(), is_flagged, [f"{n}" for n in change["neuron"]]
+            _fig11_y(change), change["rho"].to_numpy(), is_flagged, [f"{n}" for n in change["neuron"]], weighted=w
         ),
         "head_scores": F.fig_head_scores(result.prefix, result.bos, result.induction_heads, result.baseline_heads),
         "fig12_bos_ablation_summary": F.fig_head_ablation_summary(
@@ -543,11 +596,12 @@ def induction_figures(result: InductionResult) -> dict[str, Figure]:
     if "natural_activation_change" in result.tables:  # Fig. 11, natural-text panel (App. H.3)
         nat = result.tables["natural_activation_change"].merge(change[["neuron", "rho", "family"]], on="neuron")
         figs["fig11_natural_activation_change"] = F.fig_activation_change(
-            nat["change"].to_numpy(),
+            _fig11_y(nat),
             nat["rho"].to_numpy(),
             nat["family"].isin(["entropy", "chosen", "candidate"]).to_numpy(),
             [f"{n}" for n in nat["neuron"]],
             setting="natural",
+            weighted="w_out_norm" in nat.columns,
         )
     token_effects = result.tables["second_copy_token_effects"]
     for i, name in zip(result.neurons, names):
@@ -564,11 +618,15 @@ def induction_figures(result: InductionResult) -> dict[str, Figure]:
             result.tables["mean_z_ablation"], name, T, title_kind=f"{z_kind} (Fig. 13 analogue)"
         )
         if "natural_effects" in result.tables:
-            figs[f"fig9c_natural_loss_{slug}"] = F.fig_natural_loss_change(result.tables["natural_effects"], i, name)
+            figs[f"fig9c_natural_loss_{slug}"] = F.fig_natural_loss_change(
+                result.tables["natural_effects"], i, name, ablation=natural
+            )
         if name in result.dfa:
             labels, diff = result.dfa[name]
             figs[f"fig14_dfa_{slug}"] = F.fig_dfa(labels, np.asarray(diff), prefix_by_label, name)
     if "natural_effects" in result.tables:
         figs["fig9a_natural_activation"] = F.fig_natural_induction(result.tables["natural_effects"], names)
-        figs["fig9b_natural_entropy"] = F.fig_natural_induction_entropy(result.tables["natural_effects"], names)
+        figs["fig9b_natural_entropy"] = F.fig_natural_induction_entropy(
+            result.tables["natural_effects"], names, ablation=natural
+        )
     return figs

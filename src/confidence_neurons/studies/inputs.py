@@ -40,6 +40,7 @@ def sample_tokens(model: LoadedModel, config: SourceOptions | TokenOptions) -> T
         bos_id=model.bos_id,
         text_field=config.text_field,
         split=config.split,
+        sampling=config.sampling,
     )
 
 
@@ -83,7 +84,7 @@ def analysed_mask(model: LoadedModel, tokens: torch.Tensor, config: TokenOptions
     """The token filter's mask of the predictions every average counts, ``(n_seqs, seq_len - 1)``;
     a ConfigError naming ``--token-filter`` when it keeps none.
     """
-    keep = analysed_tokens(tokens, config.token_filter, special=special_ids(model, tokens))
+    keep = analysed_tokens(tokens, config.token_filter, special=special_ids(model, tokens, config.token_filter))
     if not bool(keep.any()):
         raise ConfigError(
             f"--token-filter {config.token_filter} leaves no token to analyse in sequences of {config.seq_len} "

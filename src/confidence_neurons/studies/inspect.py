@@ -10,7 +10,7 @@ from pathlib import Path
 from plotly.graph_objects import Figure
 
 from confidence_neurons.analysis.activity import NeuronActivity, neuron_activity, parse_neuron, passages
-from confidence_neurons.analysis.forward import run_forward
+from confidence_neurons.analysis.forward import ablation_mean, run_forward
 from confidence_neurons.analysis.frequency import FreqDirection
 from confidence_neurons.data.corpus import TokenSample
 from confidence_neurons.data.unigrams import UnigramCounts
@@ -99,7 +99,15 @@ def inspect_neuron(
     cache = run_forward(model, layer, tokens.tokens, batch_size=config.batch_size, progress=progress, store=store)
     analysed = analysed_mask(model, tokens.tokens, config)
     activity = neuron_activity(
-        layer, cache, tokens.tokens, neuron, freq, model.tokenizer, backend=config.backend, analysed=analysed
+        layer,
+        cache,
+        tokens.tokens,
+        neuron,
+        freq,
+        model.tokenizer,
+        backend=config.backend,
+        analysed=analysed,
+        mean_act=ablation_mean(cache, analysed, config.ablation_mean),
     )
     found = passages(activity, layer, cache, tokens.tokens, model.tokenizer, n=config.n_passages)
     settings = {
@@ -111,6 +119,7 @@ def inspect_neuron(
         "n_seqs": config.n_seqs,
         "unigrams": counts.meta.get("source"),
         "token_filter": config.token_filter,
+        "ablation_mean": config.ablation_mean,
         "n_tokens_analysed": int(analysed.sum()),
         "forward_from_store": cache.from_store,
         "placement": model.placement_record(),

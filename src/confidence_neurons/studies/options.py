@@ -16,7 +16,9 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from confidence_neurons.analysis.forward import AblationMean, TokenFilter
 from confidence_neurons.analysis.kernel import Backend
+from confidence_neurons.data.corpus import Sampling
 from confidence_neurons.data.unigrams import Padding
 from confidence_neurons.errors import ConfigError
 
@@ -64,10 +66,35 @@ def base_type(tp: Any) -> Any:
     return tp
 
 
-def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
-    """Build the dataclass ``cls`` from a dict such as a run's config.json ``config`` block."""
+#: What a config.json written before a setting existed meant by its absence: the procedure the toolkit
+#: ran then. Applied when a run is read back or rerun (``legacy=True``), never to a --config file.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "token_filter": "toolkit",
+    "ablation_mean": "analysed",
+    "sampling": "first",
+    "natural_ablation": "toolkit",
+    "fig5b_clip": "toolkit",
+}
+#: Values renamed since: the old name and the new one.
+LEGACY_VALUES: dict[str, dict[Any, Any]] = {"token_filter": {"paper": "toolkit"}}
+
+
+def _legacy(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    known = {f.name for f in fields(cls)}
+    out = {k: v for k, v in LEGACY_DEFAULTS.items() if k in known and k not in data}
+    for k, v in data.items():
+        out[k] = LEGACY_VALUES.get(k, {}).get(v, v) if isinstance(v, str) else v
+    return out
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config", *, legacy: bool = False) -> Any:
+    """Build the dataclass ``cls`` from a dict such as a run's config.json ``config`` block; with
+    ``legacy`` a setting the dict lacks takes the value older versions used (``LEGACY_DEFAULTS``).
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a JSON object of settings, not {type(data).__name__}")
+    if legacy:
+        data = _legacy(cls, data)
     hints = get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
@@ -77,7 +104,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     for name, value in data.items():
         tp = base_type(hints[name])
         if is_dataclass(tp) and isinstance(value, dict):
-            value = from_dict(tp, value, f"{where}.{name}")
+            value = from_dict(tp, value, f"{where}.{name}", legacy=legacy)
         elif get_origin(tp) is tuple and isinstance(value, list):
             value = tuple(value)
         values[name] = value
@@ -109,7 +136,8 @@ class Options:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Options:
-        return from_dict(cls, data)
+        """A run's config read back: settings it lacks keep the meaning they had when it was made."""
+        return from_dict(cls, data, legacy=True)
 
     def neuron_specs(self) -> list[tuple[str, str]]:
         """(LAYER.INDEX spec, field) of every final-layer neuron these settings name."""
@@ -183,6 +211,12 @@ class SourceOptions(DeviceOptions, TextOptions):
     """Which model, which text, drawn how, run where."""
 
     seed: int = option(0, "seed for drawing the text sequences")
+    sampling: Sampling = option(
+        "whole",
+        "how the text is drawn: whole (documents of every file in an order shuffled by --seed, one window "
+        "each; hub datasets through a 10,000-document shuffle buffer) or first (windows of the first "
+        "documents in sorted order, as before)",
+    )
     batch_size: int = option(8, "sequences per forward pass", volatile=True, minimum=1)
 
 
@@ -192,10 +226,17 @@ class TokenOptions(Options):
 
     n_seqs: int = option(100, "number of sequences (paper: 100)", minimum=1)
     seq_len: int = option(256, "tokens per sequence, BOS included (paper: 256)", minimum=2)
-    token_filter: Literal["paper", "all"] = option(
-        "paper",
-        "which predictions the mean-ablation value and every average count: paper (positions >= 3, "
-        "without BOS/EOS/newline tokens and the tokens right after them) or all",
+    token_filter: TokenFilter = option(
+        "authors",
+        "which predictions every average counts: authors (their filter_entropy_activation_df: positions >= 3 "
+        "whose token and target are not BOS/EOS, nor the newline token on GPT-2 and on models their code never "
+        "ran whose tokenizer has one as GPT-2's), toolkit (positions >= 3 without BOS/EOS/line-break tokens "
+        "and the tokens right after them) or all",
+    )
+    ablation_mean: AblationMean = option(
+        "all",
+        "which positions the mean-ablation value averages: all (every position, BOS included, as the "
+        "authors' mean_ablate_components) or analysed (those the token filter keeps)",
     )
 
     def sequence_lengths(self) -> dict[str, int]:

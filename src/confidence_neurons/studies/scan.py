@@ -14,8 +14,15 @@ import numpy as np
 import pandas as pd
 from plotly.graph_objects import Figure
 
+from confidence_neurons.analysis.boxes import box_token_effects
 from confidence_neurons.analysis.effects import FREQ_SERIES_TOL
-from confidence_neurons.analysis.forward import run_forward, sweep_device
+from confidence_neurons.analysis.forward import (
+    ablation_mean,
+    authors_newline_id,
+    run_forward,
+    special_ids,
+    sweep_device,
+)
 from confidence_neurons.analysis.frequency import FreqDirection
 from confidence_neurons.analysis.kernel import describe_backend
 from confidence_neurons.analysis.selection import EntropyNeuronRule, TokenFrequencyNeuronRule
@@ -66,7 +73,8 @@ class ScanResult:
     """``neurons``: one row per final-layer neuron (``analysis.table.NEURON_COLUMNS``);
     ``singular_values`` (d_model,) of W_U; ``cos_sv`` (d_mlp, d_model), cosine of w_out with each
     singular vector; ``token_metrics``: per analysed token seq, pos, loss, entropy, kl
-    (KL(P_freq || P_model)); ``settings``: what config.json records of the run.
+    (KL(P_freq || P_model)); ``effect_tokens``: the per-token effects Fig. 2c/3c box
+    (``analysis.boxes.box_token_effects``); ``settings``: what config.json records of the run.
     """
 
     config: ScanConfig
@@ -78,6 +86,7 @@ class ScanResult:
     token_metrics: pd.DataFrame
     unigrams: UnigramCounts | None = None
     run_dir: Path | None = None
+    effect_tokens: pd.DataFrame | None = None  # per-token |TE|, |DE| for Fig. 2c/3c (analysis.boxes); None: older run
 
     @property
     def entropy_neurons(self) -> pd.DataFrame:
@@ -116,6 +125,7 @@ class ScanResult:
             settings=record["settings"],
             token_metrics=rd.read_table("token_metrics"),
             unigrams=unigrams,
+            effect_tokens=rd.read_table("effect_tokens") if rd.has("effect_tokens.parquet") else None,
             run_dir=rd.path,
         )
 
@@ -143,6 +153,8 @@ def scan(
     full = run_forward(model, layer, tokens.tokens, batch_size=config.batch_size, progress=progress, store=store)
     t_forward = time.perf_counter() - t0
     keep = analysed_mask(model, tokens.tokens, config)
+    special = special_ids(model, tokens.tokens, config.token_filter)
+    mean_act = ablation_mean(full, keep, config.ablation_mean)
     cache = full.select(keep, store=store)
     ws = weight_stats(layer, k)
     counts, freq = unigrams if unigrams is not None else unigram_distribution(model, layer, config, progress=progress)
@@ -164,6 +176,7 @@ def scan(
         progress=progress,
         checkpoints=checkpoints,
         device=sweep_device(model),
+        mean_act=mean_act,
     )
     t_sweep = time.perf_counter() - t0
     sparsity = count_sparsity(counts)
@@ -182,6 +195,9 @@ def scan(
         "n_tokens_analysed": cache.n_tokens,
         "n_tokens_cached": full.n_tokens,
         "token_filter": config.token_filter,
+        "token_filter_special_ids": sorted(special),
+        "authors_newline": authors_newline_id(model.name, model.tokenizer)[1],
+        "ablation_mean": config.ablation_mean,
         "forward_from_store": full.from_store,
         "placement": model.placement_record(),
         "k": k,
@@ -203,6 +219,8 @@ def scan(
             "tol_nats": FREQ_SERIES_TOL,
             "exact_share": round(float(effects.de_freq_exact_share.mean()), 6),
         }
+    neurons = neuron_table(layer, ws, effects, config.rule, freq, config.tf_rule, counts_reliable=sparsity.reliable)
+    effect_tokens = box_token_effects(layer, cache, neurons, mean_act, freq, seed=config.seed, backend=config.backend)
     rows = cache.flat_rows.numpy()
     token_metrics = pd.DataFrame(
         {
@@ -215,13 +233,14 @@ def scan(
     )
     return ScanResult(
         config=config,
-        neurons=neuron_table(layer, ws, effects, config.rule, freq, config.tf_rule, counts_reliable=sparsity.reliable),
+        neurons=neurons,
         singular_values=ws.singular_values.numpy(),
         cos_sv=ws.cos_sv.numpy(),
         k=k,
         settings=settings,
         token_metrics=token_metrics,
         unigrams=counts,
+        effect_tokens=effect_tokens,
     )
 
 
@@ -229,15 +248,24 @@ def scan_figures(result: ScanResult) -> dict[str, Figure]:
     """Every figure of a scan, by file stem."""
     neurons, k = result.neurons, result.k
     unreliable = not result.settings.get("token_frequency_reliable", True)
-    return {
+    tokens = result.effect_tokens  # None for runs made before the authors' per-token boxes
+    figs = {
         "fig1_entropy_vs_prediction": fig_entropy_vs_prediction(neurons),
         "fig2a_norm_vs_logitvar": fig_norm_vs_logitvar(neurons),
-        "fig2c_total_vs_direct": fig_total_vs_direct(neurons, seed=result.config.seed),
+        "fig2c_total_vs_direct": fig_total_vs_direct(neurons, seed=result.config.seed, tokens=tokens),
         "fig2d_spectrum": fig_spectrum(result.singular_values, result.cos_sv, neurons, k),
         "fig2e_rho_vs_ln_share": fig_rho_vs_ln_share(neurons, k),
         "fig3a_kl_vs_entropy": fig_kl_vs_entropy(
             result.token_metrics["entropy"].to_numpy(), result.token_metrics["kl"].to_numpy(), unreliable=unreliable
         ),
         "fig3b_freq_share_vs_dkl": fig_freq_share_vs_dkl(neurons, unreliable=unreliable),
-        "fig3c_total_vs_freq_direct": fig_total_vs_freq_direct(neurons, seed=result.config.seed, unreliable=unreliable),
+        "fig3c_total_vs_freq_direct": fig_total_vs_freq_direct(
+            neurons, seed=result.config.seed, unreliable=unreliable, tokens=tokens
+        ),
     }
+    if tokens is not None:  # the toolkit's summary beside the authors' boxes: per-neuron means
+        figs["fig2c_total_vs_direct_neuron_means"] = fig_total_vs_direct(neurons, seed=result.config.seed)
+        figs["fig3c_total_vs_freq_direct_neuron_means"] = fig_total_vs_freq_direct(
+            neurons, seed=result.config.seed, unreliable=unreliable
+        )
+    return figs

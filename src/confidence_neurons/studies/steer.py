@@ -257,7 +257,11 @@ def steer(
     neurons = sorted({i for d in dials for i in d.neurons})
     col = {i: k for k, i in enumerate(neurons)}
     dials = [S.Dial(d.name, d.neurons, tuple(col[i] for i in d.neurons)) for d in dials]
-    steerer = S.Steerer(layer, neurons, fit_cache.acts[:, neurons].mean(0))
+    # the ablation value, from the fitting sequences only: every position of them, or the analysed ones
+    fit_rows = torch.zeros(cache.n_tokens, dtype=torch.bool)
+    fit_rows[: n_fit * (cache.seq_len - 1)] = True
+    mean_from = cache.select(fit_rows) if config.ablation_mean == "all" else fit_cache
+    steerer = S.Steerer(layer, neurons, mean_from.acts[:, neurons].mean(0))
     budget = config.memory_mb * 2**20
     available = available_memory()
     if available is not None and budget > available // 2:  # speed only: past half the free memory, recompute
@@ -354,6 +358,7 @@ def steer(
             "fit_seqs": [0, n_fit],
             "measure_seqs": [n_fit, n_seqs],
             "token_filter": config.token_filter,
+            "ablation_mean": config.ablation_mean,
             "fit_tokens": fit_cache.n_tokens,
             "measure_tokens": n_measure,
         },

@@ -38,8 +38,13 @@ def fig_activation_change(
     *,
     label_top: int = 8,
     setting: Literal["synthetic", "natural"] = "synthetic",
+    weighted: bool = False,
 ) -> go.Figure:
     """Fig. 11: change of mean activation on induction for every final-layer neuron.
+
+    With ``weighted`` the ``change`` given is already multiplied by each neuron's ‖w_out‖, as the
+    authors rank Fig. 11's neurons (``weighted_diff`` in case_studies/induction.py and
+    natural_induction_true.py); the axis and labels say so.
 
     x = neuron index, y = ``change`` (mean activation in the second copy − in the first
     for ``setting="synthetic"``; second − first occurrence of the n-gram for
@@ -61,6 +66,7 @@ def fig_activation_change(
     if label_top < 0:
         raise ValueError("label_top must be >= 0")
     idx = np.arange(n)
+    delta = "Δ activation × ‖w_out‖" if weighted else "Δ activation"
     what = (
         "second copy − first copy" if setting == "synthetic" else "second occurrence − first occurrence of the n-gram"
     )
@@ -75,7 +81,7 @@ def fig_activation_change(
             marker={"color": OTHER_COLOR, "size": 5, "opacity": 0.6},
             text=[names[i] for i in idx[other]],
             customdata=rho[other],
-            hovertemplate="%{text}<br>Δ activation = %{y:.4g}<br>ρ = %{customdata:.3f}<extra></extra>",
+            hovertemplate="%{text}<br>" + delta + " = %{y:.4g}<br>ρ = %{customdata:.3f}<extra></extra>",
         )
     )
     ent = idx[is_entropy]
@@ -101,15 +107,15 @@ def fig_activation_change(
                 "line": {"color": ENTROPY_EDGE_COLOR, "width": 1},
             },
             customdata=custom,
-            hovertemplate="%{customdata[0]}<br>Δ activation = %{y:.4g}<br>ρ = %{customdata[1]:.3f}<extra></extra>",
+            hovertemplate="%{customdata[0]}<br>" + delta + " = %{y:.4g}<br>ρ = %{customdata[1]:.3f}<extra></extra>",
         )
     )
     base_layout(
         fig,
-        f"Fig. 11 analogue: change of mean activation of final-layer neurons on {setting} induction "
-        f"({what}); entropy neurons sized by ρ",
+        f"Fig. 11 analogue: change of mean activation{' × ‖w_out‖ (authors’ weighting)' if weighted else ''} "
+        f"of final-layer neurons on {setting} induction ({what}); entropy neurons sized by ρ",
         "final-layer neuron index",
-        f"Δ mean activation ({what})",
+        f"Δ mean activation{' × ‖w_out‖' if weighted else ''} ({what})",
         legend=legend_below(-0.15),
     )
     fig.update_layout(margin={"b": 100})

@@ -163,6 +163,15 @@ _PP_COLS = ("group", "draw", "neuron", "position", "copy", "rel_delta_entropy_pc
 _SUMMARY_COLS = ("group", "draw", "neuron", "delta_entropy", "delta_loss", "rel_delta_entropy_pct")
 
 
+def _clip_words(summary: pd.DataFrame) -> str:
+    """How the summary's neurons were clipped: the authors' two-sided clipping names itself (Fig. 5b)."""
+    if "clip" not in summary.columns or not (summary["clip"] == "authors").any():  # the toolkit's; older runs
+        return "to their first-copy mean"
+    if (summary["clip_from"] == "below").any():
+        return "to their first-half mean (authors': from below for neurons that fall)"
+    return "to their first-half mean (authors')"
+
+
 def fig_clipped_ablation(
     per_position: pd.DataFrame,
     summary: pd.DataFrame,
@@ -189,7 +198,7 @@ def fig_clipped_ablation(
     base_layout(
         fig,
         f"{_copy_title(kind, 'Fig. 5b', 'Fig. 10b')} analogue: change of entropy when clipping {which} "
-        "to their first-copy mean in the second copy",
+        f"{_clip_words(summary)} in the second copy",
         "token position p in the second copy (predicting token p + 1)",
         "relative change of entropy, 100 · ΔH / H (%)",
         legend=legend_below(),
@@ -302,7 +311,7 @@ def fig_clipped_summary(
     base_layout(
         fig,
         f"{_copy_title(kind, 'Fig. 5b', 'Fig. 10b')} analogue: mean change of entropy and loss over the second copy "
-        f"on clip mean-ablation, {which} vs random neurons",
+        f"on clip mean-ablation {_clip_words(summary)}, {which} vs random neurons",
         "neuron group",
         "mean change over the second copy, ablated − clean (nats)",
         boxmode="group",

@@ -132,10 +132,22 @@ def fig_natural_induction(effects: pd.DataFrame, names: Sequence[str], *, kind: 
     return fig
 
 
+#: Figure words for ``natural_induction_effects``' ``ablation``.
+NATURAL_ABLATION_WORDS = {
+    "authors": "mean-ablation to the plain-text mean (authors')",
+    "toolkit": "clip mean-ablation to the first-copy mean (toolkit)",
+}
+
+
 def fig_natural_induction_entropy(
-    effects: pd.DataFrame, names: Sequence[str], *, relative: bool = True, kind: NeuronKind = "entropy"
+    effects: pd.DataFrame,
+    names: Sequence[str],
+    *,
+    relative: bool = True,
+    kind: NeuronKind = "entropy",
+    ablation: str = "toolkit",
 ) -> go.Figure:
-    """Fig. 9b: change of entropy on clip mean-ablation at A0..A5, B and A0..A5, X.
+    """Fig. 9b: change of entropy on ablation (``ablation``: ``NATURAL_ABLATION_WORDS``) at A0..A5, B and A0..A5, X.
 
     With ``relative`` (default) y = 100 · mean ΔH / mean clean H over sequences at each
     label (%, like Fig. 5b); otherwise the mean ΔH in nats with faint mean ± SE
@@ -151,7 +163,10 @@ def fig_natural_induction_entropy(
         else "mean change of entropy ΔH, ablated − clean (nats)"
     )
     _natural_layout(
-        fig, n, "Fig. 9b analogue: change of entropy on clip mean-ablation at naturally repeated n-grams", ytitle
+        fig,
+        n,
+        f"Fig. 9b analogue: change of entropy on {NATURAL_ABLATION_WORDS[ablation]} at naturally repeated n-grams",
+        ytitle,
     )
     if effects.empty:
         return no_data(fig)
@@ -192,8 +207,9 @@ def fig_natural_loss_change(
     occurrence: str = "second",
     max_points: int = MAX_ACTIVITY_POINTS,
     seed: int = 0,
+    ablation: str = "toolkit",
 ) -> go.Figure:
-    """Fig. 9c: per token, the change of loss on clip mean-ablation of one neuron against the
+    """Fig. 9c: per token, the change of loss on ablation (``ablation``) of one neuron against the
     initial (clean) loss, coloured by the reciprocal rank of the correct token.
 
     ``effects`` is ``natural_induction_effects``' table; its rows of ``neuron`` at ``occurrence``
@@ -237,8 +253,9 @@ def fig_natural_loss_change(
     fig = fig_loss_change_vs_initial(tokens, neuron_name, max_points=max_points, seed=seed)
     where = "the second occurrence (A0..A5, X)" if occurrence == "second" else "both occurrences"
     n_clipped = int(tokens["clipped"].astype(bool).sum())
+    count = f"{n_clipped:,} clipped tokens of {len(tokens):,}" if ablation == "toolkit" else f"{len(tokens):,} tokens"
     fig.update_layout(
-        title_text=f"Fig. 9c analogue: change of loss on clip mean-ablation of {neuron_name} vs initial loss, "
-        f"naturally repeated n-grams, {where} ({n_clipped:,} clipped tokens of {len(tokens):,})"
+        title_text=f"Fig. 9c analogue: change of loss on {NATURAL_ABLATION_WORDS[ablation]} of {neuron_name} "
+        f"vs initial loss, naturally repeated n-grams, {where} ({count})"
     )
     return fig
