@@ -1,4 +1,4 @@
-"""Command line: ``confidence-neurons scan | inspect | induction | unigrams | rerun``.
+"""Command line: ``confidence-neurons scan | inspect | induction | unigrams | steer | compare | study | rerun``.
 
 Each subcommand's flags come from its config dataclass (``commands/``); this module parses them,
 calls the command's ``run`` and prints a short summary. Bad input (the toolkit's own error types)
@@ -25,6 +25,7 @@ from confidence_neurons.commands.inspect import InspectConfig
 from confidence_neurons.commands.options import from_dict
 from confidence_neurons.commands.scan import ScanConfig
 from confidence_neurons.commands.steer import SteerConfig
+from confidence_neurons.commands.study import StudyConfig
 from confidence_neurons.commands.unigrams import UnigramsConfig
 from confidence_neurons.errors import ConfigError, ToolkitError
 from confidence_neurons.provenance import toolkit_version
@@ -61,6 +62,11 @@ COMMANDS = {
         CompareConfig,
         "compare finished scans of several models, corpora or checkpoints (App. E-G: table, Fig. 6, 7, 8, report)",
         positional=("runs", "RUN_DIR"),
+    ),
+    "study": Command(
+        StudyConfig,
+        "run many scans (models x revisions x corpora) as Ray tasks, here or on a cluster, and compare them",
+        positional=("study", "STUDY.toml"),
     ),
 }
 
@@ -171,7 +177,7 @@ def _print_steer(result) -> None:
 
 
 def _run(kind: str, config: Any, out: Path | None, quiet: bool) -> None:
-    from confidence_neurons.commands import compare, induction, inspect, scan, steer, unigrams
+    from confidence_neurons.commands import compare, induction, inspect, scan, steer, study, unigrams
 
     if kind == "unigrams":
         counts = unigrams.run(config, progress=not quiet)
@@ -187,6 +193,7 @@ def _run(kind: str, config: Any, out: Path | None, quiet: bool) -> None:
         "induction": (induction, _print_induction),
         "compare": (compare, _print_compare),
         "steer": (steer, _print_steer),
+        "study": (study, lambda result: print(study.summary(result))),
     }
     module, summarise = modules[kind]
     result = module.run(config, out, progress=not quiet)

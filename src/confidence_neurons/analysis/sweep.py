@@ -8,7 +8,7 @@ store every finished chunk is kept, so a stopped sweep resumes where it was.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -159,6 +159,7 @@ def sweep(
     on_chunk: Callable[[int, int], None] | None = None,
     freq_tol: float = FREQ_SERIES_TOL,
     device: torch.device | str | None = None,
+    only_chunks: Collection[int] | None = None,
 ) -> NeuronEffects:
     """Ablate every final-layer neuron in closed form and average the effects over tokens: TE and
     DE, and with ``freq`` also DE_freq and |change of KL(P_freq || P_model)|, all in one pass.
@@ -173,17 +174,56 @@ def sweep(
     host), and the per-neuron sums come back as float64 on the CPU. Device memory is bounded by the
     chunk sizes, not by the number of tokens or neurons; running out of it raises a ToolkitError
     that names the flags to lower.
+
+    ``only_chunks`` (first neurons of chunks, from :func:`chunk_starts`) makes this one shard of a
+    sharded sweep: only those chunks are computed (and checkpointed); every other neuron's
+    effects are 0. Each chunk is computed by the same code on the same token chunks as in the full
+    sweep, so shards merged through a checkpoint store give the full sweep's numbers exactly.
     """
     dev = torch.device(device if device is not None else "cpu")
     resolve_backend(backend, dev)  # a C kernel asked for on a GPU fails here, before any work
     with _memory_errors_explained(dev, neuron_chunk, token_chunk):
         return _sweep(
-            layer, cache, mode, freq, neuron_chunk, token_chunk, backend, checkpoints, progress, on_chunk, freq_tol, dev
+            layer,
+            cache,
+            mode,
+            freq,
+            neuron_chunk,
+            token_chunk,
+            backend,
+            checkpoints,
+            progress,
+            on_chunk,
+            freq_tol,
+            dev,
+            None if only_chunks is None else frozenset(only_chunks),
         )
 
 
+def chunk_starts(d_mlp: int, neuron_chunk: int) -> list[int]:
+    """The first neuron of each neuron chunk of a sweep (the checkpoint and sharding unit)."""
+    return list(range(0, d_mlp, neuron_chunk))
+
+
+def checkpoint_name(k0: int) -> str:
+    """The checkpoint name of the neuron chunk that starts at neuron ``k0``."""
+    return f"sweep_{k0:06d}"
+
+
 def _sweep(
-    layer, cache, mode, freq, neuron_chunk, token_chunk, backend, checkpoints, progress, on_chunk, freq_tol, dev
+    layer,
+    cache,
+    mode,
+    freq,
+    neuron_chunk,
+    token_chunk,
+    backend,
+    checkpoints,
+    progress,
+    on_chunk,
+    freq_tol,
+    dev,
+    only_chunks=None,
 ) -> NeuronEffects:
     n, d_mlp = cache.n_tokens, layer.d_mlp
     mean = cache.acts.mean(0)
@@ -212,9 +252,12 @@ def _sweep(
         }
     bar = tqdm(total=d_mlp, desc="ablation sweep", unit="neuron", disable=not progress)
     reused = 0
-    for k0 in range(0, d_mlp, neuron_chunk):
+    for k0 in chunk_starts(d_mlp, neuron_chunk):
         idx = all_neurons[k0 : k0 + neuron_chunk]
-        name = f"sweep_{k0:06d}"
+        if only_chunks is not None and k0 not in only_chunks:  # another shard's chunk
+            bar.update(len(idx))
+            continue
+        name = checkpoint_name(k0)
         saved = checkpoints.load(name, stamp) if checkpoints is not None else None
         if saved is not None:
             for f in names:
