@@ -27,17 +27,29 @@ def fig_over_runs(m: MatchedNeurons, field: str) -> go.Figure:
         x = rows["step"].astype(int).tolist() if by_step else rows["label"].tolist()
         flagged = rows["is_entropy_neuron"].astype(bool).to_numpy()
         color = COLORS[i % len(COLORS)]
+        y = floats(rows[field])
         fig.add_trace(
             go.Scatter(
                 x=x,
-                y=floats(rows[field]),
+                y=y,
                 mode="lines+markers",
                 name=name,
                 line={"color": color},
-                marker={"size": 9, "color": [color if f else "white" for f in flagged], "line": {"color": color}},
+                marker={"size": 9, "color": "white", "line": {"color": color, "width": 2}},
                 customdata=rows["label"].to_numpy(),
                 hovertemplate=f"<b>{name}</b> %{{customdata}}<br>{field} = %{{y:.4g}}<extra></extra>",
             )
         )
+        if flagged.any():  # filled where the rule flags it (a second trace: the PNG export takes one colour)
+            fig.add_trace(
+                go.Scatter(
+                    x=[v for v, f in zip(x, flagged) if f],
+                    y=y[flagged],
+                    mode="markers",
+                    marker={"size": 9, "color": color},
+                    showlegend=False,
+                    hoverinfo="skip",
+                )
+            )
     xtitle = "training step" if by_step else "run"
     return base_layout(fig, f"{m.group}: top neurons' {TITLES[field]}", xtitle, TITLES[field])
