@@ -122,9 +122,13 @@ def read_study(path: Path) -> Study:
             raise ConfigError(f'{where} has no model = "..." (a hub id or a model directory)', field="study")
         extra = sorted(set(m) - set(MODEL_KEYS) - scan_fields)
         if extra:
-            raise ConfigError(f"{where} has keys that are neither model keys nor scan settings: {extra}", field="study")
-        revisions = m.get("revisions", [None])
-        if not isinstance(revisions, list) or not revisions or not all(isinstance(r, str) for r in revisions):
+            raise ConfigError(
+                f"{where} has keys that are neither model keys nor scan settings: {', '.join(extra)}", field="study"
+            )
+        revisions = m.get("revisions")
+        if revisions is None:
+            revisions = [None]  # the model as it is
+        elif not isinstance(revisions, list) or not revisions or not all(isinstance(r, str) for r in revisions):
             raise ConfigError(f"{where}: revisions must be a non-empty list of strings", field="study")
         label = str(m.get("label") or Path(m["model"]).name or m["model"])
         own = {k: v for k, v in m.items() if k not in MODEL_KEYS}
@@ -132,12 +136,20 @@ def read_study(path: Path) -> Study:
             cwhere = _where(path, f"[[corpora]] entry {j + 1}")
             extra = sorted(set(c) - set(CORPUS_KEYS))
             if extra:
-                raise ConfigError(f"{cwhere} has keys a corpus does not take: {extra} (takes {CORPUS_KEYS})")
+                raise ConfigError(
+                    f"{cwhere} has keys a corpus does not take: {', '.join(extra)} (it takes {', '.join(CORPUS_KEYS)})",
+                    field="study",
+                )
             clabel = str(c.get("label") or (Path(str(c["dataset"])).name if c.get("dataset") else "default"))
             text = {k: v for k, v in c.items() if k != "label"}
             for rev in revisions:
                 settings = {**shared, **own, **text, "model": m["model"], "revision": rev}
-                config = from_dict(ScanConfig, settings, where=f"{where} x {cwhere}")
+                try:
+                    config = from_dict(ScanConfig, settings, where=f"{where} x {cwhere}")
+                except ConfigError as exc:
+                    if str(path) in str(exc):
+                        raise
+                    raise ConfigError(f"{where}: {exc}", field="study") from None
                 tasks.append(ScanTask(label, rev, clabel, config))
     folders = [t.folder for t in tasks]
     repeated = sorted({f for f in folders if folders.count(f) > 1})
