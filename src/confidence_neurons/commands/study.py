@@ -64,7 +64,7 @@ class StudyConfig(Options):
 @dataclass
 class StudyResult:
     """``table``: one row per scan (label, model, revision, corpus, folder, status, seconds, n_entropy,
-    n_token_frequency, error); ``comparison``: every finished scan compared (None below two);
+    n_token_frequency, host and pid that ran it, error); ``comparison``: every finished scan compared (None below two);
     ``matched``: one per group of scans of one architecture on one corpus; ``settings``: config.json's.
     """
 
@@ -102,6 +102,8 @@ def _table(outcomes: list[TaskOutcome]) -> pd.DataFrame:
                 "seconds": round(o.seconds, 2),
                 "n_entropy": s.get("n_entropy"),
                 "n_token_frequency": s.get("n_token_frequency"),
+                "host": s.get("host"),
+                "pid": s.get("pid"),
                 "error": o.error,
             }
         )

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,7 +88,12 @@ def run_scan_task(config_dict: dict, folder: str, cpus: float, gpus: float, hook
         torch.set_num_threads(int(cpus))
     t0 = time.perf_counter()
     result = run_scan(config, Path(folder), progress=False)
-    return {**_summary(result), "seconds": round(time.perf_counter() - t0, 2)}
+    return {
+        **_summary(result),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
 
 
 def _line(i: int, n: int, o: TaskOutcome) -> str:
