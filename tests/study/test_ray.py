@@ -139,3 +139,25 @@ def test_the_sharded_sweep_equals_the_plain_scan(ray_local, models, corpus, tmp_
     for col in SWEEP_COLUMNS:
         np.testing.assert_array_equal(sharded.neurons[col].to_numpy(), plain.neurons[col].to_numpy(), err_msg=col)
     pd.testing.assert_frame_equal(sharded.neurons, plain.neurons)
+
+
+def test_ctrl_c_cancels_every_task_and_the_study_says_how_to_resume(study_run, models, corpus, tmp_path, monkeypatch):
+    path = tmp_path / "study.toml"
+    path.write_text(study_toml(models, corpus, archs=("neox",)))
+    cancelled = []
+    real_cancel = ray.cancel
+
+    def interrupted_wait(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def spy_cancel(ref, **kwargs):
+        cancelled.append(kwargs.get("force"))
+        real_cancel(ref, **kwargs)
+
+    monkeypatch.setattr(ray, "wait", interrupted_wait)
+    monkeypatch.setattr(ray, "cancel", spy_cancel)
+    with pytest.raises(KeyboardInterrupt):
+        S.run(S.StudyConfig(study=str(path)), tmp_path / "out", progress=False)
+    assert cancelled == [True, True]  # both scans' tasks, forcefully
+    record = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert record["status"] == "interrupted" and "rerun the same command to resume" in record["error"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import sys
 
 import numpy as np
 import pandas as pd
@@ -167,3 +169,25 @@ def test_without_ray_the_study_runs_in_process_and_says_how_to_parallelise(
     assert (out / "figures" / "study_1_rho.png").is_file()
     assert "gpt2@step200" in (out / "report.html").read_text()
     assert list(result.comparison.table["label"]) == list(result.table["label"])
+
+
+def test_ctrl_c_in_process_leaves_the_study_resumable(models, corpus, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner, "ray_available", lambda: False)
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_scan_task", stop)
+    path = _write(tmp_path, study_toml(models, corpus, archs=("gpt2",)))
+    assert main(["study", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 130
+    assert "rerun the same command to resume" in capsys.readouterr().err
+    record = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert record["status"] == "interrupted"
+
+
+def test_without_ray_scan_ray_is_refused_before_anything_loads(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    assert main(["scan", "--ray", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--ray needs Ray, which is not installed; pip install 'confidence-neurons[ray]'" in err
+    assert not (tmp_path / "x").exists()

@@ -75,6 +75,10 @@ class ScanConfig(KernelOptions, UnigramOptions, TokenOptions, SourceOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.ray:  # refused before anything loads where Ray is not installed
+            from confidence_neurons.study.engine import require_ray
+
+            require_ray("--ray")
         for name in ("ray_workers", "ray_address"):
             if getattr(self, name) is not None and not self.ray:
                 flag = "--" + name.replace("_", "-")

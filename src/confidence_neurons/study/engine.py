@@ -41,7 +41,9 @@ def require_ray(flag: str) -> Any:
 
 @contextmanager
 def ray_session(address: str | None, flag: str = "--ray-address") -> Iterator[Any]:
-    """The ``ray`` module with a connected session: the running one, a new local one, or the cluster at ``address``."""
+    """The ``ray`` module with a connected session: the running one, a new local one, or the cluster at
+    ``address``; ``flag`` is the option named where Ray is missing.
+    """
     ray = require_ray(flag)
     if ray.is_initialized():
         yield ray
@@ -50,7 +52,7 @@ def ray_session(address: str | None, flag: str = "--ray-address") -> Iterator[An
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     except ConnectionError as exc:
         raise ConfigError(
-            f"{flag} {address}: no Ray cluster answers there ({str(exc).splitlines()[0][:200]}); start one "
+            f"--ray-address {address}: no Ray cluster answers there ({str(exc).splitlines()[0][:200]}); start one "
             "(`ray start --head`) or leave the flag out to run on this machine",
             field="ray_address",
         ) from None

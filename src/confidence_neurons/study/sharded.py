@@ -120,7 +120,7 @@ def sharded_sweep(
     """
     starts = chunk_starts(layer.d_mlp, neuron_chunk)
     t0 = time.perf_counter()
-    with ray_session(address, "--ray-address") as ray:
+    with ray_session(address, "--ray") as ray:
         n = workers or (cluster_gpus(ray) if gpu else cluster_cpus(ray)) or 1
         plan = split_chunks(starts, n)
         resources = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": 1}
