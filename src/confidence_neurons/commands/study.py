@@ -55,7 +55,9 @@ class StudyConfig(Options):
         if isinstance(study, list | tuple):  # the positional STUDY.toml argument
             if len(study) != 1:
                 raise ConfigError(f"give exactly one study file, not {len(study)}", field="study")
-            object.__setattr__(self, "study", str(study[0]))
+            study = study[0]
+        # absolute, so that a rerun from another folder is the same study (same fingerprint)
+        object.__setattr__(self, "study", str(Path(study).expanduser().resolve()))
         super().__post_init__()
         if not self.ray and (self.ray_address is not None or self.gpus_per_scan):
             raise ConfigError("--ray-address and --gpus-per-scan need Ray; drop --no-ray", field="ray")
