@@ -132,7 +132,7 @@ def test_the_sharded_sweep_equals_the_plain_scan(ray_local, models, corpus, tmp_
     plain = run_scan(ScanConfig(**common), tmp_path / "plain", progress=False)
     sharded = run_scan(ScanConfig(**common, ray=True, ray_workers=2), tmp_path / "sharded", progress=False)
     shards = sharded.settings["sweep_shards"]
-    assert (shards["workers"], shards["chunks"], shards["chunks_reused"]) == (2, 4, 0)
+    assert (shards["workers"], shards["chunks"], shards["chunks_reused"], shards["merge_reused"]) == (2, 4, 0, 4)
     assert sharded.settings["sweep_chunks_reused"] == 0
     # Exact by construction: each neuron chunk is computed by the same code on the same token chunks
     # (the workers read the scan's own memory-mapped activations), then read back from checkpoints.
@@ -161,3 +161,34 @@ def test_ctrl_c_cancels_every_task_and_the_study_says_how_to_resume(study_run, m
     assert cancelled == [True, True]  # both scans' tasks, forcefully
     record = json.loads((tmp_path / "out" / "config.json").read_text())
     assert record["status"] == "interrupted" and "rerun the same command to resume" in record["error"]
+
+
+def test_a_killed_shard_worker_is_retried_and_the_merge_is_the_plain_sweep(ray_local, models, corpus, tmp_path):
+    from confidence_neurons.analysis.sweep import sweep
+    from confidence_neurons.models.final_layer import final_layer
+    from confidence_neurons.models.loading import load_model
+    from confidence_neurons.rundir import CheckpointStore
+    from confidence_neurons.study.sharded import open_cache, sharded_sweep
+
+    common = dict(model=str(models["gpt2"]), revision="step200", dataset=str(corpus), **SCAN)
+    plain = run_scan(ScanConfig(**common), tmp_path / "plain", progress=False)
+    layer = final_layer(load_model(str(models["gpt2"]), revision="step200"))
+    store = RunDir(tmp_path / "plain").activations
+    prefix = "analysed_" if (store.folder / "analysed_acts.npy").is_file() else ""
+    marker = tmp_path / "killed"
+
+    def kill_first_attempt():
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    chunks = CheckpointStore(tmp_path / "chunks")
+    kw = dict(neuron_chunk=SCAN["neuron_chunk"], token_chunk=256)
+    record = sharded_sweep(
+        layer, store.folder, prefix, 16, chunks, freq=None, workers=2, progress=False, hook=kill_first_attempt, **kw
+    )
+    assert marker.is_file() and (record["workers"], record["chunks"]) == (2, 4)
+    merged = sweep(layer, open_cache(store.folder, prefix, 16), checkpoints=chunks, progress=False, **kw)
+    assert merged.chunks_reused == 4
+    for field in ("TE", "DE"):  # the scan's sweep also took DE_freq: same code path for TE and DE, to float tolerance
+        np.testing.assert_allclose(getattr(merged, field).numpy(), plain.neurons[field].to_numpy(), rtol=1e-6)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -113,10 +114,15 @@ def _accumulate(part: dict[str, Tensor], ab: AblatedStats, base: CleanStats, bas
 
 
 def _stamp_sum(x: Tensor, rows: int = 4096) -> float:
-    """sum(x) in float64, a block of rows at a time (no full float64 copy of a large cache)."""
+    """sum(x) in float64, a block of rows at a time (no full float64 copy of a large cache).
+
+    numpy's single-threaded pairwise sum, not torch's: torch splits a large sum over its threads, so
+    its rounding depends on the thread count, and a stamp must not (a sharded sweep's one-CPU workers
+    write the chunks that the merging process, with all its threads, reads back).
+    """
     total = 0.0
     for r0 in range(0, x.shape[0], rows):
-        total += float(x[r0 : r0 + rows].double().sum())
+        total += float(x[r0 : r0 + rows].numpy().astype(np.float64).sum())
     return total
 
 
@@ -248,7 +254,7 @@ def _sweep(
             "neuron_chunk": neuron_chunk,
             "resid_sum": _stamp_sum(cache.resid),
             "acts_sum": _stamp_sum(cache.acts),
-            "freq_sum": None if freq is None else float((freq.v.double() * freq.p.double()).sum()),
+            "freq_sum": None if freq is None else _stamp_sum((freq.v.double() * freq.p.double())[None]),
         }
     bar = tqdm(total=d_mlp, desc="ablation sweep", unit="neuron", disable=not progress)
     reused = 0

@@ -208,6 +208,7 @@ def scan(
         from confidence_neurons.study.sharded import sharded_record_check
 
         sharded_record_check(shards, effects.chunks_reused)
+        shards["merge_reused"] = effects.chunks_reused  # all of them, unless a worker read other data
     sparsity = count_sparsity(counts)
     settings = {
         "model": model.name,
