@@ -134,11 +134,15 @@ def test_the_sharded_sweep_equals_the_plain_scan(ray_local, models, corpus, tmp_
     shards = sharded.settings["sweep_shards"]
     assert (shards["workers"], shards["chunks"], shards["chunks_reused"], shards["merge_reused"]) == (2, 4, 0, 4)
     assert sharded.settings["sweep_chunks_reused"] == 0
-    # Exact by construction: each neuron chunk is computed by the same code on the same token chunks
-    # (the workers read the scan's own memory-mapped activations), then read back from checkpoints.
+    # Each neuron chunk is computed by the same code on the same token chunks (the workers read the scan's
+    # own memory-mapped activations) and read back from checkpoints; the workers run with one thread
+    # and this process with all of its own, and torch's multithreaded float64 sums round by thread
+    # count, so the tables agree to float tolerance (bit-identical on this tiny model here; the
+    # benchmark on SmolLM2 found 4.8e-07 at most).
     for col in SWEEP_COLUMNS:
-        np.testing.assert_array_equal(sharded.neurons[col].to_numpy(), plain.neurons[col].to_numpy(), err_msg=col)
-    pd.testing.assert_frame_equal(sharded.neurons, plain.neurons)
+        np.testing.assert_allclose(sharded.neurons[col], plain.neurons[col], rtol=1e-5, atol=1e-7, err_msg=col)
+    for col in ("is_entropy_neuron", "is_token_frequency_neuron", "name", "rho"):
+        assert (sharded.neurons[col] == plain.neurons[col]).all(), col  # rho: weights only, not the sweep
 
 
 def test_ctrl_c_cancels_every_task_and_the_study_says_how_to_resume(study_run, models, corpus, tmp_path, monkeypatch):
