@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from confidence_neurons.cli import main
+from confidence_neurons.commands import load_run
 from confidence_neurons.commands import study as S
 from confidence_neurons.errors import ConfigError
 from confidence_neurons.study import runner
@@ -169,6 +170,11 @@ def test_without_ray_the_study_runs_in_process_and_says_how_to_parallelise(
     assert (out / "figures" / "study_1_rho.png").is_file()
     assert "gpt2@step200" in (out / "report.html").read_text()
     assert list(result.comparison.table["label"]) == list(result.table["label"])
+    # the typed result reads back from the folder
+    loaded = load_run(out)
+    assert isinstance(loaded, S.StudyResult) and list(loaded.table["label"]) == list(result.table["label"])
+    assert [x.top for x in loaded.matched] == [m.top] and len(loaded.comparison.table) == 2
+    np.testing.assert_allclose(loaded.matched[0].neurons["TE"], m.neurons["TE"], rtol=1e-7)
 
 
 def test_ctrl_c_in_process_leaves_the_study_resumable(models, corpus, tmp_path, monkeypatch, capsys):

@@ -14,13 +14,15 @@ from confidence_neurons.rundir import RunDir, RunDirError
 
 
 def load_run(path: str | Path) -> Any:
-    """The result of a finished run (``ScanResult``, ``InspectResult``, ``InductionResult`` or ``CompareResult``), read
-    from its run directory: tables as DataFrames, settings, and figures rebuildable with ``.figures()``.
+    """The result of a finished run (``ScanResult``, ``InspectResult``, ``InductionResult``, ``CompareResult``,
+    ``SteerResult`` or ``StudyResult``), read from its run directory: tables as DataFrames, settings, and
+    figures rebuildable with ``.figures()``.
     """
     from confidence_neurons.commands.compare import CompareResult
     from confidence_neurons.commands.inspect import InspectResult
     from confidence_neurons.commands.scan import ScanResult
     from confidence_neurons.commands.steer import SteerResult
+    from confidence_neurons.commands.study import StudyResult
     from confidence_neurons.induction.study import InductionResult
 
     rd = RunDir(Path(path))
@@ -35,6 +37,7 @@ def load_run(path: str | Path) -> Any:
         "induction": InductionResult.load,
         "compare": CompareResult.load,
         "steer": SteerResult.load,
+        "study": StudyResult.load,
     }
     kind = record.get("kind")
     if kind not in loaders:

@@ -81,6 +81,21 @@ class StudyResult:
     def failed(self) -> pd.DataFrame:
         return self.table[self.table["status"] == "failed"]
 
+    @classmethod
+    def load(cls, rd: RunDir) -> StudyResult:
+        """The result a finished study wrote into ``rd`` (the comparisons rebuilt from its scan folders)."""
+        record = rd.read_config()
+        table = rd.read_table("scans")
+        comparison, matched = _comparisons(table)
+        return cls(
+            config=StudyConfig.from_dict(record["config"]),
+            table=table,
+            comparison=comparison,
+            matched=matched,
+            settings=record["settings"],
+            run_dir=rd.path,
+        )
+
     def figures(self) -> dict[str, Figure]:
         figs = compare_figures(self.comparison) if self.comparison is not None else {}
         for i, m in enumerate(self.matched, start=1):
@@ -112,29 +127,31 @@ def _table(outcomes: list[TaskOutcome]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _comparisons(table: pd.DataFrame) -> tuple[CompareResult | None, list[MatchedNeurons]]:
+    """Every finished scan of the scans ``table`` compared, and matched by index within each group."""
+    done = table[table["status"].isin(["complete", "skipped"])].reset_index(drop=True)
+    if len(done) < 2:
+        return None, []
+    scans = load_scans(tuple(done["folder"]))
+    labels = list(done["label"])
+    comparison = compare(scans, labels)
+    groups: dict[tuple, list[int]] = {}
+    for i, s in enumerate(scans):
+        groups.setdefault((*group_key(s.settings), done["corpus"][i]), []).append(i)
+    matched = []
+    for key, members in groups.items():
+        if len(members) < 2:
+            continue
+        revisions = [None if pd.isna(r) else str(r) for r in done["revision"][members]]
+        name = f"{key[0]} ({key[2]} neurons) on {key[-1]}"
+        matched.append(match(name, [labels[i] for i in members], revisions, [scans[i].neurons for i in members]))
+    return comparison, matched
+
+
 def study_result(config: StudyConfig, study: Study, outcomes: list[TaskOutcome]) -> StudyResult:
     """Compare the finished scans of ``outcomes``: all of them, and matched by index within each group."""
-    done = [o for o in outcomes if o.status in ("complete", "skipped")]
-    comparison, matched = None, []
-    if len(done) >= 2:
-        scans = load_scans(tuple(str(o.folder) for o in done))
-        comparison = compare(scans, [o.task.label for o in done])
-        groups: dict[tuple, list[int]] = {}
-        for i, (o, s) in enumerate(zip(done, scans)):
-            groups.setdefault((*group_key(s.settings), o.task.corpus_label), []).append(i)
-        for key, members in groups.items():
-            if len(members) < 2:
-                continue
-            name = f"{key[0]} ({key[2]} neurons) on {key[-1]}"
-            matched.append(
-                match(
-                    name,
-                    [done[i].task.label for i in members],
-                    [done[i].task.revision for i in members],
-                    [scans[i].neurons for i in members],
-                )
-            )
     table = _table(outcomes)
+    comparison, matched = _comparisons(table)
     settings = {
         "study_file": str(study.path),
         "n_scans": len(outcomes),
