@@ -14,7 +14,7 @@ LINTED      := src tests benchmarks
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[test]'
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[test,ray]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -31,6 +31,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sweep.py
+	$(BIN)/python benchmarks/bench_sharded.py
 
 # Rewrite the constraints from what .venv holds now (after changing dependencies in pyproject.toml:
 # install the new set into .venv, run the tests, then `make constraints` and commit the file).

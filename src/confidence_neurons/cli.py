@@ -1,4 +1,4 @@
-"""Command line: ``confidence-neurons scan | inspect | induction | unigrams | rerun``.
+"""Command line: ``confidence-neurons scan | inspect | induction | unigrams | steer | compare | study | rerun``.
 
 Each subcommand's flags come from its config dataclass (``commands/``); this module parses them,
 calls the command's ``run`` and prints a short summary. Bad input (the toolkit's own error types)
@@ -28,6 +28,8 @@ from confidence_neurons.studies.inspect import InspectConfig
 from confidence_neurons.studies.options import from_dict
 from confidence_neurons.studies.scan import ScanConfig
 from confidence_neurons.studies.steer import SteerConfig
+from confidence_neurons.study.result import StudyConfig
+from confidence_neurons.study.result import summary as study_summary
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,11 @@ COMMANDS = {
         CompareConfig,
         "compare finished scans of several models, corpora or checkpoints (App. E-G: table, Fig. 6, 7, 8, report)",
         positional=("runs", "RUN_DIR"),
+    ),
+    "study": Command(
+        StudyConfig,
+        "run many scans (models x revisions x corpora) as Ray tasks, here or on a cluster, and compare them",
+        positional=("study", "STUDY.toml"),
     ),
 }
 
@@ -179,7 +186,7 @@ def _print_steer(result) -> None:
 
 
 def _run(kind: str, config: Any, out: Path | None, quiet: bool) -> None:
-    from confidence_neurons.commands import compare, induction, inspect, scan, steer, unigrams
+    from confidence_neurons.commands import compare, induction, inspect, scan, steer, study, unigrams
 
     if kind == "unigrams":
         counts = unigrams.run(config, progress=not quiet)
@@ -195,6 +202,7 @@ def _run(kind: str, config: Any, out: Path | None, quiet: bool) -> None:
         "induction": (induction, _print_induction),
         "compare": (compare, _print_compare),
         "steer": (steer, _print_steer),
+        "study": (study, lambda result: print(study_summary(result))),
     }
     module, summarise = modules[kind]
     result = module.run(config, out, progress=not quiet)

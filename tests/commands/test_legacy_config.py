@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from confidence_neurons.commands.options import from_dict
+from confidence_neurons.studies.options import from_dict
 from confidence_neurons.studies.scan import ScanConfig
 
 

@@ -10,7 +10,7 @@ or one edited or damaged since, is recomputed rather than reused.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -188,6 +188,7 @@ def sweep(
     freq_tol: float = FREQ_SERIES_TOL,
     device: torch.device | str | None = None,
     mean_act: Tensor | None = None,
+    only_chunks: Collection[int] | None = None,
 ) -> NeuronEffects:
     """Ablate every final-layer neuron in closed form and average the effects over tokens: TE and
     DE, and with ``freq`` also DE_freq and |change of KL(P_freq || P_model)|, all in one pass.
@@ -205,6 +206,10 @@ def sweep(
 
     ``mean_act`` (d_mlp,) is the mean-ablation value (``forward.ablation_mean``); default: the mean over
     ``cache``'s rows.
+    ``only_chunks`` (first neurons of chunks, from :func:`chunk_starts`) makes this one shard of a
+    sharded sweep: only those chunks are computed (and checkpointed); every other neuron's
+    effects are 0. Each chunk is computed by the same code on the same token chunks as in the full
+    sweep, so shards merged through a checkpoint store give the full sweep's numbers exactly.
     """
     dev = torch.device(device if device is not None else "cpu")
     resolve_backend(backend, dev)  # a C kernel asked for on a GPU fails here, before any work
@@ -223,7 +228,18 @@ def sweep(
             freq_tol,
             dev,
             mean_act,
+            None if only_chunks is None else frozenset(only_chunks),
         )
+
+
+def chunk_starts(d_mlp: int, neuron_chunk: int) -> list[int]:
+    """The first neuron of each neuron chunk of a sweep (the checkpoint and sharding unit)."""
+    return list(range(0, d_mlp, neuron_chunk))
+
+
+def checkpoint_name(k0: int) -> str:
+    """The checkpoint name of the neuron chunk that starts at neuron ``k0``."""
+    return f"sweep_{k0:06d}"
 
 
 def _sweep(
@@ -240,6 +256,7 @@ def _sweep(
     freq_tol,
     dev,
     mean_act,
+    only_chunks=None,
 ) -> NeuronEffects:
     n, d_mlp = cache.n_tokens, layer.d_mlp
     mean = cache.acts.mean(0) if mean_act is None else mean_act.float()
@@ -261,9 +278,12 @@ def _sweep(
         require_space(checkpoints.folder, _checkpoint_bytes(d_mlp, neuron_chunk, len(names)), "the sweep's checkpoints")
     bar = tqdm(total=d_mlp, desc="ablation sweep", unit="neuron", disable=not progress)
     reused = 0
-    for k0 in range(0, d_mlp, neuron_chunk):
+    for k0 in chunk_starts(d_mlp, neuron_chunk):
         idx = all_neurons[k0 : k0 + neuron_chunk]
-        name = f"sweep_{k0:06d}"
+        if only_chunks is not None and k0 not in only_chunks:  # another shard's chunk
+            bar.update(len(idx))
+            continue
+        name = checkpoint_name(k0)
         saved = checkpoints.load(name, stamp) if checkpoints is not None else None
         if saved is not None:
             for f in names:

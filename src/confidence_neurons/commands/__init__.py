@@ -16,11 +16,13 @@ from confidence_neurons.studies.induction import InductionResult
 from confidence_neurons.studies.inspect import InspectResult
 from confidence_neurons.studies.scan import ScanResult
 from confidence_neurons.studies.steer import SteerResult
+from confidence_neurons.study.result import StudyResult
 
 
 def load_run(path: str | Path) -> Any:
-    """The result of a finished run (``ScanResult``, ``InspectResult``, ``InductionResult`` or ``CompareResult``), read
-    from its run directory: tables as DataFrames, settings, and figures rebuildable with ``.figures()``.
+    """The result of a finished run (``ScanResult``, ``InspectResult``, ``InductionResult``, ``CompareResult``,
+    ``SteerResult`` or ``StudyResult``), read from its run directory: tables as DataFrames, settings, and
+    figures rebuildable with ``.figures()``.
     """
     rd = RunDir(Path(path))
     record = rd.read_config()
@@ -34,6 +36,7 @@ def load_run(path: str | Path) -> Any:
         "induction": InductionResult.load,
         "compare": CompareResult.load,
         "steer": SteerResult.load,
+        "study": StudyResult.load,
     }
     kind = record.get("kind")
     if kind not in loaders:

@@ -50,7 +50,7 @@ def check_inputs(config: Options, kind: str, out: Path | None, model: LoadedMode
     check_dataset(config.dataset, config.text_field)
     if model is None and isinstance(config, DeviceOptions):
         resolve_placement(**config.placement())
-    limits = limits_of(model) if model is not None else model_limits(config.model)
+    limits = limits_of(model) if model is not None else model_limits(config.model, getattr(config, "revision", None))
     if limits is not None:
         check_limits(config, limits)
 
@@ -60,6 +60,6 @@ def load_checked(config: Options, kind: str, out: Path, model: LoadedModel | Non
     check_inputs(config, kind, out, model)
     if model is None:
         placement = config.placement() if isinstance(config, DeviceOptions) else {}
-        model = load_model(config.model, **placement)
+        model = load_model(config.model, revision=getattr(config, "revision", None), **placement)
     check_limits(config, limits_of(model))
     return model

@@ -40,11 +40,11 @@ def hub_reachable() -> bool:
     return _hub_probe()
 
 
-def hub_cached(repo_id: str) -> bool:
-    """Whether ``repo_id``'s config is in the local Hugging Face cache."""
+def hub_cached(repo_id: str, revision: str | None = None) -> bool:
+    """Whether ``repo_id``'s config (at ``revision``) is in the local Hugging Face cache."""
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+        return isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str)
     except Exception:  # noqa: BLE001 - a malformed id or cache is "not cached"
         return False

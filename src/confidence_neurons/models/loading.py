@@ -75,10 +75,15 @@ class _Resolved:
     location: str  # folder (GGUF, path) or hub id
     gguf_file: str | None
     description: dict
+    revision: str | None = None  # a hub revision, passed to from_pretrained (local revisions are folders)
 
 
-def _resolve(spec: str | None) -> _Resolved:
-    """Decide what ``spec`` names, with a clear error for what cannot be a model."""
+def _resolve(spec: str | None, revision: str | None = None) -> _Resolved:
+    """Decide what ``spec`` (at ``revision``, see :func:`load_model`) names, with a clear error for what
+    cannot be a model.
+    """
+    if revision is not None:
+        return _resolve_revision(spec, revision)
     if spec is None:
         gguf = embedded_gguf_path()
         return _Resolved(
@@ -109,6 +114,40 @@ def _resolve(spec: str | None) -> _Resolved:
     return _Resolved("hub", spec, None, {"kind": "hub", "name": spec})
 
 
+def _resolve_revision(spec: str | None, revision: str) -> _Resolved:
+    """A hub model at a revision (branch, tag or commit, e.g. Pythia's ``step143000``), or a local
+    model directory's checkpoint ``spec/revision`` (local checkpoints are one folder per revision).
+    """
+    if not revision.strip() or revision != revision.strip():
+        raise ModelLoadError(f"--revision {revision!r} is not a revision name; give a branch, tag or commit")
+    if spec is None or spec.endswith(".gguf"):
+        raise ModelLoadError(
+            f"--revision {revision} needs a Hugging Face model id or a model directory with --model, "
+            f"not {'the embedded model' if spec is None else 'a GGUF file'}"
+        )
+    path = Path(spec).expanduser()
+    if path.exists():
+        sub = path / revision
+        if not (path.is_dir() and (sub / "config.json").is_file()):
+            raise ModelLoadError(
+                f"{path} has no revision {revision}: a local model's revisions are its subfolders, so expected "
+                f"{sub}/config.json; pass an existing revision folder's name with --revision or drop --revision"
+            )
+        description = {"kind": "path", "name": f"{spec}@{revision}", "path": str(sub.resolve()), "revision": revision}
+        return _Resolved("path", str(sub), None, description)
+    hub_id = paper_hub_id(spec)
+    if not _looks_like_hub_id(hub_id):
+        raise ModelLoadError(f"{spec} is neither an existing path nor a Hugging Face model id")
+    if not hub_cached(hub_id, revision) and not hub_reachable():
+        raise ModelLoadError(
+            f"{hub_id} at revision {revision} is not in the Hugging Face cache and the hub is unreachable"
+            f"{' (HF_HUB_OFFLINE is set)' if hub_offline_env() else ''}; download it where the hub is "
+            "reachable, or pass a local model directory with --model"
+        )
+    description = {"kind": "hub", "name": f"{hub_id}@{revision}", "hub_id": hub_id, "revision": revision}
+    return _Resolved("hub", hub_id, None, description, revision)
+
+
 @dataclass(frozen=True)
 class ModelLimits:
     """The sizes a run is checked against: layers, widths, context length and vocabulary."""
@@ -136,13 +175,13 @@ def limits_from_hf_config(cfg) -> ModelLimits | None:
     )
 
 
-def model_limits(spec: str | None) -> ModelLimits | None:
+def model_limits(spec: str | None, revision: str | None = None) -> ModelLimits | None:
     """The model's sizes read from its config alone, where that is possible without loading weights
     (a model directory, a cached hub model, the embedded model once dequantised); else None.
     """
     from transformers import AutoConfig
 
-    r = _resolve(spec)
+    r = _resolve(spec, revision)
     if r.kind == "embedded":
         folder = _dequantised_dir(r)
         if not (folder / "config.json").is_file():
@@ -153,7 +192,7 @@ def model_limits(spec: str | None) -> ModelLimits | None:
     else:
         return None
     try:
-        return limits_from_hf_config(AutoConfig.from_pretrained(location))
+        return limits_from_hf_config(AutoConfig.from_pretrained(location, **_revision_kwargs(r)))
     except Exception:  # noqa: BLE001 - the full load reports a broken config with its own message
         return None
 
@@ -170,7 +209,12 @@ def limits_of(model: LoadedModel) -> ModelLimits:
     )
 
 
+def _revision_kwargs(r: _Resolved) -> dict:
+    return {} if r.revision is None else {"revision": r.revision}
+
+
 def _from_pretrained(loader, r: _Resolved, **kwargs):
+    kwargs = {**_revision_kwargs(r), **kwargs}
     try:
         if r.gguf_file is not None:
             return loader.from_pretrained(r.location, gguf_file=r.gguf_file, **kwargs)
@@ -191,18 +235,18 @@ def _from_pretrained(loader, r: _Resolved, **kwargs):
         raise ModelLoadError(f"{r.description.get('path', r.location)} could not be loaded ({exc})") from exc
 
 
-def load_tokenizer(spec: str | None):
+def load_tokenizer(spec: str | None, revision: str | None = None):
     """Only the tokenizer of ``spec`` (same naming rules as ``load_model``)."""
     from transformers import AutoTokenizer
 
-    return _from_pretrained(AutoTokenizer, _resolve(spec))
+    return _from_pretrained(AutoTokenizer, _resolve(spec, revision))
 
 
-def _load_hf(spec: str | None, placement: Placement):
+def _load_hf(spec: str | None, placement: Placement, revision: str | None = None):
     """Return (hf_model, tokenizer, bridge_name, description), weights placed as ``placement`` says."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    r = _resolve(spec)
+    r = _resolve(spec, revision)
     if r.kind == "embedded":
         hf, tok = _load_embedded_dequantised(r)
         if placement.device_map is None and placement.dtype == torch.float32 and placement.device == "cpu":
@@ -297,6 +341,7 @@ def load_model(
     dtype: str | torch.dtype = "auto",
     device_map: str | dict | None = None,
     max_memory: str | dict | None = None,
+    revision: str | None = None,
 ) -> LoadedModel:
     """Load ``spec`` (hub id, model directory, GGUF file, or None for the embedded default).
 
@@ -305,10 +350,15 @@ def load_model(
     ``device_map`` (auto, balanced, sequential, or {module: device}) and ``max_memory``
     ({0: "70GiB", "cpu": "200GiB"} or "0=70GiB,cpu=200GiB") spread the model over devices with
     Accelerate (``models.placement``).
+
+    ``revision``: a hub model's branch, tag or commit (Pythia's ``step143000``), passed to
+    ``from_pretrained``; for a local model directory, its subfolder of that name (local checkpoints
+    are one folder per revision). The model's name becomes ``spec@revision``, so every table and
+    figure label says which checkpoint it shows.
     """
-    saved = _saved_dtype(spec) if (dtype == "auto" and device != "cpu") else None
+    saved = _saved_dtype(spec, revision) if (dtype == "auto" and device != "cpu") else None
     placement = resolve_placement(device, dtype, device_map, max_memory, saved=saved)
-    hf, tok, bridge_name, description = _load_hf(spec, placement)
+    hf, tok, bridge_name, description = _load_hf(spec, placement, revision)
     description["architecture"] = type(hf).__name__
     log.info(
         "loaded %s (%s) on %s in %s",
@@ -324,16 +374,16 @@ def load_model(
     return model
 
 
-def _saved_dtype(spec: str | None) -> torch.dtype | None:
+def _saved_dtype(spec: str | None, revision: str | None = None) -> torch.dtype | None:
     """The checkpoint's own dtype from its config, where that can be read without loading weights."""
     try:
         from transformers import AutoConfig
 
-        r = _resolve(spec)
+        r = _resolve(spec, revision)
         if r.kind == "embedded" or r.gguf_file is not None:
             return None
-        if r.kind == "hub" and not (hub_reachable() or hub_cached(r.location)):
+        if r.kind == "hub" and not (hub_reachable() or hub_cached(r.location, r.revision)):
             return None
-        return checkpoint_dtype(AutoConfig.from_pretrained(r.location))
+        return checkpoint_dtype(AutoConfig.from_pretrained(r.location, **_revision_kwargs(r)))
     except (OSError, ValueError):
         return None

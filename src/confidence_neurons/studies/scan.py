@@ -31,6 +31,7 @@ from confidence_neurons.analysis.table import neuron_table, top_neurons
 from confidence_neurons.analysis.weights import check_k, default_k, weight_stats
 from confidence_neurons.data.corpus import TokenSample
 from confidence_neurons.data.unigrams import UnigramCounts, count_sparsity
+from confidence_neurons.errors import ConfigError
 from confidence_neurons.figures.entropy import (
     fig_entropy_vs_prediction,
     fig_norm_vs_logitvar,
@@ -66,6 +67,41 @@ class ScanConfig(KernelOptions, UnigramOptions, TokenOptions, SourceOptions):
     tf_rule: TokenFrequencyNeuronRule = option(default_factory=TokenFrequencyNeuronRule, prefix="tf-")
     neuron_chunk: int = option(128, "neurons per sweep chunk (also the checkpoint unit)", volatile=True, minimum=1)
     token_chunk: int = option(256, "tokens per sweep chunk", volatile=True, minimum=1)
+    revision: str | None = option(
+        None,
+        "the model's revision: a hub branch, tag or commit (Pythia's step143000), or a subfolder of a local "
+        "model directory; recorded in every label as MODEL@REVISION",
+    )
+    ray: bool = option(
+        False,
+        "cut the ablation sweep into neuron chunks over Ray workers (one per GPU, else per CPU) that read the "
+        "run's memory-mapped activations; same numbers as one process",
+        volatile=True,
+    )
+    ray_workers: int | None = option(
+        None, "with --ray: how many workers (default: the cluster's GPUs, else CPUs)", volatile=True, minimum=1
+    )
+    ray_address: str | None = option(
+        None, "with --ray: the Ray cluster to join (auto, ray://HOST:10001); default: a local Ray", volatile=True
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ray:  # refused before anything loads where Ray is not installed
+            from confidence_neurons.study.engine import require_ray
+
+            require_ray("--ray")
+        for name in ("ray_workers", "ray_address"):
+            if getattr(self, name) is not None and not self.ray:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} only applies to a sharded sweep; add --ray or drop {flag}", field=name)
+
+    def fingerprint(self) -> dict:
+        """As ``Options.fingerprint``, without an unset revision, so runs made before --revision existed resume."""
+        out = super().fingerprint()
+        if out.get("revision") is None:
+            out.pop("revision", None)
+        return out
 
 
 @dataclass
@@ -130,6 +166,39 @@ class ScanResult:
         )
 
 
+def _sharded(layer, cache, selected, freq, mean_act, config, checkpoints, store, device, progress) -> dict | None:
+    """With ``--ray``: every sweep chunk computed into ``checkpoints`` by Ray workers (``study.sharded``),
+    for the plain sweep to read back; None without it.
+    """
+    if not config.ray:
+        return None
+    from confidence_neurons.study.sharded import shard_cache_prefix, sharded_sweep
+
+    if checkpoints is None or store is None:
+        raise ConfigError(
+            "--ray needs the scan's run directory (the workers read its activation store); run the scan "
+            "through `confidence-neurons scan` or commands.scan.run",
+            field="ray",
+        )
+    record = sharded_sweep(
+        layer,
+        store.folder,
+        shard_cache_prefix(selected),
+        cache.seq_len,
+        checkpoints,
+        freq=freq,
+        neuron_chunk=config.neuron_chunk,
+        token_chunk=config.token_chunk,
+        backend=config.backend,
+        mean_act=mean_act,
+        gpu=str(device).startswith("cuda"),
+        workers=config.ray_workers,
+        address=config.ray_address,
+        progress=progress,
+    )
+    return record
+
+
 def scan(
     model: LoadedModel,
     config: ScanConfig = ScanConfig(),
@@ -166,6 +235,9 @@ def scan(
         )
         freq = None
     t0 = time.perf_counter()
+    shards = _sharded(
+        layer, cache, cache is not full, freq, mean_act, config, checkpoints, store, sweep_device(model), progress
+    )
     effects = sweep(
         layer,
         cache,
@@ -179,6 +251,11 @@ def scan(
         mean_act=mean_act,
     )
     t_sweep = time.perf_counter() - t0
+    if shards is not None:
+        from confidence_neurons.study.sharded import sharded_record_check
+
+        sharded_record_check(shards, effects.chunks_reused)
+        shards["merge_reused"] = effects.chunks_reused  # all of them, unless a worker read other data
     sparsity = count_sparsity(counts)
     settings = {
         "model": model.name,
@@ -211,8 +288,11 @@ def scan(
         "closed_form_logits_max_abs_err": cache.logits_check,
         "kernel": describe_backend(config.backend, sweep_device(model)),
         "timings_s": {"forward": round(t_forward, 2), "sweep": round(t_sweep, 2)},
-        "sweep_chunks_reused": effects.chunks_reused,
+        "sweep_chunks_reused": effects.chunks_reused if shards is None else shards["chunks_reused"],
+        "revision": config.revision,
     }
+    if shards is not None:
+        settings["sweep_shards"] = shards
     if freq is not None:
         settings["de_freq"] = {
             "method": "in the TE pass: series in D with error bound below tol, else exact exponentials",
