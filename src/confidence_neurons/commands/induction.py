@@ -70,6 +70,12 @@ class InductionConfig(KernelOptions, SourceOptions):
                 "name the neurons to study with --neurons L.I,L.J or give a finished scan with --scan RUN_DIR",
                 field="neurons",
             )
+        if self.natural_seq_len < 2 * self.ngram + 2:  # two occurrences, a gap and a predicted token after
+            raise ConfigError(
+                f"ngram = {self.ngram} needs natural sequences of at least {2 * self.ngram + 2} tokens "
+                f"(--natural-seq-len is {self.natural_seq_len}); lower --ngram or raise --natural-seq-len",
+                field="ngram",
+            )
 
 
 def write(rd: RunDir, result: InductionResult) -> None:

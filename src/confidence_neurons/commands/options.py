@@ -4,21 +4,22 @@ from these dataclasses' fields.
 
 A field declared with :func:`option` carries its help text, its flag name when that differs from
 the field's, whether it only changes speed (``volatile``: left out of the run's fingerprint, so a
-rerun with another chunk size resumes the same run) and its lower bound.
+rerun with another chunk size resumes the same run) and its bounds (``minimum``, ``maximum``).
+Every value is checked in one place, :func:`confidence_neurons.settings.check_fields`, whether it
+came from a flag, a ``--config`` file or a run's config.json: its type, finiteness and bounds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import types
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
 from confidence_neurons.analysis.kernel import Backend
 from confidence_neurons.data.unigrams import Padding
-from confidence_neurons.errors import ConfigError
+from confidence_neurons.settings import base_type, build, check_fields
 
 
 def option(
@@ -28,11 +29,19 @@ def option(
     flag: str | None = None,
     volatile: bool = False,
     minimum: float | None = None,
+    maximum: float | None = None,
     prefix: str | None = None,
     default_factory: Any = MISSING,
 ) -> Any:
     """A config field with its help text and command-line facts (see the module docstring)."""
-    meta = {"help": help, "flag": flag, "volatile": volatile, "minimum": minimum, "prefix": prefix}
+    meta = {
+        "help": help,
+        "flag": flag,
+        "volatile": volatile,
+        "minimum": minimum,
+        "maximum": maximum,
+        "prefix": prefix,
+    }
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -52,53 +61,45 @@ def _to_dict(obj: Any, *, drop_volatile: bool) -> dict[str, Any]:
     return out
 
 
-def _is_optional(tp: Any) -> bool:
-    return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
+#: Settings added after the first release whose absence from an older run's config.json means the
+#: behaviour that version had, not today's default: {field: (old value, what the older version did)}.
+ADDED_SETTINGS: dict[str, tuple[Any, str]] = {
+    "token_filter": ("all", "versions before the token filter (issue 10.3) averaged every prediction"),
+}
 
 
-def base_type(tp: Any) -> Any:
-    """``int | None`` -> int; other types unchanged."""
-    if _is_optional(tp):
-        (inner,) = [a for a in get_args(tp) if a is not type(None)]
-        return inner
-    return tp
+def older_settings(cls: type, data: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
+    """A full config.json ``config`` block from an older version, completed with the values its
+    missing later settings meant then (:data:`ADDED_SETTINGS`), and one note per value filled in.
+    """
+    if not isinstance(data, dict):
+        return data, []
+    names = {f.name for f in fields(cls)}
+    data, notes = dict(data), []
+    for name, (old, why) in ADDED_SETTINGS.items():
+        if name in names and name not in data:
+            data[name] = old
+            notes.append(
+                f"{where} has no {name} setting, so it is repeated with {name} = {old!r} ({why}); "
+                f'set "{name}" in it to choose another'
+            )
+    return data, notes
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
-    """Build the dataclass ``cls`` from a dict such as a run's config.json ``config`` block."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a JSON object of settings, not {type(data).__name__}")
-    hints = get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"{where} has settings that {cls.__name__} does not know: {', '.join(unknown)}")
-    values = {}
-    for name, value in data.items():
-        tp = base_type(hints[name])
-        if is_dataclass(tp) and isinstance(value, dict):
-            value = from_dict(tp, value, f"{where}.{name}")
-        elif get_origin(tp) is tuple and isinstance(value, list):
-            value = tuple(value)
-        values[name] = value
-    missing = [
-        f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING and f.name not in values
-    ]
-    if missing:
-        raise ConfigError(f"{where} lacks the required setting {missing[0]}", field=missing[0])
-    return cls(**values)
+    """Build the dataclass ``cls`` from a dict such as a run's config.json ``config`` block: every key
+    known and of its declared type (``settings.check_data``), then the class's own checks; an error
+    names ``where`` and the key.
+    """
+    return build(cls, data, where)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Options:
-    """Base of every command's config: lower bounds, dict round trip, fingerprint."""
+    """Base of every command's config: typed and bounded fields, dict round trip, fingerprint."""
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            low = f.metadata.get("minimum")
-            value = getattr(self, f.name)
-            if low is not None and value is not None and value < low:
-                raise ConfigError(f"{f.name} = {value} must be at least {low:g}", field=f.name)
+        check_fields(self)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self, drop_volatile=False)
@@ -174,7 +175,7 @@ class DeviceOptions(Options):
 class SourceOptions(DeviceOptions, TextOptions):
     """Which model, which text, drawn how, run where."""
 
-    seed: int = option(0, "seed for drawing the text sequences")
+    seed: int = option(0, "seed for drawing the text sequences", minimum=0, maximum=2**63 - 1)
     batch_size: int = option(8, "sequences per forward pass", volatile=True, minimum=1)
 
 
@@ -223,6 +224,7 @@ class KernelOptions(Options):
 
 
 __all__ = [
+    "ADDED_SETTINGS",
     "DeviceOptions",
     "KernelOptions",
     "Options",
@@ -230,7 +232,9 @@ __all__ = [
     "TextOptions",
     "TokenOptions",
     "UnigramOptions",
+    "base_type",
     "from_dict",
+    "older_settings",
     "option",
     "run_name",
 ]

@@ -5,6 +5,7 @@ figures and report.
 
 from __future__ import annotations
 
+import html
 import logging
 import time
 from dataclasses import dataclass
@@ -89,9 +90,10 @@ class ScanResult:
     def _repr_html_(self) -> str:
         s = self.settings
         head = (
-            f"<p><b>Scan of {s['model']}</b>: layer {s['final_layer']}, {s['n_tokens_analysed']:,} tokens; "
+            f"<p><b>Scan of {html.escape(str(s['model']))}</b>: layer {s['final_layer']}, "
+            f"{s['n_tokens_analysed']:,} tokens; "
             f"{len(self.entropy_neurons)} entropy and {len(self.token_frequency_neurons)} token frequency "
-            f"neurons{f' (run: {self.run_dir})' if self.run_dir else ''}</p>"
+            f"neurons{f' (run: {html.escape(str(self.run_dir))})' if self.run_dir else ''}</p>"
         )
         return head + top_neurons(self.neurons, 5).to_html(index=False, float_format=lambda v: f"{v:.4g}")
 

@@ -169,11 +169,19 @@ def choose_heads(
         )
         pool = wider
     if len(pool) < n_baseline:
-        log.warning(
-            "only %d heads qualify as baselines, fewer than the %d requested; using all of them", len(pool), n_baseline
-        )
+        log.warning("%s", _few_baselines(len(pool), n_baseline, min_bos, max_prefix))
     baseline = sorted(random.Random(seed).sample(pool, min(n_baseline, len(pool))))
     return induction, baseline
+
+
+def _few_baselines(found: int, wanted: int, min_bos: float, max_prefix: float) -> str:
+    """The warning when fewer heads than asked meet the baseline criteria, in words that fit the count."""
+    criteria = f"BOS attention > {min_bos:g} and prefix score < {max_prefix:g}"
+    if found == 0:
+        return f"no head has {criteria}, so there are no baseline heads (of the {wanted} requested)"
+    heads = "head meets" if found == 1 else "heads meet"
+    using = "it" if found == 1 else "all of them"
+    return f"only {found} {heads} {criteria}, fewer than the {wanted} baseline heads requested; using {using}"
 
 
 def head_combinations(heads: Sequence[Head], max_size: int = 3) -> list[HeadSet]:

@@ -10,6 +10,7 @@ attention-output ablation (Fig. 13), both per-position (the paper's) or at all p
 
 from __future__ import annotations
 
+import html
 import logging
 import time
 from dataclasses import dataclass
@@ -121,7 +122,7 @@ class InductionResult:
         summary = self.tables["clipped_summary"]
         sel = summary[summary["group"] == "selected"][["neuron", "rel_delta_entropy_pct", "delta_loss", "frac_clipped"]]
         return (
-            f"<p><b>Induction case study on {self.settings['model']}</b>: induction heads "
+            f"<p><b>Induction case study on {html.escape(str(self.settings['model']))}</b>: induction heads "
             f"{', '.join(self.settings['induction_heads'])}</p>" + sel.to_html(index=False)
         )
 

@@ -12,6 +12,7 @@ from plotly.graph_objects import Figure
 
 from confidence_neurons.figures import induction as F
 from confidence_neurons.figures.activity import fig_loss_change_vs_initial
+from confidence_neurons.figures.style import escape_text
 from confidence_neurons.report.html import ReportSection
 
 if TYPE_CHECKING:
@@ -76,7 +77,8 @@ def induction_figures(result: InductionResult) -> dict[str, Figure]:
         slug = name.replace(".", "_")
         fig = fig_loss_change_vs_initial(token_effects[token_effects["neuron"] == i], name)
         fig.update_layout(
-            title_text=f"Fig. 10c analogue: change of loss on clipping {name} in the second copy vs initial loss"
+            title_text=f"Fig. 10c analogue: change of loss on clipping {escape_text(name)} in the second copy "
+            "vs initial loss"
         )
         figs[f"fig10c_second_copy_loss_{slug}"] = fig
         figs[f"fig5c_bos_ablation_{slug}"] = F.fig_head_ablation(

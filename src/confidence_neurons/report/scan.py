@@ -32,7 +32,7 @@ def scan_figures(result: ScanResult) -> dict[str, Figure]:
         "fig2a_norm_vs_logitvar": fig_norm_vs_logitvar(neurons),
         "fig2c_total_vs_direct": fig_total_vs_direct(neurons, seed=result.config.seed),
         "fig2d_spectrum": fig_spectrum(result.singular_values, result.cos_sv, neurons, k),
-        "fig2e_rho_vs_ln_share": fig_rho_vs_ln_share(neurons, k),
+        "fig2e_rho_vs_ln_share": fig_rho_vs_ln_share(neurons, k, result.settings.get("final_norm")),
         "fig3a_kl_vs_entropy": fig_kl_vs_entropy(
             result.token_metrics["entropy"].to_numpy(), result.token_metrics["kl"].to_numpy(), unreliable=unreliable
         ),
