@@ -13,7 +13,8 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,9 +201,10 @@ def _settings_of_run(cls: type, settings: Any, where: str) -> Any:
     meant then, said on stderr.
     """
     settings, notes = older_settings(cls, settings, where)
+    config = from_dict(cls, settings, where=where)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    return from_dict(cls, settings, where=where)
+    return config
 
 
 def _config(kind: str, args: argparse.Namespace) -> Any:
@@ -238,14 +240,35 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code (0; 2 bad input; 1 a failure during the run; 130 Ctrl-C)."""
     parser, field_flags = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.ERROR if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
-    if args.quiet:  # errors and the summary only (the transformers library's warnings included)
-        from transformers.utils import logging as hf_logging
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with _verbosity(args.quiet):
+        return _main(args, field_flags)
 
+
+@contextmanager
+def _verbosity(quiet: bool) -> Iterator[None]:
+    """The toolkit's log level for one command: with ``quiet`` errors only, the transformers
+    library's warnings and progress bars included; set back afterwards (``main`` may run in a notebook
+    or a test session).
+    """
+    from transformers.utils import logging as hf_logging
+
+    ours = logging.getLogger("confidence_neurons")
+    level, hf_level = ours.level, hf_logging.get_verbosity()
+    ours.setLevel(logging.ERROR if quiet else logging.INFO)
+    if quiet:
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        ours.setLevel(level)
+        hf_logging.set_verbosity(hf_level)
+        if quiet:
+            hf_logging.enable_progress_bar()
+
+
+def _main(args: argparse.Namespace, field_flags: dict[str, dict[str, str]]) -> int:
     command = kind = args.command
     try:
         if command == "rerun":

@@ -82,40 +82,39 @@ def _check_type(name: str, value: Any, tp: Any) -> None:
         raise _type_error(name, value, tp)
 
 
-def _as_float(name: str, value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{value!r} in {name} is not a number", field=name) from None
-
-
 def check_value(name: str, value: Any, tp: Any, meta: Any, *, bounds: bool = True) -> None:
     """One field's value: its type, finiteness (floats), and its declared bounds (numbers and numeric lists)."""
     _check_type(name, value, tp)
     if value is None:
         return
     tp = base_type(tp)
+    field, name = name, name.rsplit(".", 1)[-1]  # errors say the setting's own name and carry its dotted path
     low, high = meta.get("minimum"), meta.get("maximum")
     if get_origin(tp) is tuple:
         if low is None and high is None:
             return
         for v in value:  # a numeric grid: every entry finite and within the bounds
-            x = _as_float(name, v)
+            try:
+                x = float(v)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{v!r} in {name} is not a number", field=field) from None
             if not math.isfinite(x) or (bounds and ((low is not None and x < low) or (high is not None and x > high))):
-                raise ConfigError(f"{v!r} in {name} must be a finite number in [{low:g}, {high:g}]", field=name)
+                lo = "-inf" if low is None else f"{low:g}"
+                hi = "inf" if high is None else f"{high:g}"
+                raise ConfigError(f"{v!r} in {name} must be a finite number in [{lo}, {hi}]", field=field)
         return
     if not _number(value):
         return
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{name} = {value} must be a finite number", field=name)
+        raise ConfigError(f"{name} = {value} must be a finite number", field=field)
     if not bounds:
         return
     if low is not None and high is not None and not low <= value <= high:
-        raise ConfigError(f"{name} = {value} must lie in [{low:g}, {high:g}]", field=name)
+        raise ConfigError(f"{name} = {value} must lie in [{low:g}, {high:g}]", field=field)
     if low is not None and value < low:
-        raise ConfigError(f"{name} = {value} must be at least {low:g}", field=name)
+        raise ConfigError(f"{name} = {value} must be at least {low:g}", field=field)
     if high is not None and value > high:
-        raise ConfigError(f"{name} = {value} must be at most {high:g}", field=name)
+        raise ConfigError(f"{name} = {value} must be at most {high:g}", field=field)
 
 
 def check_fields(obj: Any, *, bounds: bool = True, path: str = "") -> None:

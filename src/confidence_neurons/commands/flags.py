@@ -105,8 +105,10 @@ def options_from_args(cls: type, args: argparse.Namespace, base: Any = None, *, 
     return construct(cls, changes, path)
 
 
-#: A negative number or a comma list of numbers (``-1``, ``-0.5``, ``-1,0,1e-3``): a flag's value, not a flag.
-NEGATIVE_VALUES = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?(,\s*-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)*,?$")
+#: One number as Python's float() reads it, inf and nan included (they are then refused with a reason).
+_NUMBER = r"(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|inf|infinity|nan"
+#: A negative number or a comma list of numbers (``-1``, ``-0.5``, ``-1,0,1e-3``, ``-inf``): a flag's value, not a flag.
+NEGATIVE_VALUES = re.compile(rf"^-({_NUMBER})(,\s*[-+]?({_NUMBER}))*,?$", re.IGNORECASE)
 
 
 def allow_negative_values(parser: argparse.ArgumentParser) -> None:

@@ -175,7 +175,7 @@ class DeviceOptions(Options):
 class SourceOptions(DeviceOptions, TextOptions):
     """Which model, which text, drawn how, run where."""
 
-    seed: int = option(0, "seed for drawing the text sequences", minimum=0, maximum=2**63 - 1)
+    seed: int = option(0, "seed for drawing the text sequences", minimum=0)
     batch_size: int = option(8, "sequences per forward pass", volatile=True, minimum=1)
 
 
