@@ -160,18 +160,25 @@ def choose_heads(
     if len(pool) < n_baseline:
         wider = qualifying(range(n_layers))
         log.warning(
-            "only %d baseline heads (bos > %g, prefix < %g) in layers %s; widening to all layers (%d found)",
-            len(pool),
+            "%s of layers %s %s BOS attention > %g and prefix score < %g, fewer than the %d baseline heads "
+            "requested; widening the search to all layers (%s there)",
+            _n_heads(len(pool)).capitalize(),
+            layers,
+            "meets" if len(pool) == 1 else "meet",
             min_bos,
             max_prefix,
-            layers,
-            len(wider),
+            n_baseline,
+            _n_heads(len(wider)),
         )
         pool = wider
     if len(pool) < n_baseline:
         log.warning("%s", _few_baselines(len(pool), n_baseline, min_bos, max_prefix))
     baseline = sorted(random.Random(seed).sample(pool, min(n_baseline, len(pool))))
     return induction, baseline
+
+
+def _n_heads(n: int) -> str:
+    return "no head" if n == 0 else ("1 head" if n == 1 else f"{n} heads")
 
 
 def _few_baselines(found: int, wanted: int, min_bos: float, max_prefix: float) -> str:
