@@ -272,7 +272,7 @@ def _main(args: argparse.Namespace, field_flags: dict[str, dict[str, str]]) -> i
     command = kind = args.command
     try:
         if command == "rerun":
-            kind, settings = _read_config_file(args.run_dir / "config.json")
+            kind, settings = _read_config_file(args.run_dir.resolve() / "config.json")
             if kind not in COMMANDS or not COMMANDS[kind].run_dir:
                 raise ConfigError(f"{args.run_dir} holds no run this version can repeat (kind {kind!r})")
             config = _settings_of_run(COMMANDS[kind].config, settings, str(args.run_dir / "config.json"))

@@ -138,13 +138,15 @@ def check_data(cls: type, data: Any, where: str, path: str = "") -> dict[str, An
         raise ConfigError(
             f"{where}{' key ' + path.rstrip('.') if path else ''} must be a JSON object of settings, "
             f"not {type(data).__name__}",
-            field=path.rstrip(".") or None,
+            field="config",
         )
     hints = get_type_hints(cls)
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ConfigError(f"{where} has settings that {cls.__name__} does not know: {', '.join(unknown)}")
+        raise ConfigError(
+            f"{where} has settings that {cls.__name__} does not know: {', '.join(unknown)}", field="config"
+        )
     values = {}
     for name, value in data.items():
         tp = base_type(hints[name])
@@ -152,7 +154,8 @@ def check_data(cls: type, data: Any, where: str, path: str = "") -> dict[str, An
         if is_dataclass(tp) and not (value is None and is_optional(hints[name])):
             if not isinstance(value, dict):
                 raise ConfigError(
-                    f"{where}: key {key!r} is {type(value).__name__} {value!r}, but it must be {_kind(tp)}", field=key
+                    f"{where}: key {key!r} is {type(value).__name__} {value!r}, but it must be {_kind(tp)}",
+                    field="config",
                 )
             value = build(tp, value, where, f"{key}.")
         else:
@@ -160,7 +163,9 @@ def check_data(cls: type, data: Any, where: str, path: str = "") -> dict[str, An
                 _check_type(key, value, hints[name])
             except ConfigError:
                 shown = repr(value) if not isinstance(value, (dict, list)) else json.dumps(value)[:60]
-                raise ConfigError(f"{where}: key {key!r} is {shown}, but it must be {_kind(tp)}", field=key) from None
+                raise ConfigError(
+                    f"{where}: key {key!r} is {shown}, but it must be {_kind(tp)}", field="config"
+                ) from None
             if get_origin(tp) is tuple:
                 value = tuple(value)
         values[name] = value
@@ -174,7 +179,7 @@ def build(cls: type, data: Any, where: str, path: str = "") -> Any:
         f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING and f.name not in values
     ]
     if missing:
-        raise ConfigError(f"{where} lacks the required setting {missing[0]}", field=path + missing[0])
+        raise ConfigError(f"{where} lacks the required setting {missing[0]}", field="config")
     return construct(cls, values, path, where)
 
 
@@ -186,7 +191,7 @@ def construct(cls: type, values: dict[str, Any], path: str = "", where: str | No
         return cls(**values)
     except ConfigError as exc:
         if where is not None:
-            raise ConfigError(f"{where}: {exc}") from None
+            raise ConfigError(f"{where}: {exc}", field="config") from None
         if path and exc.field and not exc.field.startswith(path):
             raise ConfigError(str(exc), field=path + exc.field) from None
         raise

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,8 @@ from typing import Any, Literal
 from confidence_neurons.analysis.kernel import Backend
 from confidence_neurons.data.unigrams import Padding
 from confidence_neurons.settings import base_type, build, check_fields
+
+log = logging.getLogger(__name__)
 
 
 def option(
@@ -110,6 +113,12 @@ class Options:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Options:
+        """The config a run recorded (config.json ``config``); settings its version lacked get the
+        value they meant then (:data:`ADDED_SETTINGS`), so a loaded result says what was computed.
+        """
+        data, notes = older_settings(cls, data, "the run's config.json")
+        for note in notes:
+            log.info("%s", note)
         return from_dict(cls, data)
 
 
