@@ -401,7 +401,7 @@ class CountSparsity:
             "; the Sec. 4 results are marked unreliable and no token frequency neuron is flagged unless "
             "--flag-token-frequency is given"
             if flag_hint
-            else "; the results on P_freq are marked unreliable"
+            else "; read this run's numbers on P_freq (KL(P_freq || P_model)) with that in mind"
         )
         return (
             problem[0].upper()
