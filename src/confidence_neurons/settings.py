@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import types
 from dataclasses import MISSING, fields, is_dataclass
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -48,7 +49,7 @@ def _kind(tp: Any) -> str:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _type_error(name: str, value: Any, tp: Any) -> ConfigError:
@@ -63,8 +64,8 @@ def _check_type(name: str, value: Any, tp: Any) -> None:
     tp = base_type(tp)
     if tp is bool:
         ok = isinstance(value, bool)
-    elif tp is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is int:  # numpy integers too, not bools
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     elif tp is float:
         ok = _number(value)
     elif tp is str:
@@ -105,7 +106,7 @@ def check_value(name: str, value: Any, tp: Any, meta: Any, *, bounds: bool = Tru
         return
     if not _number(value):
         return
-    if isinstance(value, float) and not math.isfinite(value):
+    if not math.isfinite(value):
         raise ConfigError(f"{name} = {value} must be a finite number", field=field)
     if not bounds:
         return

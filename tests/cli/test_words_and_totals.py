@@ -92,3 +92,22 @@ def test_an_unusable_cache_variable_is_named(tmp_path, monkeypatch):
         check_cache_dir()
     monkeypatch.setenv("CONFIDENCE_NEURONS_CACHE", str(tmp_path / "new" / "cache"))
     assert check_cache_dir() == tmp_path / "new" / "cache" and not list((tmp_path / "new" / "cache").iterdir())
+
+
+def test_settings_from_python_are_normalised_or_refused_like_flags(tmp_path):
+    import json
+
+    from confidence_neurons.commands.scan import ScanConfig
+    from confidence_neurons.errors import ConfigError
+
+    config = ScanConfig(n_seqs=np.int64(3), seed=np.int64(2), dataset=tmp_path)
+    assert type(config.n_seqs) is int and config.dataset == str(tmp_path)
+    assert json.loads(json.dumps(config.to_dict()))["n_seqs"] == 3
+    for bad, words in (
+        ({"n_seqs": np.float64("nan")}, "n_seqs = "),
+        ({"unigram_max_tokens": 3.5}, "must be a whole number"),
+        ({"token_filter": "some"}, "must be one of 'paper', 'all'"),
+        ({"batch_size": True}, "must be a whole number"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            ScanConfig(**bad)

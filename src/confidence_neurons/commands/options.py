@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import numbers
+import os
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -102,6 +104,14 @@ class Options:
     """Base of every command's config: typed and bounded fields, dict round trip, fingerprint."""
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # values given from Python as config.json will hold them
+            value = getattr(self, f.name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, f.name, os.fspath(value))
+            elif isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):  # numpy integers
+                object.__setattr__(self, f.name, int(value))
+            elif isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
+                object.__setattr__(self, f.name, float(value))
         check_fields(self)
 
     def to_dict(self) -> dict[str, Any]:
