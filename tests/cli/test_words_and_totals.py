@@ -111,3 +111,31 @@ def test_settings_from_python_are_normalised_or_refused_like_flags(tmp_path):
     ):
         with pytest.raises(ConfigError, match=words):
             ScanConfig(**bad)
+
+
+@pytest.mark.parametrize("nll", [float("nan"), 2.5])
+def test_steer_gives_no_verdict_on_non_finite_numbers(nll):
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from confidence_neurons.report.steer import verdict
+
+    table = pd.DataFrame(
+        {
+            "kind": ["clean", "temperature", "neuron dial"],
+            "fitted": [False, True, True],
+            "dial": ["", "", "1.3"],
+            "alpha": [1.0, 1.0, 2.0],
+            "T": [1.0, 1.2, 1.0],
+            "fit_nll": [3.0, 2.9, 2.8],
+            "nll": [3.0, 2.9, nll],
+            "ece": [0.05, 0.02, 0.03],
+            "brier": [0.5, 0.4, 0.45],
+        }
+    )
+    said = verdict(SimpleNamespace(table=table, settings={"model": "tiny"}))
+    if np.isfinite(nll):
+        assert said.startswith("Temperature scaling calibrates better"), said
+    else:
+        assert said.startswith("No verdict: some of the numbers below are not finite"), said

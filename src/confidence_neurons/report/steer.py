@@ -4,6 +4,7 @@ sections of its report.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -53,7 +54,10 @@ def verdict(result: SteerResult) -> str:
         dial.ece, dial.nll, dial.brier
     )
     c_text = "the clean model " + both.format(clean.ece, clean.nll, clean.brier)
-    if abs(temp.ece - dial.ece) < 1e-4:
+    numbers = [row[m] for row in (clean, temp, dial) for m in ("ece", "nll", "brier")]
+    if not all(math.isfinite(float(x)) for x in numbers):  # a comparison of NaNs is no verdict
+        head = "No verdict: some of the numbers below are not finite, so the dials cannot be compared"
+    elif abs(temp.ece - dial.ece) < 1e-4:
         head = "Both dials calibrate about equally well"
     elif temp.ece < dial.ece:
         head = "Temperature scaling calibrates better than the neuron dial"
