@@ -13,7 +13,8 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from confidence_neurons.provenance import toolkit_version
 from confidence_neurons.studies.compare import CompareConfig
 from confidence_neurons.studies.induction import InductionConfig
 from confidence_neurons.studies.inspect import InspectConfig
-from confidence_neurons.studies.options import from_dict
+from confidence_neurons.studies.options import from_dict, older_settings
 from confidence_neurons.studies.scan import ScanConfig
 from confidence_neurons.studies.steer import SteerConfig
 from confidence_neurons.study.result import StudyConfig
@@ -80,6 +81,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, dict[str, str]]]:
     field_flags = {}
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        F.allow_negative_values(p)
         field_flags[name] = F.add_options(p, cmd.config)
         if cmd.positional:  # same destination as the field's own flag, so both reach the config
             field, metavar = cmd.positional
@@ -98,12 +100,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, dict[str, str]]]:
                 help="settings from a JSON file: a run's config.json or its 'config' block; flags override",
             )
             field_flags[name]["config"] = "--config"
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--quiet", action="store_true", help="no progress bars or warnings: errors and the summary only")
         p.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     rerun = sub.add_parser("rerun", help="repeat a finished or stopped run from its config.json")
     rerun.add_argument("run_dir", type=Path, help="the run directory to repeat")
     rerun.add_argument("--out", type=Path, help="where the repeat goes (default: RUN_DIR-rerun)")
-    rerun.add_argument("--quiet", action="store_true", help="no progress bars")
+    rerun.add_argument("--quiet", action="store_true", help="no progress bars or warnings: errors and the summary only")
     rerun.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     return parser, field_flags
 
@@ -210,6 +212,17 @@ def _run(kind: str, config: Any, out: Path | None, quiet: bool) -> None:
     print(f"report: {(result.run_dir / 'report.html').resolve()}")
 
 
+def _settings_of_run(cls: type, settings: Any, where: str) -> Any:
+    """A run's recorded settings as a config; settings an older version lacked get the value they
+    meant then, said on stderr.
+    """
+    settings, notes = older_settings(cls, settings, where)
+    config = from_dict(cls, settings, where=where)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return config
+
+
 def _config(kind: str, args: argparse.Namespace) -> Any:
     cls = COMMANDS[kind].config
     base = None
@@ -217,14 +230,25 @@ def _config(kind: str, args: argparse.Namespace) -> Any:
         file_kind, settings = _read_config_file(args.config)
         if file_kind not in (None, kind):
             raise ConfigError(f"{args.config} holds a {file_kind} run's settings, not a {kind}'s", field="config")
-        base = from_dict(cls, settings, where=str(args.config))
+        if file_kind is None:  # a bare settings object: what it leaves out takes today's defaults
+            base = from_dict(cls, settings, where=str(args.config))
+        else:  # a run's config.json: what it leaves out is what its version did
+            base = _settings_of_run(cls, settings, str(args.config))
     return F.options_from_args(cls, args, base)
+
+
+def _rerun_out(args: argparse.Namespace) -> Path:
+    """Where ``rerun`` writes: ``--out``, else RUN_DIR-rerun beside the run (``rerun .`` included)."""
+    if args.out is not None:
+        return args.out
+    run_dir = args.run_dir.resolve()
+    return run_dir.with_name(run_dir.name + "-rerun")
 
 
 def _out_of(kind: str, args: argparse.Namespace) -> Path | None:
     """The run directory of this invocation, as far as the command line says."""
     if kind == "rerun":
-        return args.out or args.run_dir.with_name(args.run_dir.name + "-rerun")
+        return _rerun_out(args)
     return getattr(args, "out", None)
 
 
@@ -232,22 +256,43 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code (0; 2 bad input; 1 a failure during the run; 130 Ctrl-C)."""
     parser, field_flags = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
-    if args.quiet:
-        from transformers.utils import logging as hf_logging
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    with _verbosity(args.quiet):
+        return _main(args, field_flags)
 
+
+@contextmanager
+def _verbosity(quiet: bool) -> Iterator[None]:
+    """The toolkit's log level for one command: with ``quiet`` errors only, the transformers
+    library's warnings and progress bars included; set back afterwards (``main`` may run in a notebook
+    or a test session).
+    """
+    from transformers.utils import logging as hf_logging
+
+    ours = logging.getLogger("confidence_neurons")
+    level, hf_level = ours.level, hf_logging.get_verbosity()
+    ours.setLevel(logging.ERROR if quiet else logging.INFO)
+    if quiet:
         hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        ours.setLevel(level)
+        hf_logging.set_verbosity(hf_level)
+        if quiet:
+            hf_logging.enable_progress_bar()
+
+
+def _main(args: argparse.Namespace, field_flags: dict[str, dict[str, str]]) -> int:
     command = kind = args.command
     try:
         if command == "rerun":
-            kind, settings = _read_config_file(args.run_dir / "config.json")
+            kind, settings = _read_config_file(args.run_dir.resolve() / "config.json")
             if kind not in COMMANDS or not COMMANDS[kind].run_dir:
                 raise ConfigError(f"{args.run_dir} holds no run this version can repeat (kind {kind!r})")
-            config = from_dict(COMMANDS[kind].config, settings, where=str(args.run_dir / "config.json"), legacy=True)
-            out = args.out or args.run_dir.with_name(args.run_dir.name + "-rerun")
-            _run(kind, config, out, args.quiet)
+            config = _settings_of_run(COMMANDS[kind].config, settings, str(args.run_dir / "config.json"))
+            _run(kind, config, _rerun_out(args), args.quiet)
         else:
             _run(kind, _config(kind, args), getattr(args, "out", None), args.quiet)
     except ToolkitError as exc:

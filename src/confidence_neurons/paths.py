@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
+
+from confidence_neurons.errors import ToolkitError
+
+CACHE_VARIABLE = "CONFIDENCE_NEURONS_CACHE"
 
 
 def cache_dir() -> Path:
@@ -12,10 +17,32 @@ def cache_dir() -> Path:
 
     ``$CONFIDENCE_NEURONS_CACHE``, else ``$XDG_CACHE_HOME/confidence-neurons``, else ``~/.cache/confidence-neurons``.
     """
-    if env := os.environ.get("CONFIDENCE_NEURONS_CACHE"):
+    if env := os.environ.get(CACHE_VARIABLE):
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "confidence-neurons"
+
+
+def check_cache_dir() -> Path:
+    """The cache directory, made if missing and proven writable, before any work needs it (the
+    embedded model's float copy, the C kernel): else one sentence naming the variable that set it.
+    """
+    path = cache_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        where = (
+            f"{CACHE_VARIABLE}={os.environ[CACHE_VARIABLE]}"
+            if os.environ.get(CACHE_VARIABLE)
+            else f"the cache directory {path}"
+        )
+        raise ToolkitError(
+            f"{where} is not a writable directory ({exc.strerror or type(exc).__name__}); "
+            f"set {CACHE_VARIABLE} to a writable folder"
+        ) from None
+    return path
 
 
 def file_sha256(path: Path) -> str:

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from confidence_neurons.errors import ConfigError
+from confidence_neurons.settings import check_fields
 
 #: A neuron that misses one criterion by less than this share of its threshold is borderline.
 BORDERLINE_SHORTFALL = 0.2
@@ -95,15 +96,22 @@ class EntropyNeuronRule:
     min_rho: float = field(
         default=0.25,
         metadata={
-            "help": "entropy-neuron rule: minimum rho, the share of |w_out| in W_U's bottom-k singular directions"
+            "help": "entropy-neuron rule: minimum rho, the share of |w_out| in W_U's bottom-k singular directions",
+            "minimum": 0,
+            "maximum": 1,
         },
     )
     min_ln_share: float = field(
         default=0.3,
-        metadata={"help": "entropy-neuron rule: minimum 1 - DE/TE, the share of the effect through the norm's scale"},
+        metadata={
+            "help": "entropy-neuron rule: minimum 1 - DE/TE, the share of the effect through the norm's scale",
+            "minimum": 0,
+            "maximum": 1,
+        },
     )
     min_te_ratio: float = field(
-        default=2.0, metadata={"help": "entropy-neuron rule: minimum TE as a multiple of the layer's median TE"}
+        default=2.0,
+        metadata={"help": "entropy-neuron rule: minimum TE as a multiple of the layer's median TE", "minimum": 0},
     )
     select: Literal["rule", "top-rho"] = field(
         default="rule",
@@ -112,23 +120,30 @@ class EntropyNeuronRule:
             "the authors' induction code: top 10 with k = 12)"
         },
     )
-    top_n: int = field(default=10, metadata={"help": "with --select top-rho: how many neurons"})
+    top_n: int = field(
+        default=10, metadata={"help": "with --select top-rho: how many neurons (fewer than d_mlp)", "minimum": 1}
+    )
     min_norm_pct: float | None = field(
         default=None,
         metadata={
             "help": "entropy-neuron rule: also require |w_out| at or above this percentile of the layer "
-            "(Sec. 3.1 signature; e.g. 90; default: not required)"
+            "(Sec. 3.1 signature; e.g. 90; default: not required)",
+            "minimum": 0,
+            "maximum": 100,
         },
     )
     max_logit_var_pct: float | None = field(
         default=None,
         metadata={
             "help": "entropy-neuron rule: also require LogitVar at or below this percentile of the layer "
-            "(Sec. 3.1 signature; e.g. 10; default: not required)"
+            "(Sec. 3.1 signature; e.g. 10; default: not required)",
+            "minimum": 0,
+            "maximum": 100,
         },
     )
 
     def __post_init__(self) -> None:
+        check_fields(self, bounds=False)  # types and finiteness; the commands also hold the declared bounds
         if not 0 <= self.min_rho <= 1:
             raise ConfigError(f"min_rho = {self.min_rho} must lie in [0, 1]", field="min_rho")
         if self.min_te_ratio < 0:
@@ -216,13 +231,19 @@ class TokenFrequencyNeuronRule:
         metadata={"help": "token-frequency-neuron rule: minimum 1 - DE_freq/TE", "flag": "--min-freq-share"},
     )
     min_te_ratio: float = field(
-        default=2.0, metadata={"help": "token-frequency-neuron rule: minimum TE as a multiple of the layer's median TE"}
+        default=2.0,
+        metadata={
+            "help": "token-frequency-neuron rule: minimum TE as a multiple of the layer's median TE",
+            "minimum": 0,
+        },
     )
     min_dkl_pct: float = field(
         default=90.0,
         metadata={
             "help": "token-frequency-neuron rule: minimum percentile of mean |change of KL(P_freq || P_model)| "
-            "among the layer's neurons (Fig. 3b; 0 turns it off)"
+            "among the layer's neurons (Fig. 3b; 0 turns it off)",
+            "minimum": 0,
+            "maximum": 100,
         },
     )
     exclude_entropy_neurons: bool = field(
@@ -238,6 +259,7 @@ class TokenFrequencyNeuronRule:
     )
 
     def __post_init__(self) -> None:
+        check_fields(self, bounds=False)
         if self.min_te_ratio < 0:
             raise ConfigError(f"min_te_ratio = {self.min_te_ratio} must be >= 0", field="min_te_ratio")
         _percentile(self.min_dkl_pct, "min_dkl_pct")

@@ -17,6 +17,7 @@ from confidence_neurons.data.unigrams import read_count_file
 from confidence_neurons.errors import ConfigError
 from confidence_neurons.models.loading import LoadedModel, ModelLimits, limits_of, load_model, model_limits
 from confidence_neurons.models.placement import resolve_placement
+from confidence_neurons.paths import check_cache_dir
 from confidence_neurons.studies.inputs import scan_table
 from confidence_neurons.studies.options import DeviceOptions, Options, UnigramOptions
 
@@ -35,10 +36,18 @@ def check_limits(config: Options, limits: ModelLimits) -> None:
         check_neuron(spec, limits.n_layers - 1, limits.d_mlp, field)
     if getattr(config, "k", None) is not None:
         check_k(config.k, limits.d_model)
+    rule = getattr(config, "rule", None)
+    if rule is not None and rule.select == "top-rho" and limits.d_mlp is not None and rule.top_n >= limits.d_mlp:
+        raise ConfigError(
+            f"top_n = {rule.top_n} would flag every neuron of a final layer of {limits.d_mlp}; "
+            f"give at most {limits.d_mlp - 1}",
+            field="rule.top_n",
+        )
 
 
 def check_inputs(config: Options, kind: str, out: Path | None, model: LoadedModel | None = None) -> None:
     """Everything that can be checked before the model's weights load (or, given ``model``, at once)."""
+    check_cache_dir()
     if out is not None:
         preflight(out, kind, config)
     for spec, field in config.neuron_specs():

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from dataclasses import MISSING, fields, is_dataclass
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from confidence_neurons.errors import ConfigError
-from confidence_neurons.studies.options import base_type
+from confidence_neurons.settings import base_type, construct
 
 
 def _comma_list(text: str) -> tuple[str, ...]:
@@ -94,10 +95,23 @@ def options_from_args(cls: type, args: argparse.Namespace, base: Any = None, *, 
     if path and not changes and base is None:
         return None
     if base is not None:
-        return dataclasses.replace(base, **changes)
+        return construct(lambda **kw: dataclasses.replace(base, **kw), changes, path)
     missing = [
         f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING and f.name not in changes
     ]
     if missing:
-        raise ConfigError(f"{missing[0]} is required", field=missing[0])
-    return cls(**changes)
+        raise ConfigError(f"{missing[0]} is required", field=path + missing[0])
+    return construct(cls, changes, path)
+
+
+#: One number as Python's float() reads it, inf and nan included (they are then refused with a reason).
+_NUMBER = r"(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|inf|infinity|nan"
+#: A negative number or a comma list of numbers (``-1``, ``-0.5``, ``-1,0,1e-3``, ``-inf``): a flag's value, not a flag.
+NEGATIVE_VALUES = re.compile(rf"^-({_NUMBER})(,\s*[-+]?({_NUMBER}))*,?$", re.IGNORECASE)
+
+
+def allow_negative_values(parser: argparse.ArgumentParser) -> None:
+    """Let a flag take a value that starts with a minus (``--alphas -1,0,1``, ``--shift -0.5``):
+    argparse reads only plain negative numbers as values, and a comma list as an unknown flag.
+    """
+    parser._negative_number_matcher = NEGATIVE_VALUES

@@ -121,21 +121,46 @@ def _decode(raw: bytes, where: str, record: dict) -> str:
         return text
 
 
+def _unreadable(path: Path, exc: OSError) -> CorpusError:
+    return CorpusError(
+        f"corpus file {path} cannot be read ({exc.strerror or type(exc).__name__}); "
+        f"check its permissions or pass another --dataset"
+    )
+
+
+def _sha256(path: Path) -> str:
+    try:
+        return file_sha256(path)
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    try:
+        with path.open("rb") as fh:
+            yield from fh
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+
+
 def _file_docs(path: Path, text_field: str, record: dict) -> Iterator[str]:
     """Documents of one .txt (the whole file) or .jsonl (one per non-blank line) file."""
     if path.suffix == ".txt":
-        yield _decode(path.read_bytes(), str(path), record)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise _unreadable(path, exc) from None
+        yield _decode(data, str(path), record)
         return
-    with path.open("rb") as fh:
-        for n, raw in enumerate(fh, 1):
-            line = _decode(raw, f"{path}:{n}", record)
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CorpusError(f"{path}:{n} is not valid JSON ({exc.msg}); fix the line or remove it") from exc
-            yield _row_text(row, text_field, f"{path}:{n}")
+    for n, raw in enumerate(_lines(path), 1):
+        line = _decode(raw, f"{path}:{n}", record)
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CorpusError(f"{path}:{n} is not valid JSON ({exc.msg}); fix the line or remove it") from exc
+        yield _row_text(row, text_field, f"{path}:{n}")
 
 
 def _jsonl_offsets(path: Path) -> list[tuple[int, int]]:
@@ -261,7 +286,7 @@ def _open(
             raise CorpusError(
                 f"{dataset} is neither a .txt nor a .jsonl file; convert it or pass a folder of such files"
             )
-        info = {"kind": path.suffix[1:], "path": str(path), "sha256": file_sha256(path)}
+        info = {"kind": path.suffix[1:], "path": str(path), "sha256": _sha256(path)}
         if path.suffix == ".jsonl":
             info["text_field"] = text_field
         if order_seed is not None:
@@ -277,7 +302,7 @@ def _open(
 
         def gen() -> Iterator[str]:
             for f in files:
-                info["files"].append(record := {"path": f.relative_to(path).as_posix(), "sha256": file_sha256(f)})
+                info["files"].append(record := {"path": f.relative_to(path).as_posix(), "sha256": _sha256(f)})
                 yield from _file_docs(f, text_field, record)
 
         return info, gen()

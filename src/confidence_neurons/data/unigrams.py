@@ -206,6 +206,11 @@ def save_counts(counts: UnigramCounts, path: Path) -> None:
     atomic_write(path.with_suffix(".json"), text.encode("utf-8"))
 
 
+def count_total(counts: np.ndarray) -> int:
+    """The exact sum of int64 counts as a Python int (an int64 sum wraps around past 2**63)."""
+    return int(np.asarray(counts, dtype=np.int64).astype(object).sum()) if np.size(counts) else 0
+
+
 def _as_counts(arr: np.ndarray, name: str) -> np.ndarray:
     """Validate a loaded array as counts; integral floats are accepted and cast to int64."""
     if arr.ndim != 1:
@@ -239,7 +244,7 @@ def _as_counts(arr: np.ndarray, name: str) -> np.ndarray:
             f"{name} has {int(np.sum(out < 0))} negative entries (smallest {int(out.min())}), "
             f"which counts cannot be; recount the corpus"
         )
-    if int(out.sum()) == 0:
+    if count_total(out) == 0:
         raise UnigramError(f"{name} sums to zero: no token was counted, so it defines no P_freq; recount the corpus")
     return out
 
@@ -307,10 +312,10 @@ def read_count_file(path: Path) -> UnigramCounts:
             raise UnigramError(
                 f"metadata file {sidecar} holds a {type(meta).__name__}, not an object; fix it or delete it"
             )
-        if "n_tokens" in meta and meta["n_tokens"] != int(counts.sum()):
+        if "n_tokens" in meta and meta["n_tokens"] != count_total(counts):
             raise UnigramError(
                 f"metadata file {sidecar} says {meta['n_tokens']} tokens but {name} sums to "
-                f"{int(counts.sum())}; the two files do not belong together, so recount or delete "
+                f"{count_total(counts)}; the two files do not belong together, so recount or delete "
                 f"the .json"
             )
     else:
@@ -319,7 +324,7 @@ def read_count_file(path: Path) -> UnigramCounts:
             "source": f"published:{name}",
             "tokenizer": known.tokenizer if known else None,
             "corpus": known.corpus if known else None,
-            "n_tokens": int(counts.sum()),
+            "n_tokens": count_total(counts),
             "n_documents": None,
             "n_entries": int(counts.shape[0]),
         }
@@ -361,6 +366,7 @@ class CountSparsity:
     n_tokens: int
     n_entries: int
     zero_share: float
+    n_zero: int | None = None  # entries never seen (None: only the share is known)
 
     @property
     def reliable(self) -> bool:
@@ -370,11 +376,30 @@ class CountSparsity:
         """One sentence on why the counts are too sparse, or None when they are not."""
         if self.reliable:
             return None
+        n_zero = self.n_zero if self.n_zero is not None else round(self.zero_share * self.n_entries)
         return (
-            f"the unigram counts are too sparse to estimate log-frequencies: {self.zero_share:.0%} of the "
-            f"{self.n_entries:,} token ids were never seen and only {self.n_tokens:,} tokens were counted "
-            f"(needed: at most {MAX_ZERO_SHARE:.0%} unseen and at least {MIN_TOKENS_PER_ENTRY} tokens per id), "
-            f"so P_freq and v_freq are mostly flat"
+            f"the unigram counts are too sparse to estimate log-frequencies: {self.n_tokens:,} tokens were "
+            f"counted for {self.n_entries:,} token ids, so {n_zero:,} ids were never seen (wanted: at least "
+            f"{MIN_TOKENS_PER_ENTRY * self.n_entries:,} tokens, {MIN_TOKENS_PER_ENTRY} per id, and at most "
+            f"{MAX_ZERO_SHARE:.0%} of the ids unseen), so P_freq and v_freq are mostly flat"
+        )
+
+    def warning(self, flag_hint: bool) -> str | None:
+        """The one warning of a run on sparse counts; ``flag_hint``: the command has --flag-token-frequency."""
+        problem = self.problem()
+        if problem is None:
+            return None
+        consequence = (
+            "; the Sec. 4 results are marked unreliable and no token frequency neuron is flagged unless "
+            "--flag-token-frequency is given"
+            if flag_hint
+            else "; read this run's numbers on P_freq (KL(P_freq || P_model)) with that in mind"
+        )
+        return (
+            problem[0].upper()
+            + problem[1:]
+            + consequence
+            + ". Pass --unigrams with a published count file or count a larger corpus (`confidence-neurons unigrams`)."
         )
 
     def to_dict(self) -> dict:
@@ -389,7 +414,12 @@ class CountSparsity:
 def count_sparsity(counts: UnigramCounts) -> CountSparsity:
     """The sparsity facts of ``counts`` over its own entries (the tokenizer's vocabulary, not W_U's padding)."""
     c = np.asarray(counts.counts)
-    return CountSparsity(n_tokens=int(c.sum()), n_entries=int(c.shape[0]), zero_share=float(np.mean(c == 0)))
+    return CountSparsity(
+        n_tokens=count_total(c),
+        n_entries=int(c.shape[0]),
+        zero_share=float(np.mean(c == 0)),
+        n_zero=int(np.sum(c == 0)),
+    )
 
 
 def v_freq(p: torch.Tensor) -> torch.Tensor:

@@ -19,13 +19,11 @@ labels is escaped and its whitespace made visible (:func:`visible_token`).
 
 from __future__ import annotations
 
-import html
-
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from confidence_neurons.figures.style import base_layout, check_columns, flag, floats, hline, note, vline
+from confidence_neurons.figures.style import base_layout, check_columns, escape_text, flag, floats, hline, note, vline
 
 __all__ = [
     "ACTIVITY_TRACE",
@@ -73,7 +71,7 @@ def _customdata(df: pd.DataFrame, extra: tuple[str, ...]) -> np.ndarray:
     """(token → target label, seq, pos, *extra) per row; token text escaped for Plotly's hover."""
     custom = np.empty((len(df), 3 + len(extra)), dtype=object)
     custom[:, 0] = [
-        f"{html.escape(visible_token(t))} → {html.escape(visible_token(g))}"
+        f"{escape_text(visible_token(t))} → {escape_text(visible_token(g))}"
         for t, g in zip(df["token"].tolist(), df["target"].tolist())
     ]
     custom[:, 1] = df["seq"].to_numpy()
@@ -131,7 +129,7 @@ def fig_loss_change_vs_initial(
     )
     base_layout(
         fig,
-        f"Fig. 4a analogue: change in loss on clip mean-ablation of neuron {neuron_name} "
+        f"Fig. 4a analogue: change in loss on clip mean-ablation of neuron {escape_text(neuron_name)} "
         f"vs initial loss ({_count_text(len(df), int(mask.sum()))})",
         "initial loss on the correct next token (nats)",
         "Δloss = loss without the neuron (clip mean-ablated) − loss with it (nats)",
@@ -192,7 +190,7 @@ def fig_kl_vs_entropy_change(
     base_layout(
         fig,
         f"Fig. 4c analogue: change in KL(P_freq ‖ P_model) vs change in entropy on correct tokens (RR = 1) "
-        f"after clip mean-ablation of neuron {neuron_name} ({_count_text(len(df), int(mask.sum()))})",
+        f"after clip mean-ablation of neuron {escape_text(neuron_name)} ({_count_text(len(df), int(mask.sum()))})",
         "ΔD_KL(P_freq ‖ P_model), ablated − clean (nats)",
         "ΔH(P_model), ablated − clean (nats)",
     )

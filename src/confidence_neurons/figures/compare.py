@@ -4,7 +4,8 @@ per model, all on the same axes, of rho against 1 - DE/TE (Fig. 7) and of 1 - DE
 
 A panel is one figure (the PNG export draws one pair of axes per figure, and the paper's Fig. 7 and
 8 are separate panels too); panels of one figure number share their x and y ranges and colour scale,
-so they read as one figure. Pure functions: data in, ``Figure`` out.
+so they read as one figure. Pure functions: data in, ``Figure`` out. Labels are user text (``--labels``
+or model folder names) and enter every title, legend and hover text through ``style.escape_text``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ import plotly.graph_objects as go
 
 from confidence_neurons.figures.entropy import fig_rho_vs_ln_share
 from confidence_neurons.figures.frequency import XTITLE_3B, fig_freq_share_vs_dkl
-from confidence_neurons.figures.style import base_layout, check_columns, flag, floats, legend_below, note
+from confidence_neurons.figures.style import (
+    base_layout,
+    check_columns,
+    escape_text,
+    flag,
+    floats,
+    legend_below,
+    note,
+)
 
 __all__ = ["fig6_spectra", "fig7_panels", "fig8_panels", "panel_stem", "shared_range"]
 
@@ -76,10 +85,11 @@ def fig6_spectra(spectra: pd.DataFrame, *, normalised: bool = True) -> go.Figure
                 x=floats(group["rel_index"]),
                 y=floats(group[ycol]),
                 mode="lines",
-                name=str(label),
+                name=escape_text(label),
                 line={"color": MODEL_COLORS[i % len(MODEL_COLORS)], "width": 2.5},
                 customdata=np.stack([floats(group["index"]), floats(group["singular_value"])], axis=-1),
-                hovertemplate=f"<b>{label}</b><br>index %{{customdata[0]:.0f}}<br>σ = %{{customdata[1]:.4g}}"
+                hovertemplate=f"<b>{escape_text(label)}</b><br>index %{{customdata[0]:.0f}}"
+                "<br>σ = %{customdata[1]:.4g}"
                 + ("<br>σ / median = %{y:.4g}" if normalised else "")
                 + "<extra></extra>",
             )
@@ -98,7 +108,7 @@ def fig6_spectra(spectra: pd.DataFrame, *, normalised: bool = True) -> go.Figure
 
 
 def _panel_title(fig_no: str, what: str, label: str, i: int, n: int) -> str:
-    return f"Fig. {fig_no} analogue ({i}/{n}): {what}, {label}"
+    return f"Fig. {fig_no} analogue ({i}/{n}): {what}, {escape_text(label)}"
 
 
 def fig7_panels(neurons: pd.DataFrame, table: pd.DataFrame) -> dict[str, go.Figure]:

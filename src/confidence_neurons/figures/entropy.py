@@ -46,6 +46,7 @@ from confidence_neurons.figures.style import (
     OTHER_TRACE,
     base_layout,
     check_columns,
+    escape_text,
     flag,
     floats,
     hover_data,
@@ -144,7 +145,7 @@ def _scatter_pair(
             y=floats(ent[ycol]),
             mode="markers+text",
             name=ENTROPY_TRACE,
-            text=ent["name"].astype(str).tolist(),
+            text=[escape_text(n) for n in ent["name"].astype(str)],
             textposition=label_positions(floats(ent[xcol])),
             textfont={"color": ENTROPY_COLOR, "size": 11},
             marker={"color": ENTROPY_COLOR, "size": 9, "line": {"color": ENTROPY_EDGE_COLOR, "width": 1}},
@@ -294,11 +295,11 @@ def fig_spectrum(
                 x=idx,
                 y=np.abs(cos[pos]),
                 mode="lines",
-                name=f"|cos| {names[pos]}",
+                name=f"|cos| {escape_text(names[pos])}",
                 legendgroup=ENTROPY_TRACE,
                 line={"color": color, "width": 1},
                 yaxis="y2",
-                hovertemplate=f"{names[pos]}<br>index %{{x}}<br>|cos| = %{{y:.3f}}<extra></extra>",
+                hovertemplate=f"{escape_text(names[pos])}<br>index %{{x}}<br>|cos| = %{{y:.3f}}<extra></extra>",
             )
         )
 
@@ -350,12 +351,18 @@ def fig_spectrum(
     return fig
 
 
-def fig_rho_vs_ln_share(neurons: pd.DataFrame, k: int) -> go.Figure:
-    """Fig. 2e analogue: null-space projection ρ vs LayerNorm-mediated share of the effect.
+def norm_name(norm: str | None) -> str:
+    """The final norm in words by its type (``FinalLayer.norm``): LayerNorm, RMSNorm, or norm when unknown."""
+    return {"LN": "LayerNorm", "RMS": "RMSNorm"}.get(norm or "", "norm")
+
+
+def fig_rho_vs_ln_share(neurons: pd.DataFrame, k: int, norm: str | None = None) -> go.Figure:
+    """Fig. 2e analogue: null-space projection ρ vs the share of the effect mediated by the final norm.
 
     x = ``rho`` (fraction of ‖w_out‖ in the bottom-``k`` singular directions of W_U),
     y = ``ln_share`` = 1 − DE/TE, colour = ``abs_delta_entropy``.  Both traces share
-    one colour axis; entropy neurons are outlined in red and labelled.
+    one colour axis; entropy neurons are outlined in red and labelled. ``norm`` ("LN", "RMS" or
+    None) names the final norm in the titles.
     """
     _check(neurons, "fig_rho_vs_ln_share")
     rho_col, rho_written = _weight_column(neurons, "rho", "rho_written")
@@ -394,7 +401,7 @@ def fig_rho_vs_ln_share(neurons: pd.DataFrame, k: int) -> go.Figure:
             y=floats(ent["ln_share"]),
             mode="markers+text",
             name=ENTROPY_TRACE,
-            text=ent["name"].astype(str).tolist(),
+            text=[escape_text(n) for n in ent["name"].astype(str)],
             textposition=label_positions(floats(ent[rho_col])),
             textfont={"color": ENTROPY_COLOR, "size": 11},
             marker={
@@ -409,12 +416,12 @@ def fig_rho_vs_ln_share(neurons: pd.DataFrame, k: int) -> go.Figure:
     )
     base_layout(
         fig,
-        f"Fig. 2e analogue: null-space projection ρ (k={int(k)}) vs LayerNorm-mediated effect",
+        f"Fig. 2e analogue: null-space projection ρ (k={int(k)}) vs {norm_name(norm)}-mediated effect",
         f"ρ = ‖V₀ᵀ w‖ / ‖w‖ with w = g ⊙ w_out, the direction written through the post-MLP norm "
         f"(fraction in bottom-{int(k)} singular directions of W_U)"
         if rho_written
         else f"ρ = ‖V₀ᵀ w_out‖ / ‖w_out‖ (fraction of norm in bottom-{int(k)} singular directions of W_U)",
-        "1 − DE/TE (share of the effect mediated by the final LayerNorm)",
+        f"1 − DE/TE (share of the effect mediated by the final {norm_name(norm)})",
         coloraxis={
             "colorscale": "Viridis",
             "cmin": cmin,

@@ -45,6 +45,7 @@ every figure module and the tests read in one place.
 
 from __future__ import annotations
 
+import html
 import io
 import re
 import textwrap
@@ -132,7 +133,7 @@ def _plain(text: Any) -> str:
         return ""
     s = re.sub(r"<br\s*/?>", "\n", str(text), flags=re.IGNORECASE)
     s = _TAG_RE.sub("", s)
-    return s.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return html.unescape(s)  # every entity, as Plotly draws them (``style.escape_text`` makes some)
 
 
 def _wrap(text: str, width_chars: int) -> str:

@@ -17,6 +17,7 @@ from confidence_neurons.figures.style import (
     OUTLINE_COLOR,
     ZERO_LINE,
     base_layout,
+    escape_text,
     legend_below,
     note,
 )
@@ -61,7 +62,7 @@ def fig_nll_vs_ece(table: pd.DataFrame) -> go.Figure:
                 x=rows["nll"],
                 y=rows["ece"],
                 mode="lines+markers+text",
-                name=f"neuron dial {dial}",
+                name=f"neuron dial {escape_text(dial)}",
                 text=[f"α={a:g}" for a in rows["alpha"]],
                 textposition="top center",
                 textfont={"size": 10, "color": _dial_color(i)},
@@ -144,7 +145,11 @@ def fig_entropy_accuracy_vs_alpha(table: pd.DataFrame) -> go.Figure:
         c = _dial_color(i)
         fig.add_trace(
             go.Scatter(
-                x=rows["alpha"], y=rows["entropy"], mode="lines+markers", name=f"entropy, {dial}", line={"color": c}
+                x=rows["alpha"],
+                y=rows["entropy"],
+                mode="lines+markers",
+                name=f"entropy, {escape_text(dial)}",
+                line={"color": c},
             )
         )
         fig.add_trace(
@@ -152,7 +157,7 @@ def fig_entropy_accuracy_vs_alpha(table: pd.DataFrame) -> go.Figure:
                 x=rows["alpha"],
                 y=rows["accuracy"],
                 mode="lines+markers",
-                name=f"accuracy, {dial}",
+                name=f"accuracy, {escape_text(dial)}",
                 yaxis="y2",
                 line={"color": c, "dash": "dot"},
             )
@@ -200,7 +205,7 @@ def fig_implied_vs_confidence(implied: pd.DataFrame, dial: str, n_bins: int = 10
     """T_implied of one dial's clipped tokens in equal-mass bins of the clean confidence (boxes)."""
     fig = go.Figure()
     rows = implied[(implied["dial"] == dial) & implied["clipped"] & np.isfinite(implied["T_implied"])]
-    title = f"Implied temperature against clean confidence ({dial}, clipped tokens)"
+    title = f"Implied temperature against clean confidence ({escape_text(dial)}, clipped tokens)"
     if len(rows) < n_bins:
         note(fig, "too few clipped tokens to bin")
         return base_layout(fig, title, "clean confidence", "T_implied")

@@ -19,6 +19,7 @@ Figures use only the Plotly subset that :mod:`confidence_neurons.figures.png` ca
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 
 import numpy as np
@@ -43,6 +44,7 @@ __all__ = [
     "ZERO_LINE",
     "base_layout",
     "check_columns",
+    "escape_text",
     "flag",
     "floats",
     "hline",
@@ -95,6 +97,16 @@ def check_columns(df: pd.DataFrame, cols: Sequence[str], func: str, arg: str = "
         raise KeyError(f"{func}: `{arg}` lacks column(s) {missing}")
 
 
+def escape_text(text: object) -> str:
+    """User text (labels, model and corpus names, neuron labels, token strings) made inert for both
+    Plotly's pseudo-HTML (titles, legends, hover text, annotations) and HTML: ``<``, ``>``, ``&`` and
+    quotes become entities, so ``<a href=...>`` or ``<b>`` shows as typed and is never a live tag, and
+    ``%`` becomes ``&#37;`` so a ``%{...}`` in a label is not a hover-template field. Plotly draws the
+    entities as the characters they stand for. Apply it once, where the text enters a figure.
+    """
+    return html.escape("" if text is None else str(text), quote=True).replace("%", "&#37;")
+
+
 def hover_data(
     df: pd.DataFrame, fields: tuple[tuple[str, str], ...] = (("TE", "TE"), ("DE", "DE"), ("rho", "ρ"))
 ) -> tuple[np.ndarray, str]:
@@ -102,7 +114,7 @@ def hover_data(
     a missing column shows as NaN.
     """
     custom = np.empty((len(df), 1 + len(fields)), dtype=object)
-    custom[:, 0] = df["name"].astype(str).to_numpy()
+    custom[:, 0] = [escape_text(n) for n in df["name"].astype(str)]
     for j, (col, _) in enumerate(fields, start=1):
         custom[:, j] = floats(df[col]) if col in df else np.full(len(df), np.nan)
     template = "<b>%{customdata[0]}</b>" + "".join(

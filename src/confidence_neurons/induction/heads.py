@@ -160,20 +160,35 @@ def choose_heads(
     if len(pool) < n_baseline:
         wider = qualifying(range(n_layers))
         log.warning(
-            "only %d baseline heads (bos > %g, prefix < %g) in layers %s; widening to all layers (%d found)",
-            len(pool),
+            "%s of layers %s %s BOS attention > %g and prefix score < %g, fewer than the %d baseline heads "
+            "requested; widening the search to all layers (%s there)",
+            _n_heads(len(pool)).capitalize(),
+            layers,
+            "meets" if len(pool) == 1 else "meet",
             min_bos,
             max_prefix,
-            layers,
-            len(wider),
+            n_baseline,
+            _n_heads(len(wider)),
         )
         pool = wider
     if len(pool) < n_baseline:
-        log.warning(
-            "only %d heads qualify as baselines, fewer than the %d requested; using all of them", len(pool), n_baseline
-        )
+        log.warning("%s", _few_baselines(len(pool), n_baseline, min_bos, max_prefix))
     baseline = sorted(random.Random(seed).sample(pool, min(n_baseline, len(pool))))
     return induction, baseline
+
+
+def _n_heads(n: int) -> str:
+    return "no head" if n == 0 else ("1 head" if n == 1 else f"{n} heads")
+
+
+def _few_baselines(found: int, wanted: int, min_bos: float, max_prefix: float) -> str:
+    """The warning when fewer heads than asked meet the baseline criteria, in words that fit the count."""
+    criteria = f"BOS attention > {min_bos:g} and prefix score < {max_prefix:g}"
+    if found == 0:
+        return f"no head has {criteria}, so there are no baseline heads (of the {wanted} requested)"
+    heads = "head meets" if found == 1 else "heads meet"
+    using = "it" if found == 1 else "all of them"
+    return f"only {found} {heads} {criteria}, fewer than the {wanted} baseline heads requested; using {using}"
 
 
 def head_combinations(heads: Sequence[Head], max_size: int = 3) -> list[HeadSet]:

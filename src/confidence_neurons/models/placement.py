@@ -103,7 +103,10 @@ def resolve_device(device: str) -> str:
 
 def checkpoint_dtype(hf_config) -> torch.dtype | None:
     """The dtype a checkpoint was saved in, from its config (None when it does not say)."""
-    raw = getattr(hf_config, "torch_dtype", None) or getattr(hf_config, "dtype", None)
+    # transformers 5 names it dtype and warns on every read of the old torch_dtype
+    raw = getattr(hf_config, "dtype", None)
+    if raw is None and "torch_dtype" in getattr(hf_config, "__dict__", {}):
+        raw = hf_config.__dict__["torch_dtype"]
     if isinstance(raw, torch.dtype):
         return raw if raw in DTYPES.values() else None
     if isinstance(raw, str):

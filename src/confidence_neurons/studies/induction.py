@@ -11,6 +11,7 @@ directory.
 
 from __future__ import annotations
 
+import html
 import logging
 import time
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from confidence_neurons.data.corpus import CorpusError, sample_token_sequences
 from confidence_neurons.errors import ConfigError
 from confidence_neurons.figures import induction as F
 from confidence_neurons.figures.activity import fig_loss_change_vs_initial
+from confidence_neurons.figures.style import escape_text
 from confidence_neurons.induction import heads as H
 from confidence_neurons.induction import neurons as N
 from confidence_neurons.induction.heads import HEAD_ABLATIONS, HeadAblation
@@ -108,6 +110,12 @@ class InductionConfig(KernelOptions, SourceOptions):
                 "name the neurons to study with --neurons L.I,L.J or give a finished scan with --scan RUN_DIR",
                 field="neurons",
             )
+        if self.natural_seq_len < 2 * self.ngram + 2:  # two occurrences, a gap and a predicted token after
+            raise ConfigError(
+                f"ngram = {self.ngram} needs natural sequences of at least {2 * self.ngram + 2} tokens "
+                f"(--natural-seq-len is {self.natural_seq_len}); lower --ngram or raise --natural-seq-len",
+                field="ngram",
+            )
 
 
 def chosen_neurons(config: InductionConfig, layer) -> tuple[list[int], dict[int, str]]:
@@ -171,7 +179,7 @@ class InductionResult:
         summary = self.tables["clipped_summary"]
         sel = summary[summary["group"] == "selected"][["neuron", "rel_delta_entropy_pct", "delta_loss", "frac_clipped"]]
         return (
-            f"<p><b>Induction case study on {self.settings['model']}</b>: induction heads "
+            f"<p><b>Induction case study on {html.escape(str(self.settings['model']))}</b>: induction heads "
             f"{', '.join(self.settings['induction_heads'])}</p>" + sel.to_html(index=False)
         )
 
@@ -608,7 +616,8 @@ def induction_figures(result: InductionResult) -> dict[str, Figure]:
         slug = name.replace(".", "_")
         fig = fig_loss_change_vs_initial(token_effects[token_effects["neuron"] == i], name)
         fig.update_layout(
-            title_text=f"Fig. 10c analogue: change of loss on clipping {name} in the second copy vs initial loss"
+            title_text=f"Fig. 10c analogue: change of loss on clipping {escape_text(name)} in the second copy "
+            "vs initial loss"
         )
         figs[f"fig10c_second_copy_loss_{slug}"] = fig
         figs[f"fig5c_bos_ablation_{slug}"] = F.fig_head_ablation(

@@ -68,14 +68,9 @@ def unigram_distribution(
             max_tokens=config.unigram_max_tokens,
             progress=progress,
         )
-    problem = count_sparsity(counts).problem()
-    if problem:  # one warning per run: the scan marks Sec. 4 unreliable and flags no token frequency neuron
-        log.warning(
-            "%s; the Sec. 4 results are marked unreliable and no token frequency neuron is flagged unless "
-            "--flag-token-frequency is given. Pass --unigrams with a published count file or count a larger "
-            "corpus (`confidence-neurons unigrams`).",
-            problem[0].upper() + problem[1:],
-        )
+    warning = count_sparsity(counts).warning(flag_hint=hasattr(config, "tf_rule"))
+    if warning:  # one warning per run, naming --flag-token-frequency only where the command has it
+        log.warning("%s", warning)
     p = p_freq(counts, layer.d_vocab, config.padding)
     return counts, FreqDirection(p=p, v=v_freq(p))
 

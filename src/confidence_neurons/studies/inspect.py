@@ -4,6 +4,7 @@ clipped mean-ablation, its per-token effects, the passages where it matters most
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,7 @@ class InspectResult:
         return inspect_figures(self)
 
     def _repr_html_(self) -> str:
-        return f"<p><b>{inspect_summary(self)}</b></p>"
+        return f"<p><b>{html.escape(inspect_summary(self))}</b></p>"
 
     @classmethod
     def load(cls, rd: RunDir) -> InspectResult:

@@ -4,23 +4,29 @@ from these dataclasses' fields.
 
 A field declared with :func:`option` carries its help text, its flag name when that differs from
 the field's, whether it only changes speed (``volatile``: left out of the run's fingerprint, so a
-rerun with another chunk size resumes the same run) and its lower bound.
+rerun with another chunk size resumes the same run) and its bounds (``minimum``, ``maximum``).
+Every value is checked in one place, :func:`confidence_neurons.settings.check_fields`, whether it
+came from a flag, a ``--config`` file or a run's config.json: its type, finiteness and bounds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import types
+import logging
+import numbers
+import os
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
 from confidence_neurons.analysis.forward import AblationMean, TokenFilter
 from confidence_neurons.analysis.kernel import Backend
 from confidence_neurons.data.corpus import Sampling
 from confidence_neurons.data.unigrams import Padding
-from confidence_neurons.errors import ConfigError
+from confidence_neurons.settings import base_type, build, check_fields
+
+log = logging.getLogger(__name__)
 
 
 def option(
@@ -30,11 +36,19 @@ def option(
     flag: str | None = None,
     volatile: bool = False,
     minimum: float | None = None,
+    maximum: float | None = None,
     prefix: str | None = None,
     default_factory: Any = MISSING,
 ) -> Any:
     """A config field with its help text and command-line facts (see the module docstring)."""
-    meta = {"help": help, "flag": flag, "volatile": volatile, "minimum": minimum, "prefix": prefix}
+    meta = {
+        "help": help,
+        "flag": flag,
+        "volatile": volatile,
+        "minimum": minimum,
+        "maximum": maximum,
+        "prefix": prefix,
+    }
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -54,78 +68,63 @@ def _to_dict(obj: Any, *, drop_volatile: bool) -> dict[str, Any]:
     return out
 
 
-def _is_optional(tp: Any) -> bool:
-    return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
-
-
-def base_type(tp: Any) -> Any:
-    """``int | None`` -> int; other types unchanged."""
-    if _is_optional(tp):
-        (inner,) = [a for a in get_args(tp) if a is not type(None)]
-        return inner
-    return tp
-
-
-#: What a config.json written before a setting existed meant by its absence: the procedure the toolkit
-#: ran then. Applied when a run is read back or rerun (``legacy=True``), never to a --config file.
-LEGACY_DEFAULTS: dict[str, Any] = {
-    "token_filter": "toolkit",
-    "ablation_mean": "analysed",
-    "sampling": "first",
-    "natural_ablation": "toolkit",
-    "fig5b_clip": "toolkit",
+#: Settings added after the first release whose absence from an older run's config.json means the
+#: behaviour that version had, not today's default: {field: (old value, what the older version did)}.
+ADDED_SETTINGS: dict[str, tuple[Any, str]] = {
+    "token_filter": ("all", "versions before the token filter (issue 10.3) averaged every prediction"),
+    "ablation_mean": ("analysed", "versions before the authors' mean took the ablation value over the analysed tokens"),
+    "sampling": ("first", "versions before whole-corpus sampling drew windows of the first documents in sorted order"),
+    "natural_ablation": ("toolkit", "versions before the authors' natural induction clipped to the first-copy mean"),
+    "fig5b_clip": ("toolkit", "versions before the authors' Fig. 5b clipped every neuron from above"),
 }
-#: Values renamed since: the old name and the new one.
-LEGACY_VALUES: dict[str, dict[Any, Any]] = {"token_filter": {"paper": "toolkit"}}
+#: Values renamed since: {field: {old value: new value}} (the toolkit's own filter was called "paper").
+RENAMED_VALUES: dict[str, dict[Any, Any]] = {"token_filter": {"paper": "toolkit"}}
 
 
-def _legacy(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    known = {f.name for f in fields(cls)}
-    out = {k: v for k, v in LEGACY_DEFAULTS.items() if k in known and k not in data}
-    for k, v in data.items():
-        out[k] = LEGACY_VALUES.get(k, {}).get(v, v) if isinstance(v, str) else v
-    return out
-
-
-def from_dict(cls: type, data: dict[str, Any], where: str = "config", *, legacy: bool = False) -> Any:
-    """Build the dataclass ``cls`` from a dict such as a run's config.json ``config`` block; with
-    ``legacy`` a setting the dict lacks takes the value older versions used (``LEGACY_DEFAULTS``).
+def older_settings(cls: type, data: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
+    """A full config.json ``config`` block from an older version, completed with the values its
+    missing later settings meant then (:data:`ADDED_SETTINGS`), and one note per value filled in.
     """
     if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a JSON object of settings, not {type(data).__name__}")
-    if legacy:
-        data = _legacy(cls, data)
-    hints = get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"{where} has settings that {cls.__name__} does not know: {', '.join(unknown)}")
-    values = {}
-    for name, value in data.items():
-        tp = base_type(hints[name])
-        if is_dataclass(tp) and isinstance(value, dict):
-            value = from_dict(tp, value, f"{where}.{name}", legacy=legacy)
-        elif get_origin(tp) is tuple and isinstance(value, list):
-            value = tuple(value)
-        values[name] = value
-    missing = [
-        f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING and f.name not in values
-    ]
-    if missing:
-        raise ConfigError(f"{where} lacks the required setting {missing[0]}", field=missing[0])
-    return cls(**values)
+        return data, []
+    names = {f.name for f in fields(cls)}
+    data, notes = dict(data), []
+    for name, (old, why) in ADDED_SETTINGS.items():
+        if name in names and name not in data:
+            data[name] = old
+            notes.append(
+                f"{where} has no {name} setting, so it is repeated with {name} = {old!r} ({why}); "
+                f'set "{name}" in it to choose another'
+            )
+    for name, renamed in RENAMED_VALUES.items():
+        if name in names and isinstance(data.get(name), str) and data[name] in renamed:
+            notes.append(f"{where} says {name} = {data[name]!r}, which is now called {renamed[data[name]]!r}")
+            data[name] = renamed[data[name]]
+    return data, notes
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Build the dataclass ``cls`` from a dict such as a run's config.json ``config`` block: every key
+    known and of its declared type (``settings.check_data``), then the class's own checks; an error
+    names ``where`` and the key.
+    """
+    return build(cls, data, where)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Options:
-    """Base of every command's config: lower bounds, dict round trip, fingerprint."""
+    """Base of every command's config: typed and bounded fields, dict round trip, fingerprint."""
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            low = f.metadata.get("minimum")
+        for f in fields(self):  # values given from Python as config.json will hold them
             value = getattr(self, f.name)
-            if low is not None and value is not None and value < low:
-                raise ConfigError(f"{f.name} = {value} must be at least {low:g}", field=f.name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, f.name, os.fspath(value))
+            elif isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):  # numpy integers
+                object.__setattr__(self, f.name, int(value))
+            elif isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
+                object.__setattr__(self, f.name, float(value))
+        check_fields(self)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self, drop_volatile=False)
@@ -136,8 +135,13 @@ class Options:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Options:
-        """A run's config read back: settings it lacks keep the meaning they had when it was made."""
-        return from_dict(cls, data, legacy=True)
+        """The config a run recorded (config.json ``config``); settings its version lacked get the
+        value they meant then (:data:`ADDED_SETTINGS`), so a loaded result says what was computed.
+        """
+        data, notes = older_settings(cls, data, "the run's config.json")
+        for note in notes:
+            log.info("%s", note)
+        return from_dict(cls, data)
 
     def neuron_specs(self) -> list[tuple[str, str]]:
         """(LAYER.INDEX spec, field) of every final-layer neuron these settings name."""
@@ -210,7 +214,7 @@ class DeviceOptions(Options):
 class SourceOptions(DeviceOptions, TextOptions):
     """Which model, which text, drawn how, run where."""
 
-    seed: int = option(0, "seed for drawing the text sequences")
+    seed: int = option(0, "seed for drawing the text sequences", minimum=0)
     sampling: Sampling = option(
         "whole",
         "how the text is drawn: whole (documents of every file in an order shuffled by --seed, one window "
@@ -275,6 +279,7 @@ class KernelOptions(Options):
 
 
 __all__ = [
+    "ADDED_SETTINGS",
     "DeviceOptions",
     "KernelOptions",
     "Options",
@@ -282,7 +287,9 @@ __all__ = [
     "TextOptions",
     "TokenOptions",
     "UnigramOptions",
+    "base_type",
     "from_dict",
+    "older_settings",
     "option",
     "run_name",
 ]

@@ -5,6 +5,7 @@ and the figures (Fig. 1, 2a, 2c-e, 3a-c).
 
 from __future__ import annotations
 
+import html
 import logging
 import time
 from dataclasses import dataclass
@@ -138,9 +139,10 @@ class ScanResult:
     def _repr_html_(self) -> str:
         s = self.settings
         head = (
-            f"<p><b>Scan of {s['model']}</b>: layer {s['final_layer']}, {s['n_tokens_analysed']:,} tokens; "
+            f"<p><b>Scan of {html.escape(str(s['model']))}</b>: layer {s['final_layer']}, "
+            f"{s['n_tokens_analysed']:,} tokens; "
             f"{len(self.entropy_neurons)} entropy and {len(self.token_frequency_neurons)} token frequency "
-            f"neurons{f' (run: {self.run_dir})' if self.run_dir else ''}</p>"
+            f"neurons{f' (run: {html.escape(str(self.run_dir))})' if self.run_dir else ''}</p>"
         )
         return head + top_neurons(self.neurons, 5).to_html(index=False, float_format=lambda v: f"{v:.4g}")
 
@@ -334,7 +336,7 @@ def scan_figures(result: ScanResult) -> dict[str, Figure]:
         "fig2a_norm_vs_logitvar": fig_norm_vs_logitvar(neurons),
         "fig2c_total_vs_direct": fig_total_vs_direct(neurons, seed=result.config.seed, tokens=tokens),
         "fig2d_spectrum": fig_spectrum(result.singular_values, result.cos_sv, neurons, k),
-        "fig2e_rho_vs_ln_share": fig_rho_vs_ln_share(neurons, k),
+        "fig2e_rho_vs_ln_share": fig_rho_vs_ln_share(neurons, k, result.settings.get("final_norm")),
         "fig3a_kl_vs_entropy": fig_kl_vs_entropy(
             result.token_metrics["entropy"].to_numpy(), result.token_metrics["kl"].to_numpy(), unreliable=unreliable
         ),

@@ -14,6 +14,7 @@ Choices (recorded in config.json):
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 import time
@@ -51,6 +52,9 @@ log = logging.getLogger(__name__)
 FIT_ROUNDS, FIT_POINTS = 4, 5
 DEFAULT_ALPHAS = ("-1", "-0.5", "0", "0.5", "1", "1.5", "2", "2.5", "3")
 DEFAULT_TEMPERATURES = ("0.5", "0.6", "0.7", "0.8", "0.9", "1", "1.1", "1.25", "1.5", "2", "3")
+#: Bounds of the grids: far beyond any useful dial, and small enough that a steered activation
+#: (alpha x activations of order 10, plus the shift) and logits / T stay finite in float16.
+MAX_ALPHA, MAX_SHIFT, MIN_T = 100.0, 1000.0, 0.01
 
 
 def _floats(values: tuple, field: str, *, positive: bool = False) -> tuple[float, ...]:
@@ -76,13 +80,20 @@ class SteerConfig(TokenOptions, SourceOptions):
     neurons: tuple[str, ...] = option((), "comma-separated final-layer neurons LAYER.INDEX (e.g. 29.830,29.1022)")
     scan_dir: str | None = option(None, "a finished scan run directory: steer its entropy neurons", flag="--scan")
     alphas: tuple[str, ...] = option(
-        DEFAULT_ALPHAS, "grid of alpha: activation -> mean + alpha (activation - mean) + shift; 1 = clean, 0 = mean"
+        DEFAULT_ALPHAS,
+        "grid of alpha: activation -> mean + alpha (activation - mean) + shift; 1 = clean, 0 = mean",
+        minimum=-MAX_ALPHA,
+        maximum=MAX_ALPHA,
     )
-    shift: float = option(0.0, "constant added to every steered activation at every alpha")
+    shift: float = option(
+        0.0, "constant added to every steered activation at every alpha", minimum=-MAX_SHIFT, maximum=MAX_SHIFT
+    )
     dials: Literal["both", "each", "together"] = option(
         "both", "steer each neuron on its own, all of them together as one dial, or both"
     )
-    temperatures: tuple[str, ...] = option(DEFAULT_TEMPERATURES, "grid of global temperatures T (logits / T)")
+    temperatures: tuple[str, ...] = option(
+        DEFAULT_TEMPERATURES, "grid of global temperatures T (logits / T)", minimum=MIN_T, maximum=1 / MIN_T
+    )
     ece_bins: int = option(15, "equal-mass bins of the expected calibration error", minimum=1)
     token_chunk: int = option(128, "tokens per chunk", volatile=True, minimum=1)
     memory_mb: int = option(
@@ -150,7 +161,7 @@ class SteerResult:
 
     def _repr_html_(self) -> str:
         cols = ["label", "nll", "ece", "brier", "accuracy", "entropy", "mean_rank_change"]
-        return f"<p><b>{self.verdict}</b></p>" + self.table[cols].to_html(
+        return f"<p><b>{html.escape(self.verdict)}</b></p>" + self.table[cols].to_html(
             index=False, float_format=lambda v: f"{v:.4g}"
         )
 
@@ -416,7 +427,10 @@ def verdict(result: SteerResult) -> str:
         dial.ece, dial.nll, dial.brier
     )
     c_text = "the clean model " + both.format(clean.ece, clean.nll, clean.brier)
-    if abs(temp.ece - dial.ece) < 1e-4:
+    numbers = [row[m] for row in (clean, temp, dial) for m in ("ece", "nll", "brier")]
+    if not all(math.isfinite(float(x)) for x in numbers):  # a comparison of NaNs is no verdict
+        head = "No verdict: some of the numbers below are not finite, so the dials cannot be compared"
+    elif abs(temp.ece - dial.ece) < 1e-4:
         head = "Both dials calibrate about equally well"
     elif temp.ece < dial.ece:
         head = "Temperature scaling calibrates better than the neuron dial"

@@ -21,6 +21,7 @@ from confidence_neurons.figures.style import (
     OTHER_COLOR,
     OTHER_TRACE,
     base_layout,
+    escape_text,
     hline,
     label_positions,
     legend_below,
@@ -56,7 +57,7 @@ def fig_activation_change(
     change = np.asarray(change, dtype=float).reshape(-1)
     rho = np.asarray(rho, dtype=float).reshape(-1)
     is_entropy = np.asarray(is_entropy, dtype=bool).reshape(-1)
-    names = [str(n) for n in names]
+    names = [escape_text(n) for n in names]
     n = change.size
     if not (rho.size == is_entropy.size == len(names) == n):
         raise ValueError(

@@ -35,6 +35,7 @@ from confidence_neurons.figures.style import (
     RANDOM_TRACE,
     base_layout,
     check_columns,
+    escape_text,
     floats,
     hline,
     legend_below,
@@ -65,7 +66,7 @@ def _start_line(fig: go.Figure, x: float, label: str = "second copy starts") -> 
 
 def _neuron_label(names: Mapping[int, str] | None, neuron: int) -> str:
     if names is not None and int(neuron) in names:
-        return str(names[int(neuron)])
+        return escape_text(names[int(neuron)])
     return f"neuron {int(neuron)}"
 
 
@@ -87,7 +88,7 @@ def fig_induction_curves(curves, names: Sequence[str], half_len: int, *, kind: N
     (positions >= offset + ``half_len``) is shaded.
     """
     palette = neuron_palette(kind)
-    names = [str(n) for n in names]
+    names = [escape_text(n) for n in names]
     act_mean = np.atleast_2d(np.asarray(curves.activation_mean, dtype=float))
     act_se = np.atleast_2d(np.asarray(curves.activation_se, dtype=float))
     if len(names) != len(curves.neurons) or act_mean.shape[0] != len(names):

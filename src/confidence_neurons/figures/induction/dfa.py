@@ -14,7 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from confidence_neurons.figures.induction.common import no_data
-from confidence_neurons.figures.style import OUTLINE_COLOR, base_layout, hline, legend_below
+from confidence_neurons.figures.style import OUTLINE_COLOR, base_layout, escape_text, hline, legend_below
 
 __all__ = ["MISC_COLOR", "MLP_COLOR", "fig_dfa"]
 
@@ -73,8 +73,8 @@ def fig_dfa(
     fig = go.Figure()
     base_layout(
         fig,
-        f"Fig. 14 analogue: direct feature attribution to neuron {neuron_name}, induction − corrupted first copy "
-        "(mean over the second copy)",
+        f"Fig. 14 analogue: direct feature attribution to neuron {escape_text(neuron_name)}, "
+        "induction − corrupted first copy (mean over the second copy)",
         "component (attention heads, then MLPs)",
         "Δ direct contribution to the pre-activation",
         coloraxis={"colorscale": "Viridis", "colorbar": {"title": {"text": "prefix-matching score"}}},

@@ -23,6 +23,7 @@ from confidence_neurons.figures.style import (
     OUTLINE_COLOR,
     base_layout,
     check_columns,
+    escape_text,
     floats,
     hline,
     label_positions,
@@ -165,9 +166,9 @@ def fig_head_ablation(
     fig = go.Figure()
     base_layout(
         fig,
-        f"{title_kind}: activation of neuron {neuron_name} by position with head sets ablated",
+        f"{title_kind}: activation of neuron {escape_text(neuron_name)} by position with head sets ablated",
         "token position",
-        f"mean activation of {neuron_name}",
+        f"mean activation of {escape_text(neuron_name)}",
         legend=legend_below(),
     )
     fig.update_layout(margin={"b": 130})
@@ -335,5 +336,7 @@ def fig_head_ablation_summary(
                 hovertemplate=f"induction {hs}<br>%{{y:.4g}}<extra></extra>",
             )
         )
-    fig.update_xaxes(tickvals=list(xi.values()), ticktext=names, range=[-0.6, len(names) - 0.4])
+    fig.update_xaxes(
+        tickvals=list(xi.values()), ticktext=[escape_text(n) for n in names], range=[-0.6, len(names) - 0.4]
+    )
     return fig

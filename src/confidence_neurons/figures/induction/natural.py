@@ -15,7 +15,14 @@ import plotly.graph_objects as go
 
 from confidence_neurons.figures.activity import MAX_ACTIVITY_POINTS, fig_loss_change_vs_initial
 from confidence_neurons.figures.induction.common import NeuronKind, band, neuron_palette, no_data, shade_from
-from confidence_neurons.figures.style import MUTED_TEXT_COLOR, base_layout, check_columns, hline, legend_below
+from confidence_neurons.figures.style import (
+    MUTED_TEXT_COLOR,
+    base_layout,
+    check_columns,
+    escape_text,
+    hline,
+    legend_below,
+)
 
 __all__ = ["fig_natural_induction", "fig_natural_induction_entropy", "fig_natural_loss_change", "natural_x_layout"]
 
@@ -41,7 +48,7 @@ def natural_x_layout(n: int) -> tuple[dict[tuple[str, int], float], list[float],
 def _natural_groups(effects: pd.DataFrame, names: Sequence[str], func: str) -> tuple[list, list[str], int]:
     check_columns(effects, _NAT_COLS, func, "effects")
     neurons = list(pd.unique(effects["neuron"]))
-    names = [str(n) for n in names]
+    names = [escape_text(n) for n in names]
     if len(names) != len(neurons):
         raise ValueError(
             f"{func}: names ({len(names)}) must label each neuron of `effects` in order of "
@@ -255,7 +262,8 @@ def fig_natural_loss_change(
     n_clipped = int(tokens["clipped"].astype(bool).sum())
     count = f"{n_clipped:,} clipped tokens of {len(tokens):,}" if ablation == "toolkit" else f"{len(tokens):,} tokens"
     fig.update_layout(
-        title_text=f"Fig. 9c analogue: change of loss on {NATURAL_ABLATION_WORDS[ablation]} of {neuron_name} "
+        title_text=f"Fig. 9c analogue: change of loss on {NATURAL_ABLATION_WORDS[ablation]} of "
+        f"{escape_text(neuron_name)} "
         f"vs initial loss, naturally repeated n-grams, {where} ({count})"
     )
     return fig
