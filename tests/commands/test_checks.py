@@ -293,7 +293,7 @@ def test_a_config_from_before_the_token_filter_reruns_with_the_old_behaviour(
     # a record that has the setting keeps it, and a bare settings file takes today's default silently
     (tmp_path / "bare.json").write_text(json.dumps({"n_seqs": 3}))
     assert main(["scan", "--config", str(tmp_path / "bare.json"), "--quiet"]) == 0
-    assert ran[1].token_filter == "paper" and "token_filter" not in capsys.readouterr().err
+    assert ran[1].token_filter == "authors" and "token_filter" not in capsys.readouterr().err
     run2 = (
         _old_scan_record(tmp_path / "x", tiny_model, corpus, token_filter="paper")
         if (tmp_path / "x").mkdir() is None

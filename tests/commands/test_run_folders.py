@@ -45,7 +45,6 @@ def _argv(model: Path, corpus: Path, out: Path) -> list[str]:
         "32",
         "--out",
         str(out),
-        "--quiet",
     ]
 
 

@@ -106,7 +106,7 @@ def test_settings_from_python_are_normalised_or_refused_like_flags(tmp_path):
     for bad, words in (
         ({"n_seqs": np.float64("nan")}, "n_seqs = "),
         ({"unigram_max_tokens": 3.5}, "must be a whole number"),
-        ({"token_filter": "some"}, "must be one of 'paper', 'all'"),
+        ({"token_filter": "some"}, "must be one of 'authors', 'toolkit', 'all'"),
         ({"batch_size": True}, "must be a whole number"),
     ):
         with pytest.raises(ConfigError, match=words):

@@ -90,7 +90,7 @@ def test_fig5b_clips_as_the_authors_from_below_for_falling_neurons(setup):
 def test_fig11_ranks_by_the_change_times_the_output_weight_norm(setup):
     from confidence_neurons.figures.induction import fig_activation_change
     from confidence_neurons.induction.neurons import activation_change, acts_by_position
-    from confidence_neurons.report.induction import _fig11_y
+    from confidence_neurons.studies.induction import _fig11_y
 
     model, layer, tokens, cache = setup
     change = activation_change(acts_by_position(cache), HALF)

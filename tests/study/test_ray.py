@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from confidence_neurons.commands import study as S
 from confidence_neurons.commands.scan import run as run_scan
@@ -187,7 +188,8 @@ def test_a_killed_shard_worker_is_retried_and_the_merge_is_the_plain_sweep(ray_l
             os.kill(os.getpid(), signal.SIGKILL)
 
     chunks = CheckpointStore(tmp_path / "chunks")
-    kw = dict(neuron_chunk=SCAN["neuron_chunk"], token_chunk=256)
+    mean = torch.tensor(plain.neurons["mean_activation"].to_numpy(), dtype=torch.float32)  # the scan's ablation mean
+    kw = dict(neuron_chunk=SCAN["neuron_chunk"], token_chunk=256, mean_act=mean)
     record = sharded_sweep(
         layer, store.folder, prefix, 16, chunks, freq=None, workers=2, progress=False, hook=kill_first_attempt, **kw
     )

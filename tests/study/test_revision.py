@@ -56,7 +56,7 @@ def test_revision_of_a_gguf_file_or_the_embedded_model_is_refused():
 
 
 def test_a_hub_revision_reaches_from_pretrained(monkeypatch):
-    monkeypatch.setattr(loading, "_hub_cached", lambda repo, revision=None: revision == "step1000")
+    monkeypatch.setattr(loading, "hub_cached", lambda repo, revision=None: revision == "step1000")
     seen = {}
 
     class Loader:

@@ -75,6 +75,8 @@ def _shard(
         hook()
     t0 = time.perf_counter()
     cache = open_cache(Path(cache_folder), prefix, seq_len)
+    if sweep_kwargs.get("cache_digest") is not None:  # the scan's own record of these rows, for the stamps
+        cache.digest = sweep_kwargs["cache_digest"]
     fx = sweep(
         layer,
         cache,
@@ -82,7 +84,7 @@ def _shard(
         checkpoints=CheckpointStore(Path(checkpoints)),
         progress=False,
         only_chunks=only,
-        **sweep_kwargs,
+        **{k: v for k, v in sweep_kwargs.items() if k != "cache_digest"},
     )
     return {
         "chunks": len(only),
@@ -105,6 +107,7 @@ def sharded_sweep(
     token_chunk: int,
     backend: str = "auto",
     mean_act: torch.Tensor | None = None,
+    cache_digest: str | None = None,
     gpu: bool = False,
     workers: int | None = None,
     address: str | None = None,
@@ -134,6 +137,7 @@ def sharded_sweep(
             "backend": backend,
             "device": "cuda" if gpu else "cpu",
             "mean_act": mean_act,  # the scan's ablation value (forward.ablation_mean), the same in every worker
+            "cache_digest": cache_digest,  # the store's sha256 of the rows, so workers' stamps equal the scan's
         }
         refs = [
             task.remote(
