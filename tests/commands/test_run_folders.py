@@ -28,7 +28,8 @@ from confidence_neurons.cli import main
 N_CHUNKS = 4  # the tiny GPT-2's 128 neurons in chunks of 32
 
 
-def _argv(model: Path, corpus: Path, out: Path) -> list[str]:
+def _argv(model: Path, corpus: Path, out: Path, *, quiet: bool = True) -> list[str]:
+    """The tiny scan; without ``quiet`` its warnings (the integrity findings) are logged."""
     return [
         "scan",
         "--model",
@@ -45,7 +46,7 @@ def _argv(model: Path, corpus: Path, out: Path) -> list[str]:
         "32",
         "--out",
         str(out),
-    ]
+    ] + (["--quiet"] if quiet else [])
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def rerun(tiny_model, corpus, complete, tmp_path, capsys, caplog):
         capsys.readouterr()
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            code = main(_argv(tiny_model, corpus, out))
+            code = main(_argv(tiny_model, corpus, out, quiet=False))
         printed = capsys.readouterr()
         warnings = [
             r.getMessage()
