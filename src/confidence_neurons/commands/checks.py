@@ -29,11 +29,19 @@ def _neuron_specs(config: Options) -> list[tuple[str, str]]:
 
 def _longest_sequence(config: Options) -> int | None:
     """The longest token sequence the command will feed the model."""
-    if hasattr(config, "half_len"):  # induction: BOS + two copies, and the natural-text windows
-        return max(2 * config.half_len + 1, config.natural_seq_len)
+    if hasattr(config, "half_len"):  # induction: BOS + two copies (curves, head ablations), natural windows
+        return max(_induction_lengths(config).values())
     if hasattr(config, "neuron") and getattr(config, "scan_dir", None) is not None:
         return None  # inspect --scan: the scan's tokens, already checked by the scan
     return getattr(config, "seq_len", None)
+
+
+def _induction_lengths(config: Options) -> dict[str, int]:
+    """Sequence length fed by each induction size field."""
+    lengths = {"natural_seq_len": config.natural_seq_len, "half_len": 2 * config.half_len + 1}
+    if hasattr(config, "ablation_half_len"):
+        lengths["ablation_half_len"] = 2 * config.ablation_half_len + 1
+    return lengths
 
 
 def check_limits(config: Options, limits: ModelLimits) -> None:
@@ -41,9 +49,9 @@ def check_limits(config: Options, limits: ModelLimits) -> None:
     longest = _longest_sequence(config)
     if longest is not None and limits.n_ctx is not None and longest > limits.n_ctx:
         field = (
-            "natural_seq_len"
-            if hasattr(config, "half_len") and config.natural_seq_len > limits.n_ctx
-            else ("half_len" if hasattr(config, "half_len") else "seq_len")
+            next(f for f, n in _induction_lengths(config).items() if n > limits.n_ctx)
+            if hasattr(config, "half_len")
+            else "seq_len"
         )
         raise ConfigError(
             f"sequences of {longest} tokens are longer than the model's context of {limits.n_ctx} tokens; "

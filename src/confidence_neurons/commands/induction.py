@@ -1,12 +1,12 @@
 """``confidence-neurons induction``: the case study of Sec. 6 and Appendices H and I, end to end.
 
 Default sizes are the paper's scaled down to what two CPU cores allow; the paper's own sizes are
-in each option's help.
+in each option's help, and ``--paper-sizes`` takes all of them (App. D).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from confidence_neurons.commands.checks import load_checked
@@ -24,6 +24,11 @@ from confidence_neurons.report.induction import (
     induction_title,
 )
 from confidence_neurons.rundir import RunDir
+
+# App. D's sizes: 500 synthetic induction sequences, 100 for the head ablations and DFA, 1024
+# repeated random-token sequences for prefix matching, 1000 natural sequences (BOS attention and
+# natural induction alike).
+PAPER_SIZES = {"n_seqs": 500, "n_ablation_seqs": 100, "n_prefix_seqs": 1024, "n_bos_seqs": 1000, "n_natural": 1000}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,14 +49,26 @@ class InductionConfig(KernelOptions, SourceOptions):
     n_prefix_seqs: int = option(64, "repeated random-token sequences for prefix matching (paper: 1024)", minimum=1)
     n_bos_seqs: int = option(64, "natural sequences for the mean BOS attention (paper: 1000)", minimum=1)
     n_ablation_seqs: int = option(16, "sequences for BOS / mean-z ablation and DFA (paper: 100)", minimum=1)
+    ablation_half_len: int = option(
+        50,
+        "tokens per copy of the BOS / mean-z ablation and DFA sequences, BOS + T + T (paper: 50; "
+        "equal to --half-len: the first sequences of the curves, as before 2026-12)",
+        minimum=2,
+    )
     head_ablation: HeadAblation = option(
-        "all-positions",
-        "where BOS / mean-z ablation acts: all-positions (every query position in one forward) or per-position "
-        "(the paper's, Sec. 6.2: only at the query position read; exact, about seq_len times the work: for a GPU)",
+        "per-position",
+        "where BOS / mean-z ablation acts: per-position (the paper's, Sec. 6.2: only at the query position "
+        "read; exact, in two forwards per head set) or all-positions (every query position at once; the "
+        "default before 2026-12)",
     )
     n_natural: int = option(64, "natural induction sequences (paper: 1000)", minimum=1)
     natural_seq_len: int = option(256, "tokens per natural induction sequence", minimum=2)
     ngram: int = option(6, "repeated n-gram length for natural induction (paper: 6)", minimum=1)
+    paper_sizes: bool = option(
+        False,
+        "App. D's sizes: 500 synthetic, 100 ablation, 1024 prefix-matching and 1000 natural sequences; a size "
+        "flag given with it wins unless it equals the scaled default",
+    )
     k: int | None = option(
         None,
         "null-space size for rho in Fig. 11 (default: the paper's: 12 for GPT-2 Small, "
@@ -59,6 +76,11 @@ class InductionConfig(KernelOptions, SourceOptions):
     )
 
     def __post_init__(self) -> None:
+        if self.paper_sizes:  # sizes still at the scaled default take the paper's
+            defaults = {f.name: f.default for f in fields(self)}
+            for name, value in PAPER_SIZES.items():
+                if getattr(self, name) == defaults[name]:
+                    object.__setattr__(self, name, value)
         super().__post_init__()
         if self.head_ablation not in HEAD_ABLATIONS:
             raise ConfigError(
@@ -102,4 +124,4 @@ def run(
     return result
 
 
-__all__ = ["InductionConfig", "InductionResult", "induction", "run"]
+__all__ = ["PAPER_SIZES", "InductionConfig", "InductionResult", "induction", "run"]

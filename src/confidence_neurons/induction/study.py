@@ -33,6 +33,7 @@ from confidence_neurons.induction.sequences import (
     natural_induction,
     synthetic_induction,
 )
+from confidence_neurons.induction.two_pass import head_ablation_activations
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
 from confidence_neurons.models.loading import LoadedModel
 
@@ -201,25 +202,19 @@ def _head_label(heads) -> str:
 
 
 def _ablation_table(
-    model, tokens, neurons, names, sets, make_hooks, batch_size, variant: H.HeadAblation
+    model, tokens, neurons, names, sets, hooks_for, batch_size, variant: H.HeadAblation
 ) -> pd.DataFrame:
-    """Mean activation per position of each neuron under each head set's hooks.
+    """Mean activation per position of each neuron, clean and under each head set's ablation.
 
-    ``make_hooks(heads, positions)`` builds the hooks (``positions`` None: every query position).
-    ``variant`` "all-positions": one forward per head set and batch, ablated everywhere;
-    "per-position": the head set ablated at the read position only (exact, see ``heads``).
-    The clean row is the same in both.
+    ``hooks_for(heads)`` builds the ablation at every query position; ``variant`` "per-position"
+    reads each position with the heads ablated there only (the paper's), "all-positions" with them
+    ablated everywhere. Both in one clean pass and one pass per head set per batch (``two_pass``).
     """
+    clean, ablated = head_ablation_activations(
+        model, tokens, neurons, [heads for _, heads in sets], hooks_for, variant=variant, batch_size=batch_size
+    )
     rows = []
-    for kind, heads in [("clean", ())] + sets:
-        if not heads:
-            acts = H.neuron_activations_under(model, tokens, neurons, [], batch_size=batch_size)
-        elif variant == "per-position":
-            acts = H.neuron_activations_per_position(
-                model, tokens, neurons, lambda pos, hs=heads: make_hooks(hs, pos), batch_size=batch_size
-            )
-        else:
-            acts = H.neuron_activations_under(model, tokens, neurons, make_hooks(heads, None), batch_size=batch_size)
+    for (kind, heads), acts in zip([("clean", ())] + sets, [clean, *ablated]):
         for k, name in enumerate(names):  # acts: (n_neurons, seq_len)
             rows.append(
                 pd.DataFrame(
@@ -259,8 +254,6 @@ def induction(
         )
         cache = run_forward(model, layer, tokens, batch_size=config.batch_size, progress=progress)
         curves = N.curves_from_cache(layer, cache, neurons)
-    offset = copy_offset(tokens.shape[1], T)
-    start2 = offset + T
     with timer("clipped ablation (Fig. 5b)"):
         draws = (
             N.random_neuron_draws(layer.d_mlp, 1, config.n_random, exclude=neurons, seed=config.seed)
@@ -326,15 +319,29 @@ def induction(
                 "bos_attention": bos.flatten().numpy(),
             }
         )
-    abl_tokens = tokens[: config.n_ablation_seqs]
     sets = [("induction", s) for s in H.head_combinations(ind_heads)]
     sets += [("baseline", s) for s in H.baseline_combinations(base_heads, seed=config.seed)]
     with timer("BOS ablation (Fig. 5c, 12)"):
+        TA = config.ablation_half_len
+        if TA == T:
+            abl_tokens = tokens[: config.n_ablation_seqs]
+        else:  # App. D: BOS + 50 + 50 corpus tokens, drawn like the curves' sequences
+            abl_tokens, _ = synthetic_induction(
+                model.tokenizer,
+                config.dataset,
+                n_seqs=config.n_ablation_seqs,
+                half_len=TA,
+                bos_id=bos_id,
+                seed=config.seed,
+                text_field=config.text_field,
+                split=config.split,
+            )
+        abl_start2 = copy_offset(abl_tokens.shape[1], TA) + TA
         tables["bos_ablation"] = _ablation_table(
             model, abl_tokens, neurons, names, sets, H.bos_ablation_hooks, config.batch_size, config.head_ablation
         )
     with timer("mean attention-output ablation (Fig. 13)"):
-        mean_z = H.mean_z_over(model, abl_tokens, ind_heads, slice(start2, None), batch_size=config.batch_size)
+        mean_z = H.mean_z_over(model, abl_tokens, ind_heads, slice(abl_start2, None), batch_size=config.batch_size)
         zsets = [("induction", s) for s in H.head_combinations(ind_heads)]
         tables["mean_z_ablation"] = _ablation_table(
             model,
@@ -342,7 +349,7 @@ def induction(
             neurons,
             names,
             zsets,
-            lambda hs, pos: H.mean_z_ablation_hooks(hs, mean_z, positions=pos),
+            lambda hs: H.mean_z_ablation_hooks(hs, mean_z),
             config.batch_size,
             config.head_ablation,
         )
@@ -352,7 +359,7 @@ def induction(
             model.tokenizer,
             config.dataset,
             n_seqs=abl_tokens.shape[0],
-            seq_len=T,
+            seq_len=TA,
             seed=config.seed + 2,
             prepend_bos=False,
             text_field=config.text_field,
@@ -360,10 +367,10 @@ def induction(
         ).tokens
         corrupted = corrupt_first_copy(abl_tokens, other)
         try:
-            for i, name in zip(neurons, names):
-                labels, ind = H.direct_feature_attribution(model, abl_tokens, i, batch_size=config.batch_size)
-                _, cor = H.direct_feature_attribution(model, corrupted, i, batch_size=config.batch_size)
-                dfa[name] = (labels, (ind[:, start2:].mean(1) - cor[:, start2:].mean(1)).numpy())
+            labels, ind = H.direct_feature_attributions(model, abl_tokens, neurons, batch_size=config.batch_size)
+            _, cor = H.direct_feature_attributions(model, corrupted, neurons, batch_size=config.batch_size)
+            for k, name in enumerate(names):  # ind, cor: (n_neurons, n_components, seq_len)
+                dfa[name] = (labels, (ind[k][:, abl_start2:].mean(1) - cor[k][:, abl_start2:].mean(1)).numpy())
             if dfa:
                 tables["dfa"] = (
                     pd.DataFrame({name: v for name, (_, v) in dfa.items()}, index=labels)
@@ -436,6 +443,7 @@ def induction(
                 "n_prefix_seqs",
                 "n_bos_seqs",
                 "n_ablation_seqs",
+                "ablation_half_len",
                 "n_natural",
                 "natural_seq_len",
                 "ngram",

@@ -29,13 +29,18 @@ def head_ablation_variant(result: InductionResult) -> str:
     return str(result.settings.get("head_ablation", "all-positions"))
 
 
+def ablation_half_len(result: InductionResult) -> int:
+    """Tokens per copy of the head-ablation and DFA sequences (runs from before the option: half_len)."""
+    return int(result.settings["sizes"].get("ablation_half_len", result.half_len))
+
+
 def induction_figures(result: InductionResult) -> dict[str, Figure]:
     """Every figure of the case study, by file stem."""
     variant = HEAD_ABLATION_TEXT[head_ablation_variant(result)]
     bos_kind = f"BOS ablation, {variant}"
     z_kind = f"Mean attention-output ablation, {variant}"
     summary = result.tables["clipped_summary"]
-    T, names = result.half_len, result.names
+    T, TA, names = result.half_len, ablation_half_len(result), result.names
     index_names = dict(zip(result.neurons, names))
     change = result.tables["activation_change"]
     is_flagged = change["family"].isin(["entropy", "chosen", "candidate"]).to_numpy()
@@ -56,10 +61,10 @@ def induction_figures(result: InductionResult) -> dict[str, Figure]:
         ),
         "head_scores": F.fig_head_scores(result.prefix, result.bos, result.induction_heads, result.baseline_heads),
         "fig12_bos_ablation_summary": F.fig_head_ablation_summary(
-            result.tables["bos_ablation"], names, T, title_kind=f"{bos_kind} (Fig. 12 analogue)"
+            result.tables["bos_ablation"], names, TA, title_kind=f"{bos_kind} (Fig. 12 analogue)"
         ),
         "fig13_mean_z_ablation_summary": F.fig_head_ablation_summary(
-            result.tables["mean_z_ablation"], names, T, title_kind=f"{z_kind} (Fig. 13 analogue)"
+            result.tables["mean_z_ablation"], names, TA, title_kind=f"{z_kind} (Fig. 13 analogue)"
         ),
     }
     if "natural_activation_change" in result.tables:  # Fig. 11, natural-text panel (App. H.3)
@@ -80,10 +85,10 @@ def induction_figures(result: InductionResult) -> dict[str, Figure]:
         )
         figs[f"fig10c_second_copy_loss_{slug}"] = fig
         figs[f"fig5c_bos_ablation_{slug}"] = F.fig_head_ablation(
-            result.tables["bos_ablation"], name, T, title_kind=f"{bos_kind} (Fig. 5c analogue)"
+            result.tables["bos_ablation"], name, TA, title_kind=f"{bos_kind} (Fig. 5c analogue)"
         )
         figs[f"fig13_mean_z_ablation_{slug}"] = F.fig_head_ablation(
-            result.tables["mean_z_ablation"], name, T, title_kind=f"{z_kind} (Fig. 13 analogue)"
+            result.tables["mean_z_ablation"], name, TA, title_kind=f"{z_kind} (Fig. 13 analogue)"
         )
         if "natural_effects" in result.tables:
             figs[f"fig9c_natural_loss_{slug}"] = F.fig_natural_loss_change(result.tables["natural_effects"], i, name)
@@ -121,8 +126,8 @@ def induction_sections(result: InductionResult, figs: dict[str, Figure]) -> list
     s = result.settings
     pick = lambda prefix: [f for k, f in figs.items() if k.startswith(prefix)]  # noqa: E731
     ablation_where = (
-        "only at the query position whose activation is read, as the paper (Sec. 6.2); each (sequence, "
-        "position) pair is one row of a batched forward (--head-ablation per-position)."
+        "only at the query position whose activation is read, as the paper (Sec. 6.2), computed exactly "
+        "from one clean and one mixed forward per head set (--head-ablation per-position)."
         if head_ablation_variant(result) == "per-position"
         else "at every query position at once (--head-ablation all-positions); positions before the one "
         "read are ablated too, unlike the paper's per-position ablation."
@@ -163,7 +168,9 @@ def induction_sections(result: InductionResult, figs: dict[str, Figure]) -> list
         ),
         ReportSection(
             "BOS ablation (Fig. 5c, 12)",
-            "Each head set is made to attend only to the first position, " + ablation_where,
+            f"{s['sizes']['n_ablation_seqs']} sequences of BOS + {ablation_half_len(result)} + "
+            f"{ablation_half_len(result)} corpus tokens. Each head set is made to attend only to the first "
+            "position, " + ablation_where,
             figures=pick("fig12") + pick("fig5c"),
         ),
         ReportSection(
