@@ -57,6 +57,22 @@ def _batches(tokens: Tensor, batch_size: int) -> Iterator[Tensor]:
         yield tokens[b0 : b0 + batch_size]
 
 
+class _StopForward(Exception):
+    """Raised once the last hook a computation reads has fired: the rest of the forward is not needed."""
+
+
+def _run_until(model: LoadedModel, tokens: Tensor, hooks: Sequence[Hook], last: str) -> None:
+    """Forward ``tokens`` with ``hooks``, stopped once hook point ``last`` has fired (after its hooks)."""
+
+    def stop(act: Tensor, hook) -> None:
+        raise _StopForward
+
+    try:
+        model.bridge.run_with_hooks(tokens.to(_device(model)), fwd_hooks=[*hooks, (last, stop)])
+    except _StopForward:
+        pass
+
+
 def repeated_random_tokens(
     n_seqs: int, half_len: int, vocab_lo: int, vocab_hi: int, *, bos_id: int, seed: int = 0
 ) -> Int[Tensor, "n_seqs seq_len"]:
@@ -84,7 +100,7 @@ def _mean_pattern_stat(
 
     hooks = [(f"blocks.{l}.attn.hook_pattern", record(l)) for l in range(n_layers)]
     for batch in _batches(tokens, batch_size):
-        model.bridge.run_with_hooks(batch.to(_device(model)), fwd_hooks=hooks)
+        _run_until(model, batch, hooks, hooks[-1][0])
     return (total / tokens.shape[0]).float()
 
 
@@ -306,7 +322,7 @@ def mean_z_over(
 
     hooks = [(f"blocks.{l}.attn.hook_z", record(l)) for l in sorted(layers)]
     for batch in _batches(tokens, batch_size):
-        model.bridge.run_with_hooks(batch.to(_device(model)), fwd_hooks=hooks)
+        _run_until(model, batch, hooks, hooks[-1][0])
         count += batch[:, positions].numel()
     if count == 0:
         raise ValueError(f"positions {positions} select no token of sequences of length {tokens.shape[1]}")
@@ -384,10 +400,6 @@ def direct_feature_attribution(
     return labels, dfa[0]
 
 
-class _StopForward(Exception):
-    """Raised once the last hook a computation reads has fired: the rest of the forward is not needed."""
-
-
 @torch.no_grad()
 def direct_feature_attributions(
     model: LoadedModel, tokens: Int[Tensor, "n_seqs seq_len"], neurons: Sequence[int], *, batch_size: int = 16
@@ -450,13 +462,8 @@ def direct_feature_attributions(
 
             return (name, hook)
 
-        def stop(act: Tensor, hook) -> None:
-            raise _StopForward
-
-        try:  # blocks.L.mlp.hook_pre fires after every write read here and the ln2 scale
-            bridge.run_with_hooks(batch.to(device), fwd_hooks=[*map(keep, names), (f"blocks.{L}.mlp.hook_pre", stop)])
-        except _StopForward:
-            pass
+        # blocks.L.mlp.hook_pre fires after every write read here and the ln2 scale
+        _run_until(model, batch, list(map(keep, names)), f"blocks.{L}.mlp.hook_pre")
         scale = cache[scale_hook].float()  # (batch, pos, 1)
         resid0 = cache["blocks.0.hook_resid_pre"].float()  # (batch, pos, d_model)
         if has_pos:
