@@ -8,7 +8,10 @@ subprocess at that code's default sizes and options) and prints a before/after t
     python benchmarks/bench_induction.py [--model PATH] [--neurons 29.830,29.1022]
         [--before REV] [--paper-sizes] [--set FIELD=VALUE ...]
 
-Timings on a shared machine are noisy: the load average is printed with each run.
+Timings on a shared machine are noisy: the load average is printed with each run, and each stage's
+CPU time (all threads of this process) is printed beside its wall time; on an idle machine with
+two cores, wall time is about CPU time / 2. Stage boundaries come from the case study's own log
+lines ("induction: STAGE"), so the same measurement works on older code.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -24,6 +28,8 @@ import tempfile
 import time
 from io import BytesIO
 from pathlib import Path
+
+import torch
 
 FIGURES = "figures and report"
 TOTAL = "total (case study + figures and report)"
@@ -50,9 +56,35 @@ def _config(args: argparse.Namespace):
     return InductionConfig(**values)
 
 
+class _Marks(logging.Handler):
+    """(stage, wall, cpu) at the start of each stage, from the study's "induction: STAGE" log lines."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.marks: list[tuple[str, float, float]] = []
+
+    def mark(self, stage: str) -> None:
+        self.marks.append((stage, time.perf_counter(), time.process_time()))
+        if len(self.marks) > 1:
+            name, w0, c0 = self.marks[-2]
+            w, c = self.marks[-1][1:]
+            print(f"  [{name}: {w - w0:.1f} s wall, {c - c0:.1f} s CPU]", file=sys.stderr, flush=True)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("induction: "):
+            self.mark(message.removeprefix("induction: "))
+
+    def stages(self) -> tuple[dict[str, float], dict[str, float]]:
+        wall, cpu = {}, {}
+        for (name, w0, c0), (_, w1, c1) in zip(self.marks, self.marks[1:]):
+            wall[name], cpu[name] = round(w1 - w0, 2), round(c1 - c0, 2)
+        return wall, cpu
+
+
 def measure(args: argparse.Namespace) -> dict:
-    """Stage timings (s) of one run of this process's code, the sizes and the load."""
-    from confidence_neurons.commands.induction import run
+    """Stage timings (s, wall and CPU) of one run of this process's code, the sizes and the load."""
+    from confidence_neurons.commands import induction as command
     from confidence_neurons.models.loading import load_model
 
     t0 = time.perf_counter()
@@ -60,19 +92,36 @@ def measure(args: argparse.Namespace) -> dict:
     t_load = time.perf_counter() - t0
     config = _config(args)
     load_before = _load()
+    marks = _Marks()
+    logger = logging.getLogger("confidence_neurons.induction.study")
+    logger.addHandler(marks)
+    logger.setLevel(logging.INFO)
+    write = command.write
+
+    def timed_write(rd, result) -> None:
+        marks.mark(FIGURES)
+        write(rd, result)
+
+    command.write = timed_write
     with tempfile.TemporaryDirectory() as out:
-        t0 = time.perf_counter()
-        result = run(config, Path(out) / "run", model=model, progress=False)
-        total = time.perf_counter() - t0
-    stages = dict(result.timings)
-    stages[FIGURES] = round(total - sum(stages.values()), 2)
-    stages[TOTAL] = round(total, 2)
+        marks.mark("start")
+        w0, c0 = time.perf_counter(), time.process_time()
+        result = command.run(config, Path(out) / "run", model=model, progress=False)
+        marks.mark("end")
+        total, total_cpu = time.perf_counter() - w0, time.process_time() - c0
+    command.write = write
+    stages, cpu = marks.stages()
+    stages.pop("start", None)
+    cpu.pop("start", None)
+    stages[TOTAL], cpu[TOTAL] = round(total, 2), round(total_cpu, 2)
     return {
         "model": model.name,
         "load_s": round(t_load, 1),
         "sizes": result.settings["sizes"],
         "head_ablation": result.settings.get("head_ablation", "all-positions"),
         "stages": stages,
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
         "load_average": f"{load_before} -> {_load()}",
     }
 
@@ -88,13 +137,17 @@ def _before(args: argparse.Namespace) -> dict:
         out = Path(tmp) / "before.json"
         cmd = [sys.executable, __file__, "--neurons", args.neurons, "--json", str(out)]
         cmd += ["--model", args.model] if args.model else []
+        cmd += [f"--set={item}" for item in args.set]
         env = {**os.environ, "PYTHONPATH": str(Path(tmp) / "src")}
         subprocess.run(cmd, check=True, env=env)
         return json.loads(out.read_text())
 
 
 def _print(label: str, m: dict) -> None:
-    print(f"{label}: {m['model']}, head ablation {m['head_ablation']}, sizes {m['sizes']}, load {m['load_average']}")
+    print(
+        f"{label}: {m['model']}, head ablation {m['head_ablation']}, sizes {m['sizes']}, "
+        f"{m['threads']} torch threads, load average {m['load_average']}"
+    )
 
 
 def main() -> None:
@@ -115,14 +168,15 @@ def main() -> None:
         _print("this code", after)
         total = after["stages"][TOTAL]
         for stage, seconds in after["stages"].items():
-            print(f"  {seconds:7.1f} s  {100 * seconds / total:5.1f}%  {stage}")
+            print(f"  {seconds:7.1f} s  {after['cpu'][stage]:7.1f} s CPU  {100 * seconds / total:5.1f}%  {stage}")
         return
     _print(f"before ({args.before})", before)
     _print("after (this code)", after)
-    print("| stage | before (s) | after (s) |\n|---|---:|---:|")
+    print("| stage | before wall (s) | before CPU (s) | after wall (s) | after CPU (s) |\n|---|---:|---:|---:|---:|")
+    fmt = lambda x: "" if x is None else f"{x:.1f}"  # noqa: E731
     for stage in dict.fromkeys([*before["stages"], *after["stages"]]):
-        b, a = before["stages"].get(stage), after["stages"].get(stage)
-        print(f"| {stage} | {'' if b is None else f'{b:.1f}'} | {'' if a is None else f'{a:.1f}'} |")
+        cells = [m[k].get(stage) for m in (before, after) for k in ("stages", "cpu")]
+        print(f"| {stage} | " + " | ".join(map(fmt, cells)) + " |")
 
 
 if __name__ == "__main__":
