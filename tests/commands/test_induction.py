@@ -50,12 +50,12 @@ def test_induction_end_to_end(setup, tmp_path, capsys):
         "4",
         "--n-ablation-seqs",
         "4",
+        "--ablation-half-len",
+        "8",
         "--n-natural",
         "4",
         "--natural-seq-len",
         "64",
-        "--head-ablation",
-        "per-position",
         "--out",
         str(out),
         "--quiet",
@@ -76,7 +76,7 @@ def test_induction_end_to_end(setup, tmp_path, capsys):
         assert (out / f"{table}.parquet").is_file(), table
     bos = pd.read_parquet(out / "bos_ablation.parquet")
     assert set(bos["kind"]) >= {"clean", "induction"} and set(bos["neuron"]) == {"1.3", "1.7"}
-    assert (bos["head_set"] == "none").sum() == 2 * 33  # clean row per neuron and position (BOS + 2 x 16)
+    assert (bos["head_set"] == "none").sum() == 2 * 17  # clean row per neuron and position (BOS + 2 x 8)
     nat = pd.read_parquet(out / "natural_effects.parquet")
     assert set(nat["label"]) == {f"A{k}" for k in range(6)} | {"B", "X"}
     first, second = (nat[nat["occurrence"] == o].sort_values(["neuron", "seq", "offset"]) for o in ("first", "second"))
@@ -88,6 +88,7 @@ def test_induction_end_to_end(setup, tmp_path, capsys):
     assert config["status"] == "complete" and len(settings["timings_s"]) == 8
     assert settings["placement"] == {"device": "cpu", "dtype": "float32"}
     assert settings["head_ablation"] == "per-position" and config["config"]["head_ablation"] == "per-position"
+    assert settings["sizes"]["ablation_half_len"] == 8 and settings["sizes"]["half_len"] == 16
     random_neurons = settings["random_neurons"]  # App. H.2: 10 random neurons, none of the studied ones
     assert len(set(random_neurons)) == 10 and not {"1.3", "1.7"} & set(random_neurons)
     summary = pd.read_parquet(out / "clipped_summary.parquet")
@@ -138,6 +139,9 @@ def test_induction_needs_neurons_or_a_scan(setup, tmp_path, capsys):
         main([*base, "--head-ablation", "sideways", "--out", str(tmp_path / "r")])
     assert exc.value.code == 2
     assert "per-position" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "r")]) == 2  # BOS + 50 + 50 ablation tokens, a 64-token context
+    assert "--ablation-half-len" in capsys.readouterr().err
+    base += ["--ablation-half-len", "16"]
     assert main([*base, "--n-random", "128", "--out", str(tmp_path / "r")]) == 2  # d_mlp 128, one studied
     assert "--n-random" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
@@ -188,6 +192,8 @@ def test_induction_studies_the_neurons_of_a_scan(setup, tmp_path):
                 "2",
                 "--n-ablation-seqs",
                 "2",
+                "--ablation-half-len",
+                "16",
                 "--n-natural",
                 "2",
                 "--natural-seq-len",
@@ -209,3 +215,15 @@ def test_induction_studies_the_neurons_of_a_scan(setup, tmp_path):
         assert studied == flagged
     else:  # nothing flagged: the scan's three strongest entropy-neuron candidates
         assert len(studied) == 3
+
+
+def test_paper_sizes_take_app_d_sizes_unless_a_size_is_given():
+    from confidence_neurons.studies.induction import PAPER_SIZES, InductionConfig
+
+    scaled = InductionConfig(neurons=("1.3",))
+    assert scaled.head_ablation == "per-position" and scaled.ablation_half_len == 50
+    paper = InductionConfig(neurons=("1.3",), paper_sizes=True)
+    assert {k: getattr(paper, k) for k in PAPER_SIZES} == PAPER_SIZES
+    assert (paper.n_seqs, paper.n_ablation_seqs, paper.n_prefix_seqs, paper.n_natural) == (500, 100, 1024, 1000)
+    assert InductionConfig(neurons=("1.3",), paper_sizes=True, n_natural=200).n_natural == 200
+    assert InductionConfig.from_dict(paper.to_dict()) == paper  # config.json round trip

@@ -15,6 +15,7 @@ from confidence_neurons.induction.heads import (
     bos_ablation_hooks,
     choose_heads,
     direct_feature_attribution,
+    direct_feature_attributions,
     head_combinations,
     mean_bos_attention,
     mean_z_ablation_hooks,
@@ -153,6 +154,13 @@ def test_direct_attributions_sum_to_the_pre_activation(models, arch):
     pre = cache[f"blocks.{L}.mlp.hook_pre"][..., neuron].mean(0)
     torch.testing.assert_close(dfa.sum(0), pre, rtol=0, atol=1e-4)
     assert (dfa[:-1].abs() > 1e-3).sum() > len(labels) // 2  # the sum is not carried by one row
+    several = [neuron, 0, 5]
+    labels3, dfa3 = direct_feature_attributions(model, tokens, several, batch_size=3)
+    assert labels3 == labels and dfa3.shape == (3, *dfa.shape)
+    torch.testing.assert_close(dfa3[0], dfa, rtol=0, atol=1e-5)  # one pass for all neurons, same rows
+    _, cache = model.bridge.run_with_cache(tokens, names_filter=f"blocks.{L}.mlp.hook_pre")
+    pre3 = cache[f"blocks.{L}.mlp.hook_pre"][..., several].mean(0).T  # (n_neurons, seq_len)
+    torch.testing.assert_close(dfa3.sum(1), pre3, rtol=0, atol=1e-4)
 
 
 def test_mean_z_ablation(models):

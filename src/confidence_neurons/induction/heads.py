@@ -57,6 +57,22 @@ def _batches(tokens: Tensor, batch_size: int) -> Iterator[Tensor]:
         yield tokens[b0 : b0 + batch_size]
 
 
+class _StopForward(Exception):
+    """Raised once the last hook a computation reads has fired: the rest of the forward is not needed."""
+
+
+def _run_until(model: LoadedModel, tokens: Tensor, hooks: Sequence[Hook], last: str) -> None:
+    """Forward ``tokens`` with ``hooks``, stopped once hook point ``last`` has fired (after its hooks)."""
+
+    def stop(act: Tensor, hook) -> None:
+        raise _StopForward
+
+    try:
+        model.bridge.run_with_hooks(tokens.to(_device(model)), fwd_hooks=[*hooks, (last, stop)])
+    except _StopForward:
+        pass
+
+
 def repeated_random_tokens(
     n_seqs: int, half_len: int, vocab_lo: int, vocab_hi: int, *, bos_id: int, seed: int = 0
 ) -> Int[Tensor, "n_seqs seq_len"]:
@@ -84,7 +100,7 @@ def _mean_pattern_stat(
 
     hooks = [(f"blocks.{l}.attn.hook_pattern", record(l)) for l in range(n_layers)]
     for batch in _batches(tokens, batch_size):
-        model.bridge.run_with_hooks(batch.to(_device(model)), fwd_hooks=hooks)
+        _run_until(model, batch, hooks, hooks[-1][0])
     return (total / tokens.shape[0]).float()
 
 
@@ -321,7 +337,7 @@ def mean_z_over(
 
     hooks = [(f"blocks.{l}.attn.hook_z", record(l)) for l in sorted(layers)]
     for batch in _batches(tokens, batch_size):
-        model.bridge.run_with_hooks(batch.to(_device(model)), fwd_hooks=hooks)
+        _run_until(model, batch, hooks, hooks[-1][0])
         count += batch[:, positions].numel()
     if count == 0:
         raise ValueError(f"positions {positions} select no token of sequences of length {tokens.shape[1]}")
@@ -391,24 +407,33 @@ def neuron_activations_per_position(
     return (total / n_seqs).float()
 
 
-@torch.no_grad()
 def direct_feature_attribution(
     model: LoadedModel, tokens: Int[Tensor, "n_seqs seq_len"], neuron: int, *, batch_size: int = 16
 ) -> tuple[list[str], Float[Tensor, "n_components seq_len"]]:
-    """App. I.3: direct contribution of each component to the PRE-activation of final-layer ``neuron``.
+    """App. I.3 for one neuron: ``direct_feature_attributions`` of ``[neuron]``."""
+    labels, dfa = direct_feature_attributions(model, tokens, [neuron], batch_size=batch_size)
+    return labels, dfa[0]
+
+
+@torch.no_grad()
+def direct_feature_attributions(
+    model: LoadedModel, tokens: Int[Tensor, "n_seqs seq_len"], neurons: Sequence[int], *, batch_size: int = 16
+) -> tuple[list[str], Float[Tensor, "n_neurons n_components seq_len"]]:
+    """App. I.3: direct contribution of each component to the PRE-activation of final-layer ``neurons``.
 
     The input of the last block's ln2 is a sum of writes: "embed" (token embedding, with any
     embedding scale), "pos_embed" (learned positions only), each head "L{l}H{h}" (z_h W_O[l, h]),
     each earlier MLP "mlp{l}" (with its output bias) and, unless attention and MLP run in parallel,
     the last block's heads too. A write c contributes center(c) / s . w with s the clean ln2 scale
-    (frozen; Phi's single ln1 where there is no ln2) and w the neuron's folded input weights W_in[L][:, neuron];
-    "bias" collects the
-    attention output biases b_O read the same way, plus b_in[L][neuron]. The rows sum to the
-    pre-activation ``blocks.L.mlp.hook_pre``. For gated MLPs (LLaMA, Gemma) hook_pre is the gate's
-    pre-activation, so w is the gate's input weights W_gate[L][:, neuron] and the gate has no bias.
+    (frozen; Phi's single ln1 where there is no ln2) and w the neuron's folded input weights
+    W_in[L][:, neuron]; "bias" collects the attention output biases b_O read the same way, plus
+    b_in[L][neuron]. The rows sum to the pre-activation ``blocks.L.mlp.hook_pre``. For gated MLPs
+    (LLaMA, Gemma) hook_pre is the gate's pre-activation, so w is the gate's input weights
+    W_gate[L][:, neuron] and the gate has no bias.
 
-    Returns the labels and a (n_components, seq_len) tensor: each component's contribution at each
-    position, averaged over sequences.
+    Returns the labels and a (n_neurons, n_components, seq_len) tensor: each component's
+    contribution at each position, averaged over sequences. One forward per batch serves every
+    neuron, stopped at the final MLP's input.
     """
     bridge, cfg = model.bridge, model.cfg
     L, n_heads = cfg.n_layers - 1, cfg.n_heads
@@ -418,11 +443,13 @@ def direct_feature_attribution(
     parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
     attn_layers = range(L if parallel else L + 1)
     device = _device(model)
+    idx = torch.as_tensor(list(neurons), dtype=torch.long)
     W_O = bridge.W_O.detach().float()  # (layer, head, d_head, d_model)
-    w = (bridge.W_gate if gated else bridge.W_in)[L][:, neuron].detach().float().to(device)  # (d_model,)
+    w = (bridge.W_gate if gated else bridge.W_in)[L][:, idx].detach().float().to(device)  # (d_model, n_neurons)
     if cfg.normalization_type.startswith("LN"):
-        w = w - w.mean()  # center(c) . w == c . center(w)
-    b_in = 0.0 if gated or bridge.blocks[L].mlp.b_in is None else float(bridge.blocks[L].mlp.b_in[neuron])
+        w = w - w.mean(0)  # center(c) . w == c . center(w)
+    b_mlp = None if gated else bridge.blocks[L].mlp.b_in
+    b_in = torch.zeros(len(idx)) if b_mlp is None else b_mlp[idx].detach().float().cpu()  # (n_neurons,)
     b_O = torch.stack(
         [
             torch.zeros(cfg.d_model, device=device)
@@ -431,31 +458,40 @@ def direct_feature_attribution(
             for l in attn_layers
         ]
     )
-    head_w = torch.einsum("lhdm,m->lhd", W_O[list(attn_layers)].to(device), w)  # (layer, head, d_head)
+    head_w = torch.einsum("lhdm,mn->lhdn", W_O[list(attn_layers)].to(device), w)  # (layer, head, d_head, n)
     norm = "ln2" if f"blocks.{L}.ln2.hook_scale" in bridge.hook_dict else "ln1"  # Phi: one norm feeds both
     scale_hook = f"blocks.{L}.{norm}.hook_scale"
     has_pos = "hook_pos_embed" in bridge.hook_dict and cfg.positional_embedding_type == "standard"
 
     labels = ["embed"] + (["pos_embed"] if has_pos else [])
     labels += [f"L{l}H{h}" for l in attn_layers for h in range(n_heads)] + [f"mlp{l}" for l in range(L)] + ["bias"]
-    total = torch.zeros(len(labels), tokens.shape[1], dtype=torch.float64)
+    total = torch.zeros(len(idx), len(labels), tokens.shape[1], dtype=torch.float64)
     names = ["blocks.0.hook_resid_pre", scale_hook] + (["hook_pos_embed"] if has_pos else [])
     names += [f"blocks.{l}.attn.hook_z" for l in attn_layers] + [f"blocks.{l}.hook_mlp_out" for l in range(L)]
     for batch in _batches(tokens, batch_size):
-        _, cache = bridge.run_with_cache(batch.to(device), names_filter=lambda n: n in names)
+        cache: dict[str, Tensor] = {}
+
+        def keep(name: str) -> Hook:
+            def hook(act: Tensor, hook) -> None:
+                cache[name] = act
+
+            return (name, hook)
+
+        # blocks.L.mlp.hook_pre fires after every write read here and the ln2 scale
+        _run_until(model, batch, list(map(keep, names)), f"blocks.{L}.mlp.hook_pre")
         scale = cache[scale_hook].float()  # (batch, pos, 1)
         resid0 = cache["blocks.0.hook_resid_pre"].float()  # (batch, pos, d_model)
         if has_pos:
             pos = cache["hook_pos_embed"].float()
-            rows = [(resid0 - pos) @ w, pos @ w]
+            rows = [(resid0 - pos) @ w, pos @ w]  # each (batch, pos, n)
         else:
             rows = [resid0 @ w]
         for i, l in enumerate(attn_layers):
             z = cache[f"blocks.{l}.attn.hook_z"].float()  # (batch, pos, head, d_head)
-            rows += list(torch.einsum("bphd,hd->hbp", z, head_w[i]))
+            rows += list(torch.einsum("bphd,hdn->hbpn", z, head_w[i]))
         rows += [cache[f"blocks.{l}.hook_mlp_out"].float() @ w for l in range(L)]
-        rows.append((b_O.sum(0) @ w).expand_as(scale[..., 0]))
-        contrib = torch.stack(rows) / scale[None, ..., 0]  # (component, batch, pos)
-        contrib[-1] += b_in
-        total += contrib.double().sum(1).cpu()
+        rows.append((b_O.sum(0) @ w).expand(*scale.shape[:2], len(idx)))
+        contrib = torch.stack(rows) / scale[None]  # (component, batch, pos, n)
+        total += contrib.double().sum(1).permute(2, 0, 1).cpu()
+    total[:, -1] += b_in[:, None].double() * tokens.shape[0]
     return labels, (total / tokens.shape[0]).float()

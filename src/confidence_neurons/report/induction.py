@@ -7,7 +7,7 @@ from __future__ import annotations
 from plotly.graph_objects import Figure
 
 from confidence_neurons.report.html import ReportSection
-from confidence_neurons.studies.induction import InductionResult, head_ablation_variant
+from confidence_neurons.studies.induction import InductionResult, ablation_half_len, head_ablation_variant
 
 
 def induction_title(result: InductionResult) -> str:
@@ -35,8 +35,8 @@ def induction_sections(result: InductionResult, figs: dict[str, Figure]) -> list
     s = result.settings
     pick = lambda prefix: [f for k, f in figs.items() if k.startswith(prefix)]  # noqa: E731
     ablation_where = (
-        "only at the query position whose activation is read, as the paper (Sec. 6.2); each (sequence, "
-        "position) pair is one row of a batched forward (--head-ablation per-position)."
+        "only at the query position whose activation is read, as the paper (Sec. 6.2), computed exactly "
+        "from one clean and one mixed forward per head set (--head-ablation per-position)."
         if head_ablation_variant(result) == "per-position"
         else "at every query position at once (--head-ablation all-positions); positions before the one "
         "read are ablated too, unlike the paper's per-position ablation."
@@ -77,7 +77,9 @@ def induction_sections(result: InductionResult, figs: dict[str, Figure]) -> list
         ),
         ReportSection(
             "BOS ablation (Fig. 5c, 12)",
-            "Each head set is made to attend only to the first position, " + ablation_where,
+            f"{s['sizes']['n_ablation_seqs']} sequences of BOS + {ablation_half_len(result)} + "
+            f"{ablation_half_len(result)} corpus tokens. Each head set is made to attend only to the first "
+            "position, " + ablation_where,
             figures=pick("fig12") + pick("fig5c"),
         ),
         ReportSection(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +40,19 @@ from confidence_neurons.induction.sequences import (
     natural_induction,
     synthetic_induction,
 )
+from confidence_neurons.induction.two_pass import head_ablation_activations
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
 from confidence_neurons.models.loading import LoadedModel
 from confidence_neurons.studies.inputs import scan_table
 from confidence_neurons.studies.options import KernelOptions, SourceOptions, option
 
 log = logging.getLogger(__name__)
+
+
+# App. D's sizes: 500 synthetic induction sequences, 100 for the head ablations and DFA, 1024
+# repeated random-token sequences for prefix matching, 1000 natural sequences (BOS attention and
+# natural induction alike).
+PAPER_SIZES = {"n_seqs": 500, "n_ablation_seqs": 100, "n_prefix_seqs": 1024, "n_bos_seqs": 1000, "n_natural": 1000}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,10 +79,17 @@ class InductionConfig(KernelOptions, SourceOptions):
     n_prefix_seqs: int = option(64, "repeated random-token sequences for prefix matching (paper: 1024)", minimum=1)
     n_bos_seqs: int = option(64, "natural sequences for the mean BOS attention (paper: 1000)", minimum=1)
     n_ablation_seqs: int = option(16, "sequences for BOS / mean-z ablation and DFA (paper: 100)", minimum=1)
+    ablation_half_len: int = option(
+        50,
+        "tokens per copy of the BOS / mean-z ablation and DFA sequences, BOS + T + T (paper: 50; "
+        "equal to --half-len: the first sequences of the curves, as before 2026-12)",
+        minimum=2,
+    )
     head_ablation: HeadAblation = option(
-        "all-positions",
-        "where BOS / mean-z ablation acts: all-positions (every query position in one forward) or per-position "
-        "(the paper's, Sec. 6.2: only at the query position read; exact, about seq_len times the work: for a GPU)",
+        "per-position",
+        "where BOS / mean-z ablation acts: per-position (the paper's, Sec. 6.2: only at the query position "
+        "read; exact, in two forwards per head set) or all-positions (every query position at once; the "
+        "default before 2026-12)",
     )
     n_natural: int = option(64, "natural induction sequences (paper: 1000)", minimum=1)
     natural_seq_len: int = option(256, "tokens per natural induction sequence", minimum=2)
@@ -86,6 +100,11 @@ class InductionConfig(KernelOptions, SourceOptions):
         "first copy's mean)",
     )
     ngram: int = option(6, "repeated n-gram length for natural induction (paper: 6)", minimum=1)
+    paper_sizes: bool = option(
+        False,
+        "App. D's sizes: 500 synthetic, 100 ablation, 1024 prefix-matching and 1000 natural sequences; a size "
+        "flag given with it wins unless it equals the scaled default",
+    )
     k: int | None = option(
         None,
         "null-space size for rho in Fig. 11 (default: the paper's: 12 for GPT-2 Small, "
@@ -96,9 +115,18 @@ class InductionConfig(KernelOptions, SourceOptions):
         return [(s, "neurons") for s in self.neurons]
 
     def sequence_lengths(self) -> dict[str, int]:
-        return {"half_len": 2 * self.half_len + 1, "natural_seq_len": self.natural_seq_len}  # BOS + two copies
+        return {  # BOS + two copies (curves, head ablations), and the natural windows
+            "half_len": 2 * self.half_len + 1,
+            "ablation_half_len": 2 * self.ablation_half_len + 1,
+            "natural_seq_len": self.natural_seq_len,
+        }
 
     def __post_init__(self) -> None:
+        if self.paper_sizes:  # sizes still at the scaled default take the paper's
+            defaults = {f.name: f.default for f in fields(self)}
+            for name, value in PAPER_SIZES.items():
+                if getattr(self, name) == defaults[name]:
+                    object.__setattr__(self, name, value)
         super().__post_init__()
         if self.head_ablation not in HEAD_ABLATIONS:
             raise ConfigError(
@@ -257,25 +285,19 @@ def _head_label(heads) -> str:
 
 
 def _ablation_table(
-    model, tokens, neurons, names, sets, make_hooks, batch_size, variant: H.HeadAblation
+    model, tokens, neurons, names, sets, hooks_for, batch_size, variant: H.HeadAblation
 ) -> pd.DataFrame:
-    """Mean activation per position of each neuron under each head set's hooks.
+    """Mean activation per position of each neuron, clean and under each head set's ablation.
 
-    ``make_hooks(heads, positions)`` builds the hooks (``positions`` None: every query position).
-    ``variant`` "all-positions": one forward per head set and batch, ablated everywhere;
-    "per-position": the head set ablated at the read position only (exact, see ``heads``).
-    The clean row is the same in both.
+    ``hooks_for(heads)`` builds the ablation at every query position; ``variant`` "per-position"
+    reads each position with the heads ablated there only (the paper's), "all-positions" with them
+    ablated everywhere. Both in one clean pass and one pass per head set per batch (``two_pass``).
     """
+    clean, ablated = head_ablation_activations(
+        model, tokens, neurons, [heads for _, heads in sets], hooks_for, variant=variant, batch_size=batch_size
+    )
     rows = []
-    for kind, heads in [("clean", ())] + sets:
-        if not heads:
-            acts = H.neuron_activations_under(model, tokens, neurons, [], batch_size=batch_size)
-        elif variant == "per-position":
-            acts = H.neuron_activations_per_position(
-                model, tokens, neurons, lambda pos, hs=heads: make_hooks(hs, pos), batch_size=batch_size
-            )
-        else:
-            acts = H.neuron_activations_under(model, tokens, neurons, make_hooks(heads, None), batch_size=batch_size)
+    for (kind, heads), acts in zip([("clean", ())] + sets, [clean, *ablated]):
         for k, name in enumerate(names):  # acts: (n_neurons, seq_len)
             rows.append(
                 pd.DataFrame(
@@ -316,8 +338,6 @@ def induction(
         )
         cache = run_forward(model, layer, tokens, batch_size=config.batch_size, progress=progress)
         curves = N.curves_from_cache(layer, cache, neurons)
-    offset = copy_offset(tokens.shape[1], T)
-    start2 = offset + T
     with timer("clipped ablation (Fig. 5b)"):
         draws = (
             N.random_neuron_draws(layer.d_mlp, 1, config.n_random, exclude=neurons, seed=config.seed)
@@ -393,15 +413,29 @@ def induction(
                 "bos_attention": bos.flatten().numpy(),
             }
         )
-    abl_tokens = tokens[: config.n_ablation_seqs]
     sets = [("induction", s) for s in H.head_combinations(ind_heads)]
     sets += [("baseline", s) for s in H.baseline_combinations(base_heads, seed=config.seed)]
     with timer("BOS ablation (Fig. 5c, 12)"):
+        TA = config.ablation_half_len
+        if TA == T:
+            abl_tokens = tokens[: config.n_ablation_seqs]
+        else:  # App. D: BOS + 50 + 50 corpus tokens, drawn like the curves' sequences
+            abl_tokens, _ = synthetic_induction(
+                model.tokenizer,
+                config.dataset,
+                n_seqs=config.n_ablation_seqs,
+                half_len=TA,
+                bos_id=bos_id,
+                seed=config.seed,
+                text_field=config.text_field,
+                split=config.split,
+            )
+        abl_start2 = copy_offset(abl_tokens.shape[1], TA) + TA
         tables["bos_ablation"] = _ablation_table(
             model, abl_tokens, neurons, names, sets, H.bos_ablation_hooks, config.batch_size, config.head_ablation
         )
     with timer("mean attention-output ablation (Fig. 13)"):
-        mean_z = H.mean_z_over(model, abl_tokens, ind_heads, slice(start2, None), batch_size=config.batch_size)
+        mean_z = H.mean_z_over(model, abl_tokens, ind_heads, slice(abl_start2, None), batch_size=config.batch_size)
         zsets = [("induction", s) for s in H.head_combinations(ind_heads)]
         tables["mean_z_ablation"] = _ablation_table(
             model,
@@ -409,7 +443,7 @@ def induction(
             neurons,
             names,
             zsets,
-            lambda hs, pos: H.mean_z_ablation_hooks(hs, mean_z, positions=pos),
+            lambda hs: H.mean_z_ablation_hooks(hs, mean_z),
             config.batch_size,
             config.head_ablation,
         )
@@ -419,7 +453,7 @@ def induction(
             model.tokenizer,
             config.dataset,
             n_seqs=abl_tokens.shape[0],
-            seq_len=T,
+            seq_len=TA,
             seed=config.seed + 2,
             prepend_bos=False,
             text_field=config.text_field,
@@ -428,10 +462,10 @@ def induction(
         ).tokens
         corrupted = corrupt_first_copy(abl_tokens, other)
         try:
-            for i, name in zip(neurons, names):
-                labels, ind = H.direct_feature_attribution(model, abl_tokens, i, batch_size=config.batch_size)
-                _, cor = H.direct_feature_attribution(model, corrupted, i, batch_size=config.batch_size)
-                dfa[name] = (labels, (ind[:, start2:].mean(1) - cor[:, start2:].mean(1)).numpy())
+            labels, ind = H.direct_feature_attributions(model, abl_tokens, neurons, batch_size=config.batch_size)
+            _, cor = H.direct_feature_attributions(model, corrupted, neurons, batch_size=config.batch_size)
+            for k, name in enumerate(names):  # ind, cor: (n_neurons, n_components, seq_len)
+                dfa[name] = (labels, (ind[k][:, abl_start2:].mean(1) - cor[k][:, abl_start2:].mean(1)).numpy())
             if dfa:
                 tables["dfa"] = (
                     pd.DataFrame({name: v for name, (_, v) in dfa.items()}, index=labels)
@@ -524,6 +558,7 @@ def induction(
                 "n_prefix_seqs",
                 "n_bos_seqs",
                 "n_ablation_seqs",
+                "ablation_half_len",
                 "n_natural",
                 "natural_seq_len",
                 "ngram",
@@ -555,6 +590,11 @@ HEAD_ABLATION_TEXT = {
 }
 
 
+def ablation_half_len(result: InductionResult) -> int:
+    """Tokens per copy of the head-ablation and DFA sequences (runs from before the option: half_len)."""
+    return int(result.settings["sizes"].get("ablation_half_len", result.half_len))
+
+
 def head_ablation_variant(result: InductionResult) -> str:
     """Which head-ablation variant the run used (runs from before the option: all-positions)."""
     return str(result.settings.get("head_ablation", "all-positions"))
@@ -573,7 +613,7 @@ def induction_figures(result: InductionResult) -> dict[str, Figure]:
     bos_kind = f"BOS ablation, {variant}"
     z_kind = f"Mean attention-output ablation, {variant}"
     summary = result.tables["clipped_summary"]
-    T, names = result.half_len, result.names
+    T, TA, names = result.half_len, ablation_half_len(result), result.names
     index_names = dict(zip(result.neurons, names))
     change = result.tables["activation_change"]
     w = "w_out_norm" in change.columns  # runs before the authors' weighting hold the raw change only
@@ -595,10 +635,10 @@ def induction_figures(result: InductionResult) -> dict[str, Figure]:
         ),
         "head_scores": F.fig_head_scores(result.prefix, result.bos, result.induction_heads, result.baseline_heads),
         "fig12_bos_ablation_summary": F.fig_head_ablation_summary(
-            result.tables["bos_ablation"], names, T, title_kind=f"{bos_kind} (Fig. 12 analogue)"
+            result.tables["bos_ablation"], names, TA, title_kind=f"{bos_kind} (Fig. 12 analogue)"
         ),
         "fig13_mean_z_ablation_summary": F.fig_head_ablation_summary(
-            result.tables["mean_z_ablation"], names, T, title_kind=f"{z_kind} (Fig. 13 analogue)"
+            result.tables["mean_z_ablation"], names, TA, title_kind=f"{z_kind} (Fig. 13 analogue)"
         ),
     }
     if "natural_activation_change" in result.tables:  # Fig. 11, natural-text panel (App. H.3)
@@ -621,10 +661,10 @@ def induction_figures(result: InductionResult) -> dict[str, Figure]:
         )
         figs[f"fig10c_second_copy_loss_{slug}"] = fig
         figs[f"fig5c_bos_ablation_{slug}"] = F.fig_head_ablation(
-            result.tables["bos_ablation"], name, T, title_kind=f"{bos_kind} (Fig. 5c analogue)"
+            result.tables["bos_ablation"], name, TA, title_kind=f"{bos_kind} (Fig. 5c analogue)"
         )
         figs[f"fig13_mean_z_ablation_{slug}"] = F.fig_head_ablation(
-            result.tables["mean_z_ablation"], name, T, title_kind=f"{z_kind} (Fig. 13 analogue)"
+            result.tables["mean_z_ablation"], name, TA, title_kind=f"{z_kind} (Fig. 13 analogue)"
         )
         if "natural_effects" in result.tables:
             figs[f"fig9c_natural_loss_{slug}"] = F.fig_natural_loss_change(
