@@ -97,7 +97,7 @@ def tiny_config(arch: Arch, **overrides):
             tie_word_embeddings=False,
         )
         return LlamaConfig(**{**common, **cfg, **overrides})
-    if arch == "gemma":
+    if arch in ("gemma", "gemma2", "gemma3"):
         cfg = dict(
             hidden_size=D_MODEL,
             intermediate_size=96,
@@ -107,18 +107,9 @@ def tiny_config(arch: Arch, **overrides):
             head_dim=8,
             max_position_embeddings=64,
         )
-        return GemmaConfig(**{**common, **cfg, **overrides})
-    if arch in ("gemma2", "gemma3"):  # no logit soft-capping unless asked for (final_logit_softcapping=30.0)
-        cfg = dict(
-            hidden_size=D_MODEL,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=8,
-            max_position_embeddings=64,
-            final_logit_softcapping=None,
-        )
+        if arch == "gemma":
+            return GemmaConfig(**{**common, **cfg, **overrides})
+        cfg["final_logit_softcapping"] = None  # Gemma 2/3: no logit soft-capping unless asked for (30.0)
         if arch == "gemma2":
             return Gemma2Config(**{**common, **cfg, **overrides})
         return Gemma3TextConfig(**{**common, **cfg, "sliding_window": 16, **overrides})

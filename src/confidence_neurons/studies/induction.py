@@ -322,6 +322,21 @@ def induction(
     neurons, family = chosen_neurons(config, layer)
     names = [f"{layer.layer}.{i}" for i in neurons]
     T, timer, bos_id = config.half_len, _Timer(), model.bos_id
+
+    def corpus_windows(n_seqs: int, seq_len: int, seed_offset: int, **kw) -> torch.Tensor:
+        """Windows of the run's corpus as every step draws them (the config's text settings), seed + offset."""
+        return sample_token_sequences(
+            model.tokenizer,
+            config.dataset,
+            n_seqs=n_seqs,
+            seq_len=seq_len,
+            seed=config.seed + seed_offset,
+            text_field=config.text_field,
+            split=config.split,
+            sampling=config.sampling,
+            **kw,
+        ).tokens
+
     tables: dict[str, pd.DataFrame] = {}
 
     with timer("synthetic sequences and forward pass"):
@@ -391,17 +406,7 @@ def induction(
             seed=config.seed,
         )
         prefix = H.prefix_matching_scores(model, rep, batch_size=config.batch_size)
-        natural = sample_token_sequences(
-            model.tokenizer,
-            config.dataset,
-            n_seqs=config.n_bos_seqs,
-            seq_len=T + 1,
-            seed=config.seed + 1,
-            bos_id=bos_id,
-            text_field=config.text_field,
-            split=config.split,
-            sampling=config.sampling,
-        ).tokens
+        natural = corpus_windows(config.n_bos_seqs, T + 1, 1, bos_id=bos_id)
         bos = H.mean_bos_attention(model, natural, batch_size=config.batch_size)
         ind_heads, base_heads = H.choose_heads(prefix, bos, seed=config.seed)
         nl, nh = prefix.shape
@@ -449,17 +454,7 @@ def induction(
         )
     dfa: dict[str, tuple[list[str], np.ndarray]] = {}
     with timer("direct feature attribution (Fig. 14)"):
-        other = sample_token_sequences(
-            model.tokenizer,
-            config.dataset,
-            n_seqs=abl_tokens.shape[0],
-            seq_len=TA,
-            seed=config.seed + 2,
-            prepend_bos=False,
-            text_field=config.text_field,
-            split=config.split,
-            sampling=config.sampling,
-        ).tokens
+        other = corpus_windows(abl_tokens.shape[0], TA, 2, prepend_bos=False)
         corrupted = corrupt_first_copy(abl_tokens, other)
         try:
             labels, ind = H.direct_feature_attributions(model, abl_tokens, neurons, batch_size=config.batch_size)
@@ -490,17 +485,7 @@ def induction(
             )
             nat_cache = run_forward(model, layer, nat_tokens, batch_size=config.batch_size, progress=progress)
             if config.natural_ablation == "authors":  # the mean over every position of plain text
-                plain = sample_token_sequences(
-                    model.tokenizer,
-                    config.dataset,
-                    n_seqs=config.n_natural,
-                    seq_len=config.natural_seq_len,
-                    seed=config.seed + 3,
-                    bos_id=bos_id,
-                    text_field=config.text_field,
-                    split=config.split,
-                    sampling=config.sampling,
-                ).tokens
+                plain = corpus_windows(config.n_natural, config.natural_seq_len, 3, bos_id=bos_id)
                 reference = N.plain_text_mean(model, layer, plain, batch_size=config.batch_size)
             else:
                 reference = clipped["first_copy_mean"]
