@@ -243,7 +243,17 @@ def test_inaugural_speeches_folder(tokenizer):
         pytest.skip(f"public-domain corpus {INAUGURAL} not present (it lives in ../shared/corpora)")
     sample = sample_token_sequences(tokenizer, str(INAUGURAL), n_seqs=8, seq_len=128, seed=0)
     assert sample.tokens.shape == (8, 128) and sample.source["packing"] == "per_document"
-    assert sample.source["files"][0]["path"].startswith("1789-Washington")
+    # Whole-corpus sampling shuffles the documents (the authors' procedure): the record names the files
+    # actually read, in reading order, each one a speech of the folder with its hash.
+    on_disk = {f.name for f in INAUGURAL.glob("*.txt")}
+    read = [f["path"] for f in sample.source["files"]]
+    assert read and set(read) <= on_disk and len(set(read)) == len(read)
+    assert all(len(f["sha256"]) == 64 for f in sample.source["files"])
+    assert sample.source["n_files"] == len(on_disk) and sample.source["n_documents_in_corpus"] == len(on_disk)
+    again = sample_token_sequences(tokenizer, str(INAUGURAL), n_seqs=8, seq_len=128, seed=0)
+    assert [f["path"] for f in again.source["files"]] == read and torch.equal(again.tokens, sample.tokens)
+    other = sample_token_sequences(tokenizer, str(INAUGURAL), n_seqs=8, seq_len=128, seed=1)
+    assert [f["path"] for f in other.source["files"]] != read
     assert len(np.unique(sample.tokens[:, 1:].numpy(), axis=0)) == 8
     _assert_windows_match(sample, tokenizer, str(INAUGURAL))
 
