@@ -22,13 +22,17 @@ The diagonal transform f is checked against the clean forward's own scores in ev
 
 One clean pass per batch serves every head set; each ablated pass starts at l0 from the cached
 clean residual (``start_at_layer``) and stops once the final MLP's ``hook_post`` has run (no final
-norm, no unembedding). Memory: the clean keys and values of the batch for the layers after the
+norm, no unembedding). TransformerBridge's ``start_at_layer`` still runs blocks 0..l0-1 on the
+injected residual and discards their output, so ``_blocks_skipped`` makes those blocks pass their
+input through while the pass runs (measured on SmolLM2-135M, 16 x 101 tokens from layer 25: 3.45 s
+with the bridge alone, as much as a whole forward). Memory: the clean keys and values of the batch for the layers after the
 lowest l0, (batch, pos, n_kv_heads, d_head) each.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from jaxtyping import Float, Int
@@ -79,6 +83,47 @@ def _last_fired(model: LoadedModel) -> tuple[list[str], list[str]]:
                 )
             final[x].append(max(fired, key=order.__getitem__))
     return final["q"], final["k"]
+
+
+def _block_output_kind(model: LoadedModel) -> tuple[bool, int]:
+    """How the model's own blocks return: (a tuple?, its length), seen on one forward of two tokens."""
+    seen: list[tuple[bool, int]] = []
+    block = model.bridge.blocks[0].original_component
+
+    def hook(module, args, output) -> None:
+        seen.append((isinstance(output, tuple), len(output) if isinstance(output, tuple) else 1))
+
+    handle = block.register_forward_hook(hook)
+    try:
+        bos = model.bos_id if model.bos_id is not None else 0
+        model.bridge(torch.full((1, 2), int(bos), device=_device(model)))
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+@contextmanager
+def _blocks_skipped(model: LoadedModel, below: int, kind: tuple[bool, int]) -> Iterator[None]:
+    """While active, blocks 0..below-1 return their input unchanged (in the output form ``kind``).
+
+    For a pass started at layer ``below`` with ``start_at_layer``: block ``below`` replaces its input
+    by the injected residual, so what the blocks under it compute is never read.
+    """
+    is_tuple, length = kind
+    patched = [model.bridge.blocks[l].original_component for l in range(below)]
+
+    def passthrough(hidden_states=None, *args, **kwargs):
+        if hidden_states is None:
+            hidden_states = kwargs.get("hidden_states", args[0] if args else None)
+        return (hidden_states,) + (None,) * (length - 1) if is_tuple else hidden_states
+
+    for module in patched:
+        module.forward = passthrough
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.forward
 
 
 def _score_fn(model: LoadedModel, layer: int) -> Callable[[Tensor], Tensor]:
@@ -152,9 +197,12 @@ def head_ablation_activations(
 
         return (act_hook, hook)
 
+    kind = _block_output_kind(model) if starts and starts[0] > 0 else (False, 1)
+
     def run(inputs: Tensor, hooks: list[Hook], start: int | None) -> None:
         try:
-            bridge.run_with_hooks(inputs, fwd_hooks=hooks, start_at_layer=start)
+            with _blocks_skipped(model, start or 0, kind):
+                bridge.run_with_hooks(inputs, fwd_hooks=hooks, start_at_layer=start)
         except _Stop:
             pass
 
