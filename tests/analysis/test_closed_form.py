@@ -60,6 +60,22 @@ def test_run_forward_reproduces_model_logits(setup: Setup):
     torch.testing.assert_close(setup.cache.target, setup.tokens[:, 1:].reshape(-1))
 
 
+def test_logits_check_samples_every_batch_and_catches_a_wrong_closed_form(setup: Setup, monkeypatch):
+    from dataclasses import replace
+
+    from confidence_neurons.analysis import forward
+
+    rows = forward.check_rows(1000, 256)
+    assert len(rows) == 256 and rows[0] == 0 and rows[-1] == 999 and bool((rows.diff() > 0).all())
+    assert torch.equal(forward.check_rows(10, 256), torch.arange(10))
+    # the check reads only some positions of each batch: a closed form wrong at every position is caught
+    monkeypatch.setattr(forward.check_rows, "__defaults__", (3,))
+    noise = torch.randn(setup.layer.b_U.shape, generator=torch.Generator().manual_seed(0))
+    wrong = replace(setup.layer, b_U=setup.layer.b_U + noise)
+    with pytest.raises(RuntimeError, match="closed-form logits differ"):
+        run_forward(setup.model, wrong, setup.tokens, progress=False)
+
+
 @pytest.mark.parametrize("mode", ["mean", "clip"])
 def test_closed_form_equals_brute_force(setup: Setup, mode: str):
     neurons = most_active(setup.cache, 2)

@@ -64,7 +64,8 @@ def models(tmp_path_factory):
 
 def _head_sets(model):
     """A single head, a pair in one layer, a pair across layers and a triple across layers, and sets
-    whose lowest layer is above 0 (their pass skips the blocks below it)."""
+    whose lowest layer is above 0 (their pass skips the blocks below it).
+    """
     top = model.cfg.n_layers - 1
     assert top >= 1
     return [((0, 1),), ((0, 0), (0, 3)), ((0, 2), (top, 1)), ((0, 1), (1, 3), (top, 2)), ((1, 2),), ((top, 0),)]

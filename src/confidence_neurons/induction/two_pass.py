@@ -25,8 +25,10 @@ clean residual (``start_at_layer``) and stops once the final MLP's ``hook_post``
 norm, no unembedding). TransformerBridge's ``start_at_layer`` still runs blocks 0..l0-1 on the
 injected residual and discards their output, so ``_blocks_skipped`` makes those blocks pass their
 input through while the pass runs (measured on SmolLM2-135M, 16 x 101 tokens from layer 25: 3.45 s
-with the bridge alone, as much as a whole forward). Memory: the clean keys and values of the batch for the layers after the
-lowest l0, (batch, pos, n_kv_heads, d_head) each.
+with the bridge alone, as much as a whole forward).
+
+Memory: the clean keys and values of the batch for the layers after the lowest l0, (batch, pos,
+n_kv_heads, d_head) each.
 """
 
 from __future__ import annotations
