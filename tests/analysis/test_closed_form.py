@@ -302,3 +302,13 @@ def test_kernel_top1_changed(backend, softcap):
         assert clear.float().mean() > 0.8 and changed.any() and not changed.all()
         stats = softmax_stats(*problem, softcap=softcap, backend=backend)
         torch.testing.assert_close(stats.top1_changed[clear], changed[clear])
+
+
+def test_te_only_equals_the_te_of_the_full_computation(setup: Setup):
+    neurons = most_active(setup.cache, 2)
+    full = per_token_effects(setup.layer, setup.cache, neurons, mode="clip")
+    te = per_token_effects(setup.layer, setup.cache, neurons, mode="clip", te_only=True)
+    assert te.DE is None and full.DE is not None
+    for key in ("loss", "entropy"):
+        torch.testing.assert_close(getattr(te.TE, key), getattr(full.TE, key), atol=1e-6, rtol=0)
+        torch.testing.assert_close(getattr(te, key), getattr(full, key), atol=1e-6, rtol=0)

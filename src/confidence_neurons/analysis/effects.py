@@ -107,7 +107,7 @@ class AblatedStats:
     """
 
     TE: SoftmaxStats
-    DE: SoftmaxStats
+    DE: SoftmaxStats | None
     DE_freq: SoftmaxStats | FreqLoss | None = None
     kl_TE: Float[Tensor, "T K"] | None = None
 
@@ -121,13 +121,14 @@ def ablated_stats(
     backend: Backend,
     freq_series: bool = False,
     freq_tol: float = FREQ_SERIES_TOL,
+    te_only: bool = False,
 ) -> AblatedStats:
     """Softmax statistics of the TE and DE logits of one chunk and, with ``freq``, DE_freq and the KL.
 
     With ``freq_series`` DE_freq is a ``FreqLoss`` (its loss only, as Eq. 8 needs) taken in the TE pass:
     its logits are the TE logits plus D v_freq, and the kernel sums their softmax alongside TE's, by
     a series in D (error below ``freq_tol`` in each loss) or exactly; otherwise DE_freq gets full
-    ``SoftmaxStats`` from a third pass over the vocabulary.
+    ``SoftmaxStats`` from a third pass over the vocabulary. ``te_only`` (no ``freq``): TE alone, DE None.
     """
     if freq is not None and layer.softcap:
         raise ValueError(
@@ -142,7 +143,9 @@ def ablated_stats(
 
     te = te_logits(c, layer)
     if freq is None:
-        return AblatedStats(TE=stats(te), DE=stats(de_logits(c, layer)))
+        return AblatedStats(TE=stats(te), DE=None if te_only else stats(de_logits(c, layer)))
+    if te_only:
+        raise ValueError("te_only computes TE alone; DE_freq and the KL need a frequency pass")
     D = de_freq_shift(c, layer, te, freq)
     if freq_series:
         te_stats = stats(te, w=freq.w, G=D, w_max=freq.radius, tol=freq_tol)
@@ -200,8 +203,12 @@ def per_token_effects(
     token_chunk: int = 256,
     backend: Backend = "auto",
     device: torch.device | str | None = None,
+    te_only: bool = False,
 ) -> TokenEffects:
     """Per-token clean and ablated statistics for a few neurons; DE_freq by an exact third pass.
+
+    ``te_only``: the total effect alone (``DE`` None), half the passes over the vocabulary, for
+    readers of TE only (Fig. 5b, 9, 10c).
 
     The work runs on ``device`` (default CPU; ``sweep`` says how), the results are on the CPU.
     """
@@ -224,8 +231,8 @@ def per_token_effects(
         add("argmax", base.argmax)
         if freq is not None:
             add("kl", clean_kl(layer, c, base, freq))
-        ab = ablated_stats(layer, c, base, tgt, freq, backend)
-        for v in variants(freq):
+        ab = ablated_stats(layer, c, base, tgt, freq, backend, te_only=te_only)
+        for v in ("TE",) if te_only else variants(freq):
             st = getattr(ab, v)
             add(f"{v}.loss", st.loss)
             add(f"{v}.entropy", st.entropy)

@@ -88,11 +88,16 @@ def clean_loss_entropy(
     return torch.cat(losses), torch.cat(entropies)
 
 
-def curves_from_cache(layer: FinalLayer, cache: ForwardCache, neurons: list[int]) -> PositionCurves:
-    """Fig. 5a from an existing cache (reuse it for ``clipped_ablation_curves``)."""
+def curves_from_cache(
+    layer: FinalLayer, cache: ForwardCache, neurons: list[int], clean: tuple[Tensor, Tensor] | None = None
+) -> PositionCurves:
+    """Fig. 5a from an existing cache (reuse it for ``clipped_ablation_curves``); ``clean``: its
+    ``clean_loss_entropy``, when the caller has it already.
+    """
     P = cache.seq_len - 1
     acts = acts_by_position(cache)[..., list(neurons)].double().numpy()  # (n_seqs, P, K)
-    loss, entropy = (t.double().numpy().reshape(-1, P) for t in clean_loss_entropy(layer, cache))
+    clean = clean if clean is not None else clean_loss_entropy(layer, cache)
+    loss, entropy = (t.double().numpy().reshape(-1, P) for t in clean)
     act_mean, act_se = _mean_se(acts)
     ent_mean, ent_se = _mean_se(entropy)
     loss_mean, loss_se = _mean_se(loss)
@@ -152,6 +157,7 @@ def clipped_ablation_curves(
     token_chunk: int = 256,
     backend: Backend = "auto",
     clip: Fig5bClip = "authors",
+    clean_entropy: Float[Tensor, " N"] | None = None,
 ) -> dict:
     """Fig. 5b (and Fig. 10b): clip each neuron, in the second copy only, to a first-copy threshold.
 
@@ -167,7 +173,8 @@ def clipped_ablation_curves(
     ``summary``: one row per (group, draw, neuron) over the second copy, with the threshold, the
     share of clipped tokens, mean delta_entropy / delta_loss (SE over per-sequence means),
     rel_delta_entropy_pct = 100 * sum delta_entropy / sum clean entropy, and the per-position
-    extremes of rel_delta_entropy_pct; ``first_copy_mean``: the first copy's mean (d_mlp,);
+    extremes of rel_delta_entropy_pct; ``clean_entropy`` (N,): the cache's clean entropy when the caller
+    has it (``clean_loss_entropy``); ``first_copy_mean``: the first copy's mean (d_mlp,);
     ``threshold`` (d_mlp,) and ``from_below`` (d_mlp,) bool: the clipping used.
     """
     if clip not in ("authors", "toolkit"):
@@ -213,11 +220,13 @@ def clipped_ablation_curves(
             mean_act=threshold,
             token_chunk=token_chunk,
             backend=backend,
+            te_only=True,
         )
         d_ent[:, start2:, ks] = (eff.TE.entropy - eff.entropy[:, None]).double().numpy().reshape(n_seqs, P2, -1)
         d_loss[:, start2:, ks] = (eff.TE.loss - eff.loss[:, None]).double().numpy().reshape(n_seqs, P2, -1)
-    entropy = clean_loss_entropy(layer, cache, token_chunk=token_chunk, backend=backend)[1]
-    entropy = entropy.double().numpy().reshape(n_seqs, P)
+    if clean_entropy is None:
+        clean_entropy = clean_loss_entropy(layer, cache, token_chunk=token_chunk, backend=backend)[1]
+    entropy = clean_entropy.double().numpy().reshape(n_seqs, P)
     ent_mean, ent_se = _mean_se(entropy)
     act_np = acts[..., unique].double().numpy()  # (n_seqs, P, K)
     labels = _copy_labels(P, offset, half_len)
@@ -401,6 +410,7 @@ def natural_induction_effects(
         mean_act=reference_mean.float(),
         token_chunk=token_chunk,
         backend=backend,
+        te_only=True,
     )
     rank = clean_ranks(layer, sub, chunk=token_chunk)
     meta = pd.DataFrame(rows, columns=["seq", "occurrence", "label", "offset", "position"])
@@ -452,7 +462,9 @@ def second_copy_token_effects(
     P, start2 = seq_len - 1, copy_offset(seq_len, half_len) + half_len
     flat = (torch.arange(n_seqs)[:, None] * P + torch.arange(start2, P)[None, :]).reshape(-1)
     sub = _sub_cache(cache, flat)
-    eff = per_token_effects(layer, sub, list(neurons), mode="clip", mean_act=threshold, backend=backend)
+    eff = per_token_effects(
+        layer, sub, list(neurons), mode="clip", mean_act=threshold, backend=backend, te_only=True
+    )
     rr = (1.0 / clean_ranks(layer, sub).double()).numpy()
     decode = lambda ids: [tokenizer.decode([int(i)]) for i in ids]  # noqa: E731
     seq, pos = np.divmod(flat.numpy(), P)

@@ -352,7 +352,8 @@ def induction(
             sampling=config.sampling,
         )
         cache = run_forward(model, layer, tokens, batch_size=config.batch_size, progress=progress)
-        curves = N.curves_from_cache(layer, cache, neurons)
+        clean = N.clean_loss_entropy(layer, cache, backend=config.backend)
+        curves = N.curves_from_cache(layer, cache, neurons, clean)
     with timer("clipped ablation (Fig. 5b)"):
         draws = (
             N.random_neuron_draws(layer.d_mlp, 1, config.n_random, exclude=neurons, seed=config.seed)
@@ -368,6 +369,7 @@ def induction(
             random_neurons=draws,
             backend=config.backend,
             clip=config.fig5b_clip,
+            clean_entropy=clean[1],
         )
         tables["clipped_per_position"] = clipped["per_position"]
         tables["clipped_summary"] = clipped["summary"]
