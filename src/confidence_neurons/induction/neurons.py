@@ -462,9 +462,7 @@ def second_copy_token_effects(
     P, start2 = seq_len - 1, copy_offset(seq_len, half_len) + half_len
     flat = (torch.arange(n_seqs)[:, None] * P + torch.arange(start2, P)[None, :]).reshape(-1)
     sub = _sub_cache(cache, flat)
-    eff = per_token_effects(
-        layer, sub, list(neurons), mode="clip", mean_act=threshold, backend=backend, te_only=True
-    )
+    eff = per_token_effects(layer, sub, list(neurons), mode="clip", mean_act=threshold, backend=backend, te_only=True)
     rr = (1.0 / clean_ranks(layer, sub).double()).numpy()
     decode = lambda ids: [tokenizer.decode([int(i)]) for i in ids]  # noqa: E731
     seq, pos = np.divmod(flat.numpy(), P)
