@@ -418,3 +418,84 @@ def _forward_batches(model, layer, tokens, batch_size, batches, todo, writer, ar
         bar.update(1)
     bar.close()
     return worst
+
+
+class _Stop(Exception):
+    """Raised once the final norm's scale has been read: nothing after it is needed."""
+
+
+@torch.no_grad()
+def forward_at(
+    model: LoadedModel,
+    layer: FinalLayer,
+    tokens: Int[Tensor, "n_seqs seq_len"],
+    rows: Int[Tensor, " R"],
+    *,
+    batch_size: int = 8,
+) -> ForwardCache:
+    """``run_forward``'s cache at the flat positions ``rows`` only (seq * (seq_len - 1) + pos, sorted,
+    unique), for analyses that read a few positions of each sequence (natural induction, Fig. 9).
+
+    Exact and cheaper: a causal model's final residual at p depends on tokens 0..p only, so each
+    batch of sequences is cut after its last needed position, and the forward stops at the final
+    norm's scale (no unembedding: the closed form computes what the analysis reads). The closed
+    form's logits are checked against the model's at the rows of the first batch, which runs whole.
+    The returned cache holds the rows in the order given, with ``rows`` set.
+    """
+    n_seqs, seq_len = tokens.shape
+    P = seq_len - 1
+    rows = torch.as_tensor(rows, dtype=torch.long)
+    if rows.ndim != 1 or len(rows) == 0 or bool((rows.diff() <= 0).any()) or rows[0] < 0 or rows[-1] >= n_seqs * P:
+        raise ValueError(f"rows must be sorted, unique flat positions in [0, {n_seqs * P}), not {rows.tolist()[:8]}...")
+    seq, pos = rows // P, rows % P
+    post = layer.post_mlp_norm
+    names = [layer.act_hook, layer.resid_hook, layer.scale_hook] + ([post.in_hook] if post else [])
+    device, tol = _input_device(model), LOGPROB_TOLERANCE.get(_model_dtype(model), 1e-2)
+    wanted = seq.unique()
+    parts: dict[str, list[Tensor]] = {"resid": [], "acts": [], "mlp_out": []}
+    worst = 0.0
+    for b0 in range(0, len(wanted), batch_size):
+        seqs = wanted[b0 : b0 + batch_size]
+        mine = torch.isin(seq, seqs)
+        s_idx = torch.searchsorted(seqs, seq[mine])  # each row's place in the batch
+        p_idx = pos[mine]
+        batch = tokens[seqs, : int(p_idx.max()) + 1].to(device)
+        cache: dict[str, Tensor] = {}
+
+        def keep(act: Tensor, hook) -> None:
+            cache[hook.name] = act
+
+        def stop(act: Tensor, hook) -> None:
+            raise _Stop
+
+        hooks = [(n, keep) for n in names] + ([] if b0 == 0 else [(layer.scale_hook, stop)])
+        try:
+            logits = model.bridge.run_with_hooks(batch, fwd_hooks=hooks)
+        except _Stop:
+            logits = None
+        x = cache[layer.resid_hook][s_idx.to(device), p_idx.to(device)].float().cpu()  # (rows, d_model)
+        if logits is not None:  # the first batch: closed form against the model's own logits
+            worst = max(worst, _logits_error(layer, x, logits[s_idx.to(device), p_idx.to(device)]))
+        theirs = cache[layer.scale_hook][s_idx.to(device), p_idx.to(device)].float().cpu()
+        if (layer.scale(x) - theirs).abs().max().item() > max(1e-3, tol / 10) * max(1.0, theirs.abs().max().item()):
+            raise RuntimeError("the final norm's scale differs from the closed form: unsupported norm")
+        parts["resid"].append(x)
+        parts["acts"].append(cache[layer.act_hook][s_idx.to(device), p_idx.to(device)].float().cpu())
+        if post is not None:
+            parts["mlp_out"].append(cache[post.in_hook][s_idx.to(device), p_idx.to(device)].float().cpu())
+    if worst > tol:
+        raise RuntimeError(
+            f"closed-form logits differ from the model's by {worst:.3g} (log-prob; {tol:g} allowed in "
+            f"{_model_dtype(model)}): the final norm or unembedding of this architecture is not what the "
+            "closed form assumes"
+        )
+    # batches run sequence by sequence in order, so the rows come back in the order given
+    return ForwardCache(
+        resid=torch.cat(parts["resid"]),
+        acts=torch.cat(parts["acts"]),
+        target=tokens[seq, pos + 1].clone(),
+        seq_len=seq_len,
+        logits_check=worst,
+        mlp_out=torch.cat(parts["mlp_out"]) if post is not None else None,
+        rows=rows.clone(),
+    )

@@ -86,9 +86,16 @@ def repeated_random_tokens(
 
 @torch.no_grad()
 def _mean_pattern_stat(
-    model: LoadedModel, tokens: Tensor, stat: Callable[[Tensor], Tensor], batch_size: int
+    model: LoadedModel,
+    tokens: Tensor,
+    stat: Callable[[Tensor], Tensor],
+    batch_size: int,
+    extra: Sequence[Hook] = (),
+    last: str | None = None,
 ) -> Float[Tensor, "n_layers n_heads"]:
-    """Mean over sequences of ``stat(pattern)`` -> (batch, head), for every layer, one forward per batch."""
+    """Mean over sequences of ``stat(pattern)`` -> (batch, head), for every layer, one forward per
+    batch, stopped after the last pattern (or after hook point ``last``, with ``extra`` hooks run too).
+    """
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     total = torch.zeros(n_layers, n_heads, dtype=torch.float64)
 
@@ -100,7 +107,7 @@ def _mean_pattern_stat(
 
     hooks = [(f"blocks.{l}.attn.hook_pattern", record(l)) for l in range(n_layers)]
     for batch in _batches(tokens, batch_size):
-        _run_until(model, batch, hooks, hooks[-1][0])
+        _run_until(model, batch, [*hooks, *extra], last or hooks[-1][0])
     return (total / tokens.shape[0]).float()
 
 
@@ -135,6 +142,29 @@ def mean_bos_attention(
     if tokens.shape[1] < 2:
         raise ValueError("mean_bos_attention needs sequences of at least 2 tokens")
     return _mean_pattern_stat(model, tokens, lambda p: p[:, :, 1:, 0].mean(-1), batch_size)
+
+
+def bos_attention_and_mean_activation(
+    model: LoadedModel, tokens: Int[Tensor, "n_seqs seq_len"], *, batch_size: int = 16
+) -> tuple[Float[Tensor, "n_layers n_heads"], Float[Tensor, " d_mlp"]]:
+    """One pass over plain text for two of the case study's references: ``mean_bos_attention`` of
+    every head (Sec. 6.2's baseline criterion) and each final-layer neuron's mean activation over
+    every position, BOS and the last included (the authors' ``mean_activation_on_normal_text``, the
+    value natural induction ablates to). The authors read both off 256-token C4 windows through
+    ``get_entropy_activation_df``; each forward stops after the final MLP.
+    """
+    if tokens.shape[1] < 2:
+        raise ValueError("bos_attention_and_mean_activation needs sequences of at least 2 tokens")
+    act_hook = final_layer(model).act_hook
+    total: list[Tensor] = []
+
+    def add(acts: Tensor, hook) -> None:  # (batch, pos, d_mlp)
+        total.append(acts.double().sum((0, 1)).cpu())
+
+    bos = _mean_pattern_stat(
+        model, tokens, lambda p: p[:, :, 1:, 0].mean(-1), batch_size, extra=[(act_hook, add)], last=act_hook
+    )
+    return bos, (torch.stack(total).sum(0) / tokens.numel()).float()
 
 
 def choose_heads(

@@ -127,10 +127,23 @@ def position_curves(
     return curves_from_cache(layer, cache, neurons)
 
 
+def _row_index(cache: ForwardCache, flat: Tensor) -> Tensor:
+    """Where the flattened positions ``flat`` are among the cache's rows (a cache of some rows only,
+    ``forward_at``, holds them in ``rows``); a position it does not hold is an error.
+    """
+    if cache.rows is None:
+        return flat
+    at = torch.searchsorted(cache.rows, flat).clamp(max=len(cache.rows) - 1)
+    if not torch.equal(cache.rows[at], flat):
+        raise ValueError("the cache does not hold every position asked for; run forward_at on these rows")
+    return at
+
+
 def _sub_cache(cache: ForwardCache, flat: Tensor) -> ForwardCache:
     """The cache restricted to the flattened positions ``flat`` (per-token effects are local): every
     per-token tensor field (resid, acts, target, mlp_out, ...) is indexed, the rest kept.
     """
+    flat = _row_index(cache, flat)
     per_token = {
         f.name: v[flat]
         for f in fields(cache)
@@ -351,13 +364,24 @@ def plain_text_mean(
     return (total / tokens.numel()).float()
 
 
+def repeat_rows(repeats: list[tuple[int, int]], *, n: int, seq_len: int) -> Tensor:
+    """The flat positions (seq * (seq_len - 1) + pos, sorted) that Fig. 9 and 11 read of each repeat:
+    ``forward_at``'s rows for ``natural_induction_effects`` and ``natural_activation_change``.
+    """
+    P = seq_len - 1
+    return torch.tensor(sorted({s * P + p for s, _, _, _, p in _repeat_positions(repeats, n, P)}))
+
+
 def natural_activation_change(cache: ForwardCache, repeats: list[tuple[int, int]], *, n: int = 6) -> np.ndarray:
     """Fig. 11 (natural): mean activation over the second occurrence (A0..A{n-1}, X) minus over the
     first (A0..A{n-1}, B), per final-layer neuron, (d_mlp,).
     """
     P = cache.seq_len - 1
     rows = _repeat_positions(repeats, n, P)
-    flat = {occ: torch.tensor([s * P + p for s, o, _, _, p in rows if o == occ]) for occ in ("first", "second")}
+    flat = {
+        occ: _row_index(cache, torch.tensor([s * P + p for s, o, _, _, p in rows if o == occ]))
+        for occ in ("first", "second")
+    }
     acts = cache.acts.double()
     return (acts[flat["second"]].mean(0) - acts[flat["first"]].mean(0)).numpy()
 
@@ -390,7 +414,7 @@ def natural_induction_effects(
     predicts); with a ``tokenizer`` too, their text as token and target (Fig. 9c hover labels).
     """
     P = cache.seq_len - 1
-    if cache.n_tokens != len(repeats) * P:
+    if cache.rows is None and cache.n_tokens != len(repeats) * P:
         raise ValueError(
             f"the cache holds {cache.n_tokens // P} sequences but {len(repeats)} repeats were given; "
             f"pass one (first_start, second_start) per sequence"

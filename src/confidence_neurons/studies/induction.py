@@ -23,7 +23,7 @@ import torch
 from plotly.graph_objects import Figure
 
 from confidence_neurons.analysis.activity import parse_neuron
-from confidence_neurons.analysis.forward import run_forward
+from confidence_neurons.analysis.forward import forward_at, run_forward
 from confidence_neurons.analysis.weights import default_k, weight_stats
 from confidence_neurons.data.corpus import CorpusError, sample_token_sequences
 from confidence_neurons.errors import ConfigError
@@ -77,7 +77,12 @@ class InductionConfig(KernelOptions, SourceOptions):
         "neuron from above to its first-copy mean)",
     )
     n_prefix_seqs: int = option(64, "repeated random-token sequences for prefix matching (paper: 1024)", minimum=1)
-    n_bos_seqs: int = option(64, "natural sequences for the mean BOS attention (paper: 1000)", minimum=1)
+    n_bos_seqs: int = option(
+        64,
+        "plain-text windows of --natural-seq-len tokens for the mean BOS attention and the mean activation "
+        "natural induction ablates to (paper: 1000)",
+        minimum=1,
+    )
     n_ablation_seqs: int = option(16, "sequences for BOS / mean-z ablation and DFA (paper: 100)", minimum=1)
     ablation_half_len: int = option(
         50,
@@ -92,7 +97,9 @@ class InductionConfig(KernelOptions, SourceOptions):
         "default before 2026-12)",
     )
     n_natural: int = option(64, "natural induction sequences (paper: 1000)", minimum=1)
-    natural_seq_len: int = option(256, "tokens per natural induction sequence", minimum=2)
+    natural_seq_len: int = option(
+        256, "tokens per natural induction sequence and per plain-text window (the authors': 256)", minimum=2
+    )
     natural_ablation: NaturalAblation = option(
         "authors",
         "how natural induction (Fig. 9) ablates: authors (set to the neuron's mean over every position of plain "
@@ -408,8 +415,9 @@ def induction(
             seed=config.seed,
         )
         prefix = H.prefix_matching_scores(model, rep, batch_size=config.batch_size)
-        natural = corpus_windows(config.n_bos_seqs, T + 1, 1, bos_id=bos_id)
-        bos = H.mean_bos_attention(model, natural, batch_size=config.batch_size)
+        # plain text, as the authors' 256-token C4 windows: BOS attention, and the natural-induction mean
+        plain = corpus_windows(config.n_bos_seqs, config.natural_seq_len, 1, bos_id=bos_id)
+        bos, plain_mean = H.bos_attention_and_mean_activation(model, plain, batch_size=config.batch_size)
         ind_heads, base_heads = H.choose_heads(prefix, bos, seed=config.seed)
         nl, nh = prefix.shape
         tables["head_scores"] = pd.DataFrame(
@@ -485,12 +493,11 @@ def induction(
                 split=config.split,
                 sampling=config.sampling,
             )
-            nat_cache = run_forward(model, layer, nat_tokens, batch_size=config.batch_size, progress=progress)
-            if config.natural_ablation == "authors":  # the mean over every position of plain text
-                plain = corpus_windows(config.n_natural, config.natural_seq_len, 3, bos_id=bos_id)
-                reference = N.plain_text_mean(model, layer, plain, batch_size=config.batch_size)
-            else:
-                reference = clipped["first_copy_mean"]
+            # only the positions of the repeats are read: each batch is cut after its last one
+            rows = N.repeat_rows(repeats, n=config.ngram, seq_len=nat_tokens.shape[1])
+            nat_cache = forward_at(model, layer, nat_tokens, rows, batch_size=config.batch_size)
+            # authors: the mean over every position of plain text (the head scores' windows)
+            reference = plain_mean if config.natural_ablation == "authors" else clipped["first_copy_mean"]
             tables["natural_effects"] = N.natural_induction_effects(
                 layer,
                 nat_cache,
@@ -537,6 +544,10 @@ def induction(
         "random_seed": config.seed,
         "synthetic": {k: v for k, v in source.items() if k != "corpus"},
         "natural": nat_source,
+        "plain_text": (
+            "n_bos_seqs windows of natural_seq_len tokens (seed + 1): the mean BOS attention and the mean "
+            "activation natural induction ablates to"
+        ),
         "sizes": {
             k: getattr(config, k)
             for k in (
