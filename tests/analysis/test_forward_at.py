@@ -78,3 +78,15 @@ def test_one_plain_text_pass_equals_its_two_slow_twins(tiny):
     bos, mean = bos_attention_and_mean_activation(model, tokens, batch_size=2)
     torch.testing.assert_close(bos, mean_bos_attention(model, tokens, batch_size=3), rtol=0, atol=TOL)
     torch.testing.assert_close(mean, plain_text_mean(model, layer, tokens, batch_size=3), rtol=0, atol=TOL)
+
+
+def test_run_forward_checking_the_first_batch_only_gives_the_same_cache(tiny):
+    arch, model, layer = tiny
+    tokens = random_tokens(5, 10, seed=9)
+    every = run_forward(model, layer, tokens, batch_size=2, progress=False)
+    first = run_forward(model, layer, tokens, batch_size=2, progress=False, check="first batch")
+    for name in ("resid", "acts", "target") + (("mlp_out",) if every.mlp_out is not None else ()):
+        torch.testing.assert_close(getattr(first, name), getattr(every, name), rtol=0, atol=TOL, msg=f"{arch} {name}")
+    assert first.logits_check <= every.logits_check + 1e-6 and first.logits_check < 1e-4
+    with pytest.raises(ValueError, match="first batch"):
+        run_forward(model, layer, tokens, progress=False, check="never")

@@ -358,7 +358,8 @@ def induction(
             split=config.split,
             sampling=config.sampling,
         )
-        cache = run_forward(model, layer, tokens, batch_size=config.batch_size, progress=progress)
+        # the closed form is checked on the first batch; the others skip the model's unembedding
+        cache = run_forward(model, layer, tokens, batch_size=config.batch_size, progress=progress, check="first batch")
         clean = N.clean_loss_entropy(layer, cache, backend=config.backend)
         curves = N.curves_from_cache(layer, cache, neurons, clean)
     with timer("clipped ablation (Fig. 5b)"):
