@@ -198,8 +198,9 @@ def test_natural_induction_effects_at_repeat_positions(setup: Setup):
         natural_induction_effects(setup.layer, setup.cache, [(1, 3)] * 5, [neuron], reference_mean=reference, n=3)
 
 
-def test_second_copy_token_effects_match_the_curves(tmp_path):
-    """Fig. 10c's per-token changes average to the clipped-ablation curves of Fig. 5b."""
+@pytest.mark.parametrize("clip", ["toolkit", "authors"])
+def test_second_copy_token_effects_match_the_curves(tmp_path, clip):
+    """Fig. 10c's per-token changes, clipped as Fig. 5b clips, average to Fig. 5b's curves."""
     from confidence_neurons.induction.neurons import clipped_ablation_curves, second_copy_token_effects
     from tests.tiny import load_tiny, random_tokens, tiny_tokenizer
 
@@ -208,13 +209,26 @@ def test_second_copy_token_effects_match_the_curves(tmp_path):
     half = random_tokens(4, 9, seed=3)[:, 1:]
     tokens = torch.cat([half[:, :1] * 0 + 1, half, half], dim=1)  # BOS, T, T with T = 8
     cache = run_forward(model, layer, tokens, progress=False)
-    neurons = [int(i) for i in cache.acts.std(0).topk(2).indices]
-    curves = clipped_ablation_curves(layer, cache, tuple(tokens.shape), neurons, half_len=8, clip="toolkit")
+    ranked = [int(i) for i in cache.acts.std(0).argsort(descending=True)]
+    curves = clipped_ablation_curves(layer, cache, tuple(tokens.shape), ranked[:1], half_len=8, clip=clip)
+    below = [i for i in ranked if bool(curves["from_below"][i])][:1]  # the authors' clip: one from below
+    neurons = ranked[:2] + [i for i in below if i not in ranked[:2]]
+    curves = clipped_ablation_curves(layer, cache, tuple(tokens.shape), neurons, half_len=8, clip=clip)
     eff = second_copy_token_effects(
-        layer, cache, tokens, neurons, half_len=8, threshold=curves["first_copy_mean"], tokenizer=tiny_tokenizer()
+        layer,
+        cache,
+        tokens,
+        neurons,
+        half_len=8,
+        threshold=curves["threshold"],
+        from_below=curves["from_below"],
+        tokenizer=tiny_tokenizer(),
     )
-    assert len(eff) == 2 * 4 * 7 and ((eff["reciprocal_rank"] > 0) & (eff["reciprocal_rank"] <= 1)).all()
+    assert len(eff) == len(neurons) * 4 * 7 and ((eff["reciprocal_rank"] > 0) & (eff["reciprocal_rank"] <= 1)).all()
+    assert list(dict.fromkeys(eff["neuron"])) == neurons
     assert (eff.loc[~eff["clipped"], "delta_loss"].abs() < 1e-6).all()
+    if clip == "authors" and below:
+        assert (eff[eff["neuron"] == below[0]]["clip_from"] == "below").all()
     for i in neurons:
         per_pos = curves["per_position"].query("group == 'selected' and neuron == @i and copy == 'second'")
         mine = eff[eff["neuron"] == i].groupby("pos")["delta_loss"].mean()

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from confidence_neurons.analysis.activity import clean_ranks
@@ -477,37 +477,59 @@ def second_copy_token_effects(
     threshold: Float[Tensor, " d_mlp"],
     tokenizer,
     backend: Backend = "auto",
+    from_below: Bool[Tensor, " d_mlp"] | None = None,
 ) -> pd.DataFrame:
     """Fig. 10c: per token of the second copy, the change of loss on clipping each neuron to
-    ``threshold`` (its first-copy mean) against the initial loss, with the correct token's
-    reciprocal rank. One row per (neuron, token), in the columns of ``figures.activity``.
+    ``threshold`` against the initial loss, with the correct token's reciprocal rank. The clipping is
+    Fig. 5b's (``clipped_ablation_curves``' ``threshold`` and ``from_below``: from above, or from below
+    where ``from_below``; None: every neuron from above). One row per (neuron, token), in the columns
+    of ``figures.activity``; ``clip_from`` says which way each neuron was clipped.
     """
     n_seqs, seq_len = tokens.shape
     P, start2 = seq_len - 1, copy_offset(seq_len, half_len) + half_len
     flat = (torch.arange(n_seqs)[:, None] * P + torch.arange(start2, P)[None, :]).reshape(-1)
     sub = _sub_cache(cache, flat)
-    eff = per_token_effects(layer, sub, list(neurons), mode="clip", mean_act=threshold, backend=backend, te_only=True)
+    below = torch.zeros(layer.d_mlp, dtype=torch.bool) if from_below is None else from_below
     rr = (1.0 / clean_ranks(layer, sub).double()).numpy()
     decode = lambda ids: [tokenizer.decode([int(i)]) for i in ids]  # noqa: E731
     seq, pos = np.divmod(flat.numpy(), P)
-    base = pd.DataFrame(
-        {
-            "seq": seq,
-            "pos": pos,
-            "token": decode(tokens[seq, pos]),
-            "target": decode(sub.target),
-            "initial_loss": eff.loss.numpy(),
-            "reciprocal_rank": rr,
-        }
-    )
-    frames = [
-        base.assign(
-            neuron=int(i),
-            activation=sub.acts[:, i].numpy(),
-            clipped=(sub.acts[:, i] > threshold[i]).numpy(),
-            delta_loss=(eff.TE.loss[:, k] - eff.loss).numpy(),
-            delta_entropy=(eff.TE.entropy[:, k] - eff.entropy).numpy(),
+    base = None
+    frames = []
+    for way in (False, True):
+        group = [int(i) for i in neurons if bool(below[i]) == way]
+        if not group:
+            continue
+        eff = per_token_effects(
+            layer,
+            sub,
+            group,
+            mode="clip_below" if way else "clip",
+            mean_act=threshold,
+            backend=backend,
+            te_only=True,
         )
-        for k, i in enumerate(neurons)
-    ]
-    return pd.concat(frames, ignore_index=True)
+        if base is None:
+            base = pd.DataFrame(
+                {
+                    "seq": seq,
+                    "pos": pos,
+                    "token": decode(tokens[seq, pos]),
+                    "target": decode(sub.target),
+                    "initial_loss": eff.loss.numpy(),
+                    "reciprocal_rank": rr,
+                }
+            )
+        for k, i in enumerate(group):
+            act = sub.acts[:, i]
+            frames.append(
+                base.assign(
+                    neuron=i,
+                    activation=act.numpy(),
+                    clip_from="below" if way else "above",
+                    clipped=((act < threshold[i]) if way else (act > threshold[i])).numpy(),
+                    delta_loss=(eff.TE.loss[:, k] - eff.loss).numpy(),
+                    delta_entropy=(eff.TE.entropy[:, k] - eff.entropy).numpy(),
+                )
+            )
+    order = {int(i): n for n, i in enumerate(neurons)}  # rows in the order of ``neurons``
+    return pd.concat(sorted(frames, key=lambda f: order[int(f["neuron"].iloc[0])]), ignore_index=True)

@@ -387,7 +387,8 @@ def induction(
             tokens,
             neurons,
             half_len=T,
-            threshold=clipped["first_copy_mean"],
+            threshold=clipped["threshold"],  # Fig. 5b's clipping (the authors': threshold and direction)
+            from_below=clipped["from_below"],
             tokenizer=model.tokenizer,
             backend=config.backend,
         )
