@@ -312,3 +312,19 @@ def test_te_only_equals_the_te_of_the_full_computation(setup: Setup):
     for key in ("loss", "entropy"):
         torch.testing.assert_close(getattr(te.TE, key), getattr(full.TE, key), atol=1e-6, rtol=0)
         torch.testing.assert_close(getattr(te, key), getattr(full, key), atol=1e-6, rtol=0)
+
+
+def test_mixed_clipping_directions_equal_one_call_per_direction(setup: Setup):
+    above, below = most_active(setup.cache, 2)
+    mean = setup.cache.acts.mean(0)
+    mixed = per_token_effects(
+        setup.layer, setup.cache, [above, below], mode="clip", mean_act=mean, te_only=True, below=[False, True]
+    )
+    up = per_token_effects(setup.layer, setup.cache, [above], mode="clip", mean_act=mean, te_only=True)
+    down = per_token_effects(setup.layer, setup.cache, [below], mode="clip_below", mean_act=mean, te_only=True)
+    for key in ("loss", "entropy"):
+        torch.testing.assert_close(getattr(mixed.TE, key)[:, :1], getattr(up.TE, key), atol=1e-6, rtol=0)
+        torch.testing.assert_close(getattr(mixed.TE, key)[:, 1:], getattr(down.TE, key), atol=1e-6, rtol=0)
+    assert (getattr(mixed.TE, "loss")[:, 1] - mixed.loss).abs().max() > 1e-6  # clipping from below does something
+    with pytest.raises(ValueError, match="one flag per neuron"):
+        per_token_effects(setup.layer, setup.cache, [above], mode="mean", below=[True])

@@ -7,6 +7,7 @@ cached token and keeps the per-token values (``inspect``, the induction study, t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -204,11 +205,13 @@ def per_token_effects(
     backend: Backend = "auto",
     device: torch.device | str | None = None,
     te_only: bool = False,
+    below: Sequence[bool] | None = None,
 ) -> TokenEffects:
     """Per-token clean and ablated statistics for a few neurons; DE_freq by an exact third pass.
 
     ``te_only``: the total effect alone (``DE`` None), half the passes over the vocabulary, for
-    readers of TE only (Fig. 5b, 9, 10c).
+    readers of TE only (Fig. 5b, 9, 10c). ``below`` (mode ``clip``; one flag per neuron): clip the
+    neurons flagged from below (``clip_below``), the others from above, in one pass over the tokens.
 
     The work runs on ``device`` (default CPU; ``sweep`` says how), the results are on the CPU.
     """
@@ -223,7 +226,19 @@ def per_token_effects(
     def add(key: str, value: Tensor) -> None:
         parts.setdefault(key, []).append(value.cpu())
 
-    for sl, c in chunks(layer, cache, idx, lambda a: ablated_values(a, mean_k, mode), token_chunk):
+    if below is not None:
+        if mode != "clip" or len(below) != len(neurons):
+            raise ValueError("below needs mode 'clip' and one flag per neuron")
+        flags = torch.tensor([bool(b) for b in below], device=dev)
+
+        def values(a: Tensor) -> Tensor:
+            return torch.where(flags, ablated_values(a, mean_k, "clip_below"), ablated_values(a, mean_k, "clip"))
+    else:
+
+        def values(a: Tensor) -> Tensor:
+            return ablated_values(a, mean_k, mode)
+
+    for sl, c in chunks(layer, cache, idx, values, token_chunk):
         tgt = cache.target[sl].to(dev)
         base = clean_stats(c.L, c.s, layer, tgt, backend)
         add("loss", base.loss)

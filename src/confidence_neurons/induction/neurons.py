@@ -221,22 +221,19 @@ def clipped_ablation_curves(
     P2 = P - start2
     d_ent = np.zeros((n_seqs, P, len(unique)))
     d_loss = np.zeros((n_seqs, P, len(unique)))
-    for below in (False, True):
-        ks = [k for k, i in enumerate(unique) if bool(from_below[i]) == below]
-        if not ks:
-            continue
-        eff = per_token_effects(
-            layer,
-            sub,
-            [unique[k] for k in ks],
-            mode="clip_below" if below else "clip",
-            mean_act=threshold,
-            token_chunk=token_chunk,
-            backend=backend,
-            te_only=True,
-        )
-        d_ent[:, start2:, ks] = (eff.TE.entropy - eff.entropy[:, None]).double().numpy().reshape(n_seqs, P2, -1)
-        d_loss[:, start2:, ks] = (eff.TE.loss - eff.loss[:, None]).double().numpy().reshape(n_seqs, P2, -1)
+    eff = per_token_effects(  # each neuron clipped its own way, all in one pass over the second copy
+        layer,
+        sub,
+        unique,
+        mode="clip",
+        mean_act=threshold,
+        token_chunk=token_chunk,
+        backend=backend,
+        te_only=True,
+        below=[bool(from_below[i]) for i in unique],
+    )
+    d_ent[:, start2:] = (eff.TE.entropy - eff.entropy[:, None]).double().numpy().reshape(n_seqs, P2, -1)
+    d_loss[:, start2:] = (eff.TE.loss - eff.loss[:, None]).double().numpy().reshape(n_seqs, P2, -1)
     if clean_entropy is None:
         clean_entropy = clean_loss_entropy(layer, cache, token_chunk=token_chunk, backend=backend)[1]
     entropy = clean_entropy.double().numpy().reshape(n_seqs, P)
@@ -493,43 +490,31 @@ def second_copy_token_effects(
     rr = (1.0 / clean_ranks(layer, sub).double()).numpy()
     decode = lambda ids: [tokenizer.decode([int(i)]) for i in ids]  # noqa: E731
     seq, pos = np.divmod(flat.numpy(), P)
-    base = None
+    flags = [bool(below[i]) for i in neurons]
+    eff = per_token_effects(
+        layer, sub, list(neurons), mode="clip", mean_act=threshold, backend=backend, te_only=True, below=flags
+    )
+    base = pd.DataFrame(
+        {
+            "seq": seq,
+            "pos": pos,
+            "token": decode(tokens[seq, pos]),
+            "target": decode(sub.target),
+            "initial_loss": eff.loss.numpy(),
+            "reciprocal_rank": rr,
+        }
+    )
     frames = []
-    for way in (False, True):
-        group = [int(i) for i in neurons if bool(below[i]) == way]
-        if not group:
-            continue
-        eff = per_token_effects(
-            layer,
-            sub,
-            group,
-            mode="clip_below" if way else "clip",
-            mean_act=threshold,
-            backend=backend,
-            te_only=True,
+    for k, (i, way) in enumerate(zip(neurons, flags)):
+        act = sub.acts[:, i]
+        frames.append(
+            base.assign(
+                neuron=int(i),
+                activation=act.numpy(),
+                clip_from="below" if way else "above",
+                clipped=((act < threshold[i]) if way else (act > threshold[i])).numpy(),
+                delta_loss=(eff.TE.loss[:, k] - eff.loss).numpy(),
+                delta_entropy=(eff.TE.entropy[:, k] - eff.entropy).numpy(),
+            )
         )
-        if base is None:
-            base = pd.DataFrame(
-                {
-                    "seq": seq,
-                    "pos": pos,
-                    "token": decode(tokens[seq, pos]),
-                    "target": decode(sub.target),
-                    "initial_loss": eff.loss.numpy(),
-                    "reciprocal_rank": rr,
-                }
-            )
-        for k, i in enumerate(group):
-            act = sub.acts[:, i]
-            frames.append(
-                base.assign(
-                    neuron=i,
-                    activation=act.numpy(),
-                    clip_from="below" if way else "above",
-                    clipped=((act < threshold[i]) if way else (act > threshold[i])).numpy(),
-                    delta_loss=(eff.TE.loss[:, k] - eff.loss).numpy(),
-                    delta_entropy=(eff.TE.entropy[:, k] - eff.entropy).numpy(),
-                )
-            )
-    order = {int(i): n for n, i in enumerate(neurons)}  # rows in the order of ``neurons``
-    return pd.concat(sorted(frames, key=lambda f: order[int(f["neuron"].iloc[0])]), ignore_index=True)
+    return pd.concat(frames, ignore_index=True)
