@@ -32,6 +32,7 @@ def _forbid_forward(model):
         raise AssertionError("the model's forward was called")
 
     model.bridge.run_with_cache = refuse
+    model.bridge.run_with_hooks = refuse
     model.bridge.forward = refuse
     return model
 
@@ -91,7 +92,7 @@ def test_a_stopped_forward_resumes_at_its_first_unwritten_batch(tiny_model, tmp_
     tokens[:, 0] = BOS_ID
     store = ActivationStore(tmp_path / "act")
     calls = []
-    real = model.bridge.run_with_cache
+    real = model.bridge.run_with_hooks
 
     def flaky(batch, **kw):
         calls.append(batch.shape[0])
@@ -99,16 +100,16 @@ def test_a_stopped_forward_resumes_at_its_first_unwritten_batch(tiny_model, tmp_
             raise KeyboardInterrupt
         return real(batch, **kw)
 
-    model.bridge.run_with_cache = flaky
+    model.bridge.run_with_hooks = flaky
     with pytest.raises(KeyboardInterrupt):
         run_forward(model, layer, tokens, batch_size=2, progress=False, store=store)
     assert json.loads((tmp_path / "act" / "store.json").read_text())["done"] == 1
-    model.bridge.run_with_cache = real
+    model.bridge.run_with_hooks = real
     calls.clear()
-    model.bridge.run_with_cache = lambda batch, **kw: (calls.append(batch.shape[0]), real(batch, **kw))[1]
+    model.bridge.run_with_hooks = lambda batch, **kw: (calls.append(batch.shape[0]), real(batch, **kw))[1]
     resumed = run_forward(model, layer, tokens, batch_size=2, progress=False, store=store)
     assert calls == [2, 1]  # batches 2 and 3 only
-    model.bridge.run_with_cache = real
+    model.bridge.run_with_hooks = real
     fresh = run_forward(model, layer, tokens, batch_size=2, progress=False)
     torch.testing.assert_close(resumed.acts, fresh.acts)
     torch.testing.assert_close(resumed.resid, fresh.resid)
@@ -157,7 +158,7 @@ def test_out_of_memory_in_the_forward_is_one_sentence_naming_the_flag(
         def oom(*a, **k):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-        model.bridge.run_with_cache = oom
+        model.bridge.run_with_hooks = oom
         return model
 
     monkeypatch.setattr(loading, "boot", boot_then_break)
