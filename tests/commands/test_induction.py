@@ -85,7 +85,7 @@ def test_induction_end_to_end(setup, tmp_path, capsys):
     assert set(first.loc[a, "token"]) == {f"w{i}" for i in range(80, 86)}
     config = json.loads((out / "config.json").read_text())
     settings = config["settings"]
-    assert config["status"] == "complete" and len(settings["timings_s"]) == 8
+    assert config["status"] == "complete" and len(settings["timings_s"]) == 7  # BOS and mean-z: one stage
     assert settings["placement"] == {"device": "cpu", "dtype": "float32"}
     assert settings["head_ablation"] == "per-position" and config["config"]["head_ablation"] == "per-position"
     assert settings["sizes"]["ablation_half_len"] == 8 and settings["sizes"]["half_len"] == 16

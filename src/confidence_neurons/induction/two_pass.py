@@ -163,7 +163,7 @@ def head_ablation_activations(
     tokens: Int[Tensor, "n_seqs seq_len"],
     neurons: Sequence[int],
     head_sets: Sequence[HeadSet],
-    hooks_for: Callable[[HeadSet], Sequence[Hook]],
+    hooks_for: Callable[[HeadSet], Sequence[Hook]] | Sequence[Callable[[HeadSet], Sequence[Hook]]],
     *,
     variant: HeadAblation = "per-position",
     batch_size: int = 16,
@@ -172,7 +172,8 @@ def head_ablation_activations(
     each head set's ablation.
 
     ``hooks_for(heads)`` gives the ablation at every query position (``bos_ablation_hooks(heads)``,
-    ``mean_z_ablation_hooks(heads, mean_z)``). ``variant`` "per-position" (the paper's): the value
+    ``mean_z_ablation_hooks(heads, mean_z)``), or one such builder per head set (BOS and mean-z
+    ablations sharing one clean pass). ``variant`` "per-position" (the paper's): the value
     at q is the activation at q with the heads ablated at q only, exact by the identity in the
     module docstring; "all-positions": ablated at every query position at once. Both run one
     clean pass per batch and one pass per head set from the head set's lowest layer.
@@ -180,6 +181,9 @@ def head_ablation_activations(
     if variant not in HEAD_ABLATIONS:
         raise ValueError(f"variant must be one of {HEAD_ABLATIONS}, not {variant!r}")
     head_sets = [tuple(tuple(h) for h in hs) for hs in head_sets]
+    builders = [hooks_for] * len(head_sets) if callable(hooks_for) else list(hooks_for)
+    if len(builders) != len(head_sets):
+        raise ValueError(f"{len(builders)} hook builders for {len(head_sets)} head sets: give one, or one per set")
     if any(not hs for hs in head_sets):
         raise ValueError("every head set needs at least one head (the clean row is returned separately)")
     bridge, n_layers = model.bridge, model.cfg.n_layers
@@ -235,10 +239,10 @@ def head_ablation_activations(
                         "per-position head ablation cannot mix its attention, use --head-ablation all-positions"
                     )
             checked = True
-        for heads, total in zip(head_sets, totals):
+        for heads, total, build in zip(head_sets, totals, builders):
             l0 = min(l for l, _ in heads)
             mix = _MixedPass(cache, range(l0 + 1, n_layers) if len(mixed) else range(0), q_final, k_final, f)
-            hooks = [*mix.before(), *hooks_for(heads), *mix.after(), read_into(total)]
+            hooks = [*mix.before(), *build(heads), *mix.after(), read_into(total)]
             run(cache[f"blocks.{l0}.hook_resid_pre"], hooks, l0)
     n = tokens.shape[0]
     return (clean_total / n).float(), [(t / n).float() for t in totals]

@@ -70,7 +70,8 @@ def induction_sections(result: InductionResult, figs: dict[str, Figure]) -> list
         ),
         ReportSection(
             "Induction heads (Sec. 6.2)",
-            f"Prefix-matching score on repeated random tokens and mean attention to BOS on natural text. "
+            f"Prefix-matching score on repeated random tokens and mean attention to BOS on "
+            f"{s['sizes']['n_bos_seqs']} windows of plain text ({s['sizes']['natural_seq_len']} tokens each). "
             f"Induction heads: {', '.join(s['induction_heads'])}; baseline heads (BOS attention > 0.6, "
             f"prefix score < 0.1): {', '.join(s['baseline_heads']) or 'none qualified'}.",
             figures=pick("head_scores"),

@@ -291,22 +291,31 @@ def _head_label(heads) -> str:
     return "+".join(f"L{l}H{h}" for l, h in heads) or "none"
 
 
-def _ablation_table(
-    model, tokens, neurons, names, sets, hooks_for, batch_size, variant: H.HeadAblation
-) -> pd.DataFrame:
-    """Mean activation per position of each neuron, clean and under each head set's ablation.
+def _ablation_tables(
+    model, tokens, neurons, names, families, batch_size, variant: H.HeadAblation
+) -> list[pd.DataFrame]:
+    """Mean activation per position of each neuron, clean and under each head set's ablation, one
+    table per family of ablations.
 
-    ``hooks_for(heads)`` builds the ablation at every query position; ``variant`` "per-position"
-    reads each position with the heads ablated there only (the paper's), "all-positions" with them
-    ablated everywhere. Both in one clean pass and one pass per head set per batch (``two_pass``).
+    ``families``: (hooks_for, [(kind, heads), ...]) per family (BOS ablation, mean-z ablation), where
+    ``hooks_for(heads)`` builds the ablation at every query position; ``variant`` "per-position" reads
+    each position with the heads ablated there only (the paper's), "all-positions" with them ablated
+    everywhere. Every family shares one clean pass per batch (``two_pass``).
     """
+    sets = [(kind, heads, build) for build, family in families for kind, heads in family]
     clean, ablated = head_ablation_activations(
-        model, tokens, neurons, [heads for _, heads in sets], hooks_for, variant=variant, batch_size=batch_size
+        model,
+        tokens,
+        neurons,
+        [heads for _, heads, _ in sets],
+        [build for _, _, build in sets],
+        variant=variant,
+        batch_size=batch_size,
     )
-    rows = []
-    for (kind, heads), acts in zip([("clean", ())] + sets, [clean, *ablated]):
-        for k, name in enumerate(names):  # acts: (n_neurons, seq_len)
-            rows.append(
+
+    def frame(kind, heads, acts) -> pd.DataFrame:  # acts: (n_neurons, seq_len)
+        return pd.concat(
+            [
                 pd.DataFrame(
                     {
                         "neuron": name,
@@ -316,8 +325,19 @@ def _ablation_table(
                         "activation": acts[k].numpy(),
                     }
                 )
-            )
-    return pd.concat(rows, ignore_index=True)
+                for k, name in enumerate(names)
+            ],
+            ignore_index=True,
+        )
+
+    tables, i = [], 0
+    for _, family in families:
+        rows = [frame("clean", (), clean)]
+        for kind, heads in family:
+            rows.append(frame(kind, heads, ablated[i]))
+            i += 1
+        tables.append(pd.concat(rows, ignore_index=True))
+    return tables
 
 
 @torch.no_grad()
@@ -432,7 +452,7 @@ def induction(
         )
     sets = [("induction", s) for s in H.head_combinations(ind_heads)]
     sets += [("baseline", s) for s in H.baseline_combinations(base_heads, seed=config.seed)]
-    with timer("BOS ablation (Fig. 5c, 12)"):
+    with timer("BOS and mean attention-output ablation (Fig. 5c, 12, 13)"):
         TA = config.ablation_half_len
         if TA == T:
             abl_tokens = tokens[: config.n_ablation_seqs]
@@ -448,19 +468,14 @@ def induction(
                 split=config.split,
             )
         abl_start2 = copy_offset(abl_tokens.shape[1], TA) + TA
-        tables["bos_ablation"] = _ablation_table(
-            model, abl_tokens, neurons, names, sets, H.bos_ablation_hooks, config.batch_size, config.head_ablation
-        )
-    with timer("mean attention-output ablation (Fig. 13)"):
         mean_z = H.mean_z_over(model, abl_tokens, ind_heads, slice(abl_start2, None), batch_size=config.batch_size)
         zsets = [("induction", s) for s in H.head_combinations(ind_heads)]
-        tables["mean_z_ablation"] = _ablation_table(
+        tables["bos_ablation"], tables["mean_z_ablation"] = _ablation_tables(
             model,
             abl_tokens,
             neurons,
             names,
-            zsets,
-            lambda hs: H.mean_z_ablation_hooks(hs, mean_z),
+            [(H.bos_ablation_hooks, sets), (lambda hs: H.mean_z_ablation_hooks(hs, mean_z), zsets)],
             config.batch_size,
             config.head_ablation,
         )
