@@ -6,7 +6,7 @@ benchmark on the code of git revision REV (its ``src/`` unpacked into a temporar
 subprocess at that code's default sizes and options) and prints a before/after table.
 
     python benchmarks/bench_induction.py [--model PATH] [--neurons 29.830,29.1022]
-        [--before REV] [--paper-sizes] [--set FIELD=VALUE ...]
+        [--before REV] [--paper-sizes] [--set FIELD=VALUE ...] [--out DIR]
 
 Timings on a shared machine are noisy: the load average is printed with each run, and each stage's
 CPU time (all threads of this process) is printed beside its wall time; on an idle machine with
@@ -106,7 +106,7 @@ def measure(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as out:
         marks.mark("start")
         w0, c0 = time.perf_counter(), time.process_time()
-        result = command.run(config, Path(out) / "run", model=model, progress=False)
+        result = command.run(config, Path(args.out or out) / "run", model=model, progress=False)
         marks.mark("end")
         total, total_cpu = time.perf_counter() - w0, time.process_time() - c0
     command.write = write
@@ -157,6 +157,7 @@ def main() -> None:
     ap.add_argument("--before", default=None, help="also time git revision REV's code, for a before/after table")
     ap.add_argument("--paper-sizes", action="store_true", help="App. D's sizes (induction --paper-sizes)")
     ap.add_argument("--set", action="append", default=[], help="FIELD=VALUE of InductionConfig (repeatable)")
+    ap.add_argument("--out", default=None, help="keep this code's run folder as OUT/run (default: a temporary one)")
     ap.add_argument("--json", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.json:  # the --before subprocess

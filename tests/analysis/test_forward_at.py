@@ -33,7 +33,14 @@ def test_forward_at_equals_the_rows_of_the_whole_forward(tiny):
     full = run_forward(model, layer, tokens, progress=False)
     P = tokens.shape[1] - 1
     rows = torch.tensor([0, 3, 2 * P + 1, 2 * P + 5, 3 * P + P - 1, 4 * P + 7])  # sequence 1 not read at all
-    got = forward_at(model, layer, tokens, rows, batch_size=2)
+    real, shapes = model.bridge.run_with_hooks, []
+    model.bridge.run_with_hooks = lambda batch, **kw: (shapes.append(tuple(batch.shape)), real(batch, **kw))[1]
+    try:
+        got = forward_at(model, layer, tokens, rows, batch_size=2)
+    finally:
+        model.bridge.run_with_hooks = real
+    # batched by last position, longest first: sequences 3 and 4 (to P - 1 and 7), then 2 and 0 (5 and 3)
+    assert shapes == [(2, P), (2, 6)], shapes
     assert torch.equal(got.rows, rows) and got.logits_check < 1e-4, arch
     torch.testing.assert_close(got.target, full.target[rows], rtol=0, atol=0)
     for name in ("resid", "acts") + (("mlp_out",) if full.mlp_out is not None else ()):

@@ -30,7 +30,7 @@ from confidence_neurons.analysis.forward import ForwardCache, run_forward
 from confidence_neurons.analysis.sweep import NeuronEffects, sweep
 from confidence_neurons.analysis.weights import WeightStats, weight_stats
 from confidence_neurons.models.final_layer import FinalLayer, final_layer
-from tests.tiny import load_tiny, random_tokens
+from tests.tiny import ARCHITECTURES, load_tiny, random_tokens
 
 NEURON_A, NEURON_B = 7, 11  # A: entropy neuron in W_U's null space; B: writes a token's logit direction
 C_A, C_B = 10.0, 3.0  # |w_out| of the planted neurons (the residual stream's norm is about 20)
@@ -181,6 +181,21 @@ def test_rho_equals_a_plain_full_svd(arch, tmp_path):
         expected = (W_out @ V0).norm(dim=-1) / W_out.norm(dim=-1)
         torch.testing.assert_close(weight_stats(layer, k).rho.double(), expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(weight_stats(layer, 1).singular_values.double(), S, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_rho_without_the_svd_equals_a_plain_full_svd(arch, tmp_path):
+    """``null_space_rho`` (the Gram matrix's bottom eigenspace, Fig. 11's rho) against the same plain
+    full SVD, for every k, on every architecture (LayerNorm's exactly-null all-ones direction included).
+    """
+    from confidence_neurons.analysis.weights import null_space_rho
+
+    layer = final_layer(load_tiny(arch, tmp_path))
+    W_U, W_out = layer.W_U.double(), layer.W_out.double()
+    U = torch.linalg.svd(W_U, full_matrices=True)[0]
+    for k in (1, 2, 3, layer.d_model - 1):
+        expected = (W_out @ U[:, layer.d_model - k :]).norm(dim=-1) / W_out.norm(dim=-1)
+        torch.testing.assert_close(null_space_rho(layer, k).double(), expected, atol=1e-5, rtol=0, msg=f"{arch} k={k}")
 
 
 def test_default_k_is_the_papers():

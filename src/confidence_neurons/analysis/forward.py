@@ -471,7 +471,8 @@ def forward_at(
     unique), for analyses that read a few positions of each sequence (natural induction, Fig. 9).
 
     Exact and cheaper: a causal model's final residual at p depends on tokens 0..p only, so each
-    batch of sequences is cut after its last needed position, and the forward stops at the final
+    batch of sequences is cut after its last needed position (sequences are batched by that
+    position, longest first, so a batch runs little past what it needs), and the forward stops at the final
     norm's scale (no unembedding: the closed form computes what the analysis reads). The closed
     form's logits are checked against the model's at the rows of the first batch, which runs whole.
     The returned cache holds the rows in the order given, with ``rows`` set.
@@ -486,11 +487,16 @@ def forward_at(
     names = [layer.act_hook, layer.resid_hook, layer.scale_hook] + ([post.in_hook] if post else [])
     device, tol = _input_device(model), LOGPROB_TOLERANCE.get(_model_dtype(model), 1e-2)
     wanted = seq.unique()
-    parts: dict[str, list[Tensor]] = {"resid": [], "acts": [], "mlp_out": []}
+    # longest cut first (the first batch runs whole for the check), then batches of similar cuts, so
+    # each batch runs little past its sequences' own last positions
+    last = torch.zeros(n_seqs, dtype=torch.long).scatter_reduce(0, seq, pos, "amax")[wanted]
+    wanted = wanted[torch.sort(last, descending=True, stable=True).indices]
+    parts: dict[str, list[Tensor]] = {"resid": [], "acts": [], "mlp_out": [], "order": []}
     worst = 0.0
     for b0 in range(0, len(wanted), batch_size):
-        seqs = wanted[b0 : b0 + batch_size]
+        seqs = wanted[b0 : b0 + batch_size].sort().values
         mine = torch.isin(seq, seqs)
+        parts["order"].append(mine.nonzero().flatten())
         s_idx = torch.searchsorted(seqs, seq[mine])  # each row's place in the batch
         p_idx = pos[mine]
         batch = tokens[seqs, : int(p_idx.max()) + 1].to(device)
@@ -523,13 +529,15 @@ def forward_at(
             f"{_model_dtype(model)}): the final norm or unembedding of this architecture is not what the "
             "closed form assumes"
         )
-    # batches run sequence by sequence in order, so the rows come back in the order given
+    # the rows come back in the order given
+    back = torch.empty(len(rows), dtype=torch.long)
+    back[torch.cat(parts["order"])] = torch.arange(len(rows))
     return ForwardCache(
-        resid=torch.cat(parts["resid"]),
-        acts=torch.cat(parts["acts"]),
+        resid=torch.cat(parts["resid"])[back],
+        acts=torch.cat(parts["acts"])[back],
         target=tokens[seq, pos + 1].clone(),
         seq_len=seq_len,
         logits_check=worst,
-        mlp_out=torch.cat(parts["mlp_out"]) if post is not None else None,
+        mlp_out=torch.cat(parts["mlp_out"])[back] if post is not None else None,
         rows=rows.clone(),
     )

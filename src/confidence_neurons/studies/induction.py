@@ -24,7 +24,7 @@ from plotly.graph_objects import Figure
 
 from confidence_neurons.analysis.activity import parse_neuron
 from confidence_neurons.analysis.forward import forward_at, run_forward
-from confidence_neurons.analysis.weights import default_k, weight_stats
+from confidence_neurons.analysis.weights import default_k, null_space_rho
 from confidence_neurons.data.corpus import CorpusError, sample_token_sequences
 from confidence_neurons.errors import ConfigError
 from confidence_neurons.figures import induction as F
@@ -64,7 +64,7 @@ class InductionConfig(KernelOptions, SourceOptions):
         None, "a finished scan run directory: study its entropy and token frequency neurons", flag="--scan"
     )
     half_len: int = option(100, "tokens per copy (paper: 100)", minimum=1)
-    n_seqs: int = option(64, "synthetic sequences for the curves (paper: 500)", flag="--n-induction-seqs", minimum=1)
+    n_seqs: int = option(48, "synthetic sequences for the curves (paper: 500)", flag="--n-induction-seqs", minimum=1)
     n_random: int = option(
         10,
         "random final-layer neurons, each clipped on its own, as the baseline of Fig. 5b (paper App. H.2: 10)",
@@ -76,9 +76,9 @@ class InductionConfig(KernelOptions, SourceOptions):
         "below for neurons that fall in the second copy, as their case_studies/induction.py) or toolkit (every "
         "neuron from above to its first-copy mean)",
     )
-    n_prefix_seqs: int = option(64, "repeated random-token sequences for prefix matching (paper: 1024)", minimum=1)
+    n_prefix_seqs: int = option(32, "repeated random-token sequences for prefix matching (paper: 1024)", minimum=1)
     n_bos_seqs: int = option(
-        64,
+        16,
         "plain-text windows of --natural-seq-len tokens for the mean BOS attention and the mean activation "
         "natural induction ablates to (paper: 1000)",
         minimum=1,
@@ -96,7 +96,7 @@ class InductionConfig(KernelOptions, SourceOptions):
         "read; exact, in two forwards per head set) or all-positions (every query position at once; the "
         "default before 2026-12)",
     )
-    n_natural: int = option(64, "natural induction sequences (paper: 1000)", minimum=1)
+    n_natural: int = option(32, "natural induction sequences (paper: 1000)", minimum=1)
     natural_seq_len: int = option(
         256, "tokens per natural induction sequence and per plain-text window (the authors': 256)", minimum=2
     )
@@ -415,7 +415,7 @@ def induction(
     with timer("activation change of every neuron (Fig. 11)"):
         change = N.activation_change(N.acts_by_position(cache), T)
         w_out_norm = layer.W_out.double().norm(dim=-1).numpy()  # (d_mlp,)
-        rho = weight_stats(layer, config.k or default_k(layer.d_model, config.model)).rho.numpy()
+        rho = null_space_rho(layer, config.k or default_k(layer.d_model, config.model)).numpy()
         tables["activation_change"] = pd.DataFrame(
             {
                 "neuron": np.arange(layer.d_mlp),
