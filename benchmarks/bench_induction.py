@@ -175,7 +175,11 @@ def main() -> None:
     _print("after (this code)", after)
     print("| stage | before wall (s) | before CPU (s) | after wall (s) | after CPU (s) |\n|---|---:|---:|---:|---:|")
     fmt = lambda x: "" if x is None else f"{x:.1f}"  # noqa: E731
-    for stage in dict.fromkeys([*before["stages"], *after["stages"]]):
+    stages = list(before["stages"])
+    for i, stage in enumerate(after["stages"]):  # a stage only "after" has goes after its predecessor there
+        if stage not in stages:
+            stages.insert(stages.index(list(after["stages"])[i - 1]) + 1 if i else 0, stage)
+    for stage in stages:
         cells = [m[k].get(stage) for m in (before, after) for k in ("stages", "cpu")]
         print(f"| {stage} | " + " | ".join(map(fmt, cells)) + " |")
 
