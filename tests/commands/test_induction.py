@@ -89,6 +89,10 @@ def test_induction_end_to_end(setup, tmp_path, capsys):
     assert settings["placement"] == {"device": "cpu", "dtype": "float32"}
     assert settings["head_ablation"] == "per-position" and config["config"]["head_ablation"] == "per-position"
     assert settings["sizes"]["ablation_half_len"] == 8 and settings["sizes"]["half_len"] == 16
+    # the run names the App. D sizes it did not use
+    smaller = {"n_seqs", "n_ablation_seqs", "n_prefix_seqs", "n_bos_seqs", "n_natural"}
+    assert set(settings["smaller_than_paper"]) == smaller
+    assert settings["smaller_than_paper"]["n_seqs"].startswith(f"{settings['sizes']['n_seqs']} (App. D: 500;")
     random_neurons = settings["random_neurons"]  # App. H.2: 10 random neurons, none of the studied ones
     assert len(set(random_neurons)) == 10 and not {"1.3", "1.7"} & set(random_neurons)
     summary = pd.read_parquet(out / "clipped_summary.parquet")

@@ -579,6 +579,12 @@ def induction(
                 "ngram",
             )
         },
+        # App. D's sizes this run did not use (the defaults are scaled down to run on two CPU cores)
+        "smaller_than_paper": {
+            k: f"{getattr(config, k)} (App. D: {v}; --paper-sizes for App. D's)"
+            for k, v in PAPER_SIZES.items()
+            if getattr(config, k) < v
+        },
         "timings_s": timer.timings,
     }
     return InductionResult(
