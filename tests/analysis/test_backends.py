@@ -120,7 +120,8 @@ def test_tile_size_follows_free_memory(monkeypatch):
     assert n * 4 * kernel.EAGER_INTERMEDIATES <= kernel.TILE_MEMORY_FRACTION * 64 * 2**30 < (n + 1) * 4 * 8 * 1.01
 
 
-def test_backend_choice():
+def test_backend_choice(monkeypatch):
+    monkeypatch.delenv("CONFIDENCE_NEURONS_BACKEND", raising=False)  # what "auto" means by itself
     assert resolve_backend("auto", "cpu") == ("c" if c_kernel_available() else "torch")
     assert resolve_backend("auto", "cuda") == "compiled"
     assert resolve_backend("auto", "mps") == "torch"
@@ -129,6 +130,14 @@ def test_backend_choice():
         resolve_backend("c", "cuda:0")
     with pytest.raises(ConfigError, match="unknown kernel backend"):
         resolve_backend("cuda", "cpu")  # type: ignore[arg-type]
+    # the environment variable replaces "auto" where that backend can run, and nothing else
+    monkeypatch.setenv("CONFIDENCE_NEURONS_BACKEND", "torch")
+    assert resolve_backend("auto", "cpu") == "torch" and resolve_backend("c", "cpu") == "c"
+    monkeypatch.setenv("CONFIDENCE_NEURONS_BACKEND", "c")
+    assert resolve_backend("auto", "cuda") == "compiled", "the C kernel cannot run on CUDA"
+    monkeypatch.setenv("CONFIDENCE_NEURONS_BACKEND", "fortran")
+    with pytest.raises(ConfigError, match="CONFIDENCE_NEURONS_BACKEND='fortran'"):
+        resolve_backend("auto", "cpu")
 
 
 def test_failed_compilation_falls_back_to_eager(monkeypatch, caplog):
