@@ -20,6 +20,7 @@ from confidence_neurons.commands.scan import run as run_scan
 from confidence_neurons.rundir import RunDir, RunDirError
 from confidence_neurons.studies.scan import ScanConfig
 from tests.study.conftest import SCAN, study_toml
+from tests.tiny import widened
 
 ray = pytest.importorskip(
     "ray", reason="Ray is an optional extra: pip install 'confidence-neurons[ray]' (make test has it)"
@@ -124,7 +125,7 @@ def test_a_worker_killed_mid_scan_is_retried_and_resumes_to_the_same_numbers(stu
     ref_folder = uninterrupted.table.set_index("label").loc["gpt2@step200 / words", "folder"]
     ref = pd.read_parquet(Path(ref_folder) / "neurons.parquet")
     for col in SWEEP_COLUMNS + ("rho",):
-        np.testing.assert_allclose(mine[col], ref[col], rtol=1e-6, atol=1e-12, err_msg=col)
+        np.testing.assert_allclose(mine[col], ref[col], err_msg=col, **widened(rtol=1e-6, atol=1e-12))
     assert (mine["is_entropy_neuron"] == ref["is_entropy_neuron"]).all()
 
 
@@ -140,8 +141,9 @@ def test_the_sharded_sweep_equals_the_plain_scan(ray_local, models, corpus, tmp_
     # and this process with all of its own, and torch's multithreaded float64 sums round by thread
     # count, so the tables agree to float tolerance (bit-identical on this tiny model here; the
     # benchmark on SmolLM2 found 4.8e-07 at most).
+    tol = widened(rtol=1e-5, atol=1e-7)  # wider on the compiled kernel, which rounds by what it compiled before
     for col in SWEEP_COLUMNS:
-        np.testing.assert_allclose(sharded.neurons[col], plain.neurons[col], rtol=1e-5, atol=1e-7, err_msg=col)
+        np.testing.assert_allclose(sharded.neurons[col], plain.neurons[col], err_msg=col, **tol)
     for col in ("is_entropy_neuron", "is_token_frequency_neuron", "name", "rho"):
         assert (sharded.neurons[col] == plain.neurons[col]).all(), col  # rho: weights only, not the sweep
 
@@ -197,4 +199,6 @@ def test_a_killed_shard_worker_is_retried_and_the_merge_is_the_plain_sweep(ray_l
     merged = sweep(layer, open_cache(store.folder, prefix, 16), checkpoints=chunks, progress=False, **kw)
     assert merged.chunks_reused == 4
     for field in ("TE", "DE"):  # the scan's sweep also took DE_freq: same code path for TE and DE, to float tolerance
-        np.testing.assert_allclose(getattr(merged, field).numpy(), plain.neurons[field].to_numpy(), rtol=1e-6)
+        np.testing.assert_allclose(
+            getattr(merged, field).numpy(), plain.neurons[field].to_numpy(), **widened(rtol=1e-6, atol=0.0)
+        )
