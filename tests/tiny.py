@@ -215,19 +215,22 @@ def table_tolerance() -> dict:
     return dict(rtol=1e-3, atol=1e-4) if resolve_backend("auto") == "compiled" else dict(rtol=0.0, atol=0.0)
 
 
-def assert_same_table(got, want, columns=None) -> None:
-    """Two tables of the same run agree: every non-float column exactly, float columns to ``table_tolerance``."""
-    import numpy as np
+def assert_same_table(got, want) -> None:
+    """Two tables of the same run agree: ``pd.testing.assert_frame_equal`` exactly, except that float
+    columns are compared to ``table_tolerance`` where it is not zero (the compiled kernel).
+    """
     import pandas as pd
 
     tol = table_tolerance()
-    for col in columns if columns is not None else want.columns:
-        if pd.api.types.is_float_dtype(want[col]):
-            np.testing.assert_allclose(got[col], want[col], err_msg=col, equal_nan=True, **tol)
-        else:
-            assert (got[col].to_numpy() == want[col].to_numpy()).all(), col
+    if not any(tol.values()):
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
+        return
+    floats = want.select_dtypes("floating").columns
+    pd.testing.assert_frame_equal(got.drop(columns=floats), want.drop(columns=floats), check_exact=True)
+    pd.testing.assert_frame_equal(got[floats], want[floats], check_exact=False, **tol)
 
 
 def widened(**tol: float) -> dict:
     """``tol`` (the rounding a test expects from thread counts), widened to ``table_tolerance`` where larger."""
-    return {k: max(v, table_tolerance()[k]) for k, v in tol.items()}
+    table = table_tolerance()
+    return {k: max(v, table[k]) for k, v in tol.items()}
